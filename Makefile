@@ -1,0 +1,46 @@
+# Mamori — every target sets up what it needs on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: run test lint typecheck unit bench docs clean debs
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+## run: the agent on the embedded default config (http://127.0.0.1:9630/metrics)
+run: $(STAMP)
+	$(BIN)/agentctl run
+
+## test: lint, type check, then the whole test suite
+test: $(STAMP) debs lint typecheck unit
+
+debs:
+	@bash .ci/ensure-debs $(DEBS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check agent checks exporters alerts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## bench: benchmarks against their anchors; figures go to bench/results/
+bench: $(STAMP)
+	@bash .ci/ensure-debs nginx-light prometheus-blackbox-exporter
+	$(BIN)/python -m bench.run_all
+
+## docs: regenerate docs/metrics.md from agent/catalog.py
+docs: $(STAMP)
+	$(BIN)/python -m agent.catalog > docs/metrics.md
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,210 @@
+"""Every metric Mamori emits, in one table: name -> (type, labels beyond check/target, help).
+
+`docs/metrics.md` is generated from this table (`make docs`), and tests assert that what the
+agent actually emits matches it both ways. Names keep blackbox_exporter's where the meaning is
+identical, so existing dashboards and rules keep working; everything else is `mamori_…`.
+
+Sample labels listed here are the ones a check adds; the exporter adds `check` and `target` to
+every per-check sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+MetricType = Literal["gauge", "counter", "histogram"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    type: MetricType
+    labels: tuple[str, ...]
+    help: str
+    source: str  # which part emits it, for the docs table
+
+
+def _m(type_: MetricType, labels: str, help_: str, source: str) -> MetricSpec:
+    return MetricSpec(type_, tuple(labels.split()) if labels else (), help_, source)
+
+
+PER_CHECK_LABELS = ("check", "target")
+
+# Per-check samples: the exporter labels each with check and target.
+CHECK_METRICS: dict[str, MetricSpec] = {
+    # every check (added by the exporter from the result itself)
+    "probe_success": _m(
+        "gauge", "", "1 if the check succeeded (status OK or WARNING), else 0.", "all checks"
+    ),
+    "probe_duration_seconds": _m("gauge", "", "How long the last run took, in seconds.", "all checks"),
+    "mamori_check_status": _m(
+        "gauge",
+        "type reason",
+        "Status of the last run: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; reason from the closed list in docs/reasons.md.",
+        "all checks",
+    ),
+    "mamori_check_last_run_timestamp_seconds": _m(
+        "gauge", "", "Unix time the last run started.", "all checks"
+    ),
+    "mamori_check_attempts": _m(
+        "gauge", "", "Attempts made in the last run (retries included).", "all checks"
+    ),
+    # http
+    "probe_http_duration_seconds": _m(
+        "gauge",
+        "phase",
+        "Duration of each phase of the HTTP request (resolve, connect, tls, processing, transfer), summed over redirects.",
+        "http",
+    ),
+    "probe_http_status_code": _m("gauge", "", "Status code of the final HTTP response (0 if none).", "http"),
+    "probe_http_version": _m("gauge", "", "HTTP version of the final response, e.g. 1.1.", "http"),
+    "probe_http_redirects": _m("gauge", "", "Number of redirects followed.", "http"),
+    "probe_http_ssl": _m("gauge", "", "1 if the final request used TLS.", "http"),
+    "probe_http_content_length": _m(
+        "gauge", "", "Length of the final response body in bytes, as received.", "http"
+    ),
+    "probe_failed_due_to_regex": _m("gauge", "", "1 if a body/expect regex condition failed.", "http tcp"),
+    "probe_dns_lookup_time_seconds": _m("gauge", "", "Time taken to resolve the target name.", "http tcp"),
+    "probe_ip_protocol": _m("gauge", "", "IP protocol used: 4 or 6 (0 if not connected).", "http tcp"),
+    # TLS (http and tcp)
+    "probe_ssl_earliest_cert_expiry": _m(
+        "gauge", "", "Unix time of the earliest expiry in the presented certificate chain.", "http tcp"
+    ),
+    "probe_ssl_last_chain_expiry_timestamp_seconds": _m(
+        "gauge",
+        "",
+        "Unix time of the earliest expiry in the verified chain (the chain that matters for trust).",
+        "http tcp",
+    ),
+    "probe_tls_version_info": _m("gauge", "version", "TLS version negotiated (value 1).", "http tcp"),
+    # tcp
+    "mamori_tcp_duration_seconds": _m(
+        "gauge", "phase", "Duration of each phase of a TCP check (resolve, connect, tls, expect).", "tcp"
+    ),
+    # host
+    "mamori_host_cpu_usage_ratio": _m("gauge", "", "CPU busy ratio (0-1) since the previous run.", "host"),
+    "mamori_host_cpu_count": _m("gauge", "", "Logical CPUs.", "host"),
+    "mamori_host_load1": _m("gauge", "", "1-minute load average.", "host"),
+    "mamori_host_load5": _m("gauge", "", "5-minute load average.", "host"),
+    "mamori_host_load15": _m("gauge", "", "15-minute load average.", "host"),
+    "mamori_host_memory_total_bytes": _m("gauge", "", "Physical memory.", "host"),
+    "mamori_host_memory_available_bytes": _m(
+        "gauge", "", "Memory available for new work without swapping.", "host"
+    ),
+    "mamori_host_memory_usage_ratio": _m("gauge", "", "1 - available/total.", "host"),
+    "mamori_host_swap_total_bytes": _m("gauge", "", "Swap space.", "host"),
+    "mamori_host_swap_used_bytes": _m("gauge", "", "Swap in use.", "host"),
+    "mamori_host_swap_usage_ratio": _m("gauge", "", "Swap used/total (0 when there is no swap).", "host"),
+    "mamori_host_filesystem_size_bytes": _m("gauge", "mountpoint fstype", "Filesystem size.", "host"),
+    "mamori_host_filesystem_avail_bytes": _m(
+        "gauge", "mountpoint fstype", "Bytes available to unprivileged users.", "host"
+    ),
+    "mamori_host_filesystem_usage_ratio": _m(
+        "gauge", "mountpoint fstype", "Used/(used+avail), as df reports it.", "host"
+    ),
+    "mamori_host_disk_read_bytes_total": _m("counter", "device", "Bytes read from a block device.", "host"),
+    "mamori_host_disk_written_bytes_total": _m(
+        "counter", "device", "Bytes written to a block device.", "host"
+    ),
+    "mamori_host_network_received_bytes_total": _m(
+        "counter", "interface", "Bytes received on an interface.", "host"
+    ),
+    "mamori_host_network_transmitted_bytes_total": _m(
+        "counter", "interface", "Bytes sent on an interface.", "host"
+    ),
+    "mamori_host_network_errors_total": _m(
+        "counter", "interface direction", "Receive/transmit errors on an interface.", "host"
+    ),
+    "mamori_host_processes": _m("gauge", "", "Number of processes.", "host"),
+    "mamori_host_boot_time_seconds": _m("gauge", "", "Unix time the host booted.", "host"),
+    "mamori_host_uptime_seconds": _m("gauge", "", "Seconds since the host booted.", "host"),
+}
+
+# The agent's own health: not per check/target.
+AGENT_METRICS: dict[str, MetricSpec] = {
+    "mamori_agent_info": _m(
+        "gauge",
+        "agent version",
+        "Agent name and version, plus the agent's configured labels (value 1).",
+        "agent",
+    ),
+    "mamori_agent_start_time_seconds": _m("gauge", "", "Unix time the agent started.", "agent"),
+    "mamori_checks_configured": _m("gauge", "", "Checks in the running config.", "agent"),
+    "mamori_check_runs_total": _m("counter", "check status", "Check runs by resulting status.", "scheduler"),
+    "mamori_check_run_duration_seconds": _m("histogram", "check", "Wall time of check runs.", "scheduler"),
+    "mamori_check_errors_total": _m(
+        "counter",
+        "check",
+        "Runs that ended in a bug (an exception escaping a check; reason check_error).",
+        "scheduler",
+    ),
+    "mamori_scheduler_lateness_seconds": _m(
+        "histogram",
+        "",
+        "How late runs start against their schedule (concurrency limit included).",
+        "scheduler",
+    ),
+    "mamori_scheduler_skipped_runs_total": _m(
+        "counter",
+        "check",
+        "Scheduled runs skipped because the previous run of the check was still going.",
+        "scheduler",
+    ),
+    "mamori_scheduler_running_checks": _m("gauge", "", "Check runs in progress.", "scheduler"),
+    "mamori_sink_queue_depth": _m("gauge", "sink", "Results waiting in a sink's queue.", "pipeline"),
+    "mamori_sink_queue_capacity": _m("gauge", "sink", "Capacity of a sink's queue.", "pipeline"),
+    "mamori_sink_dropped_total": _m(
+        "counter", "sink", "Results dropped because a sink's queue was full (oldest first).", "pipeline"
+    ),
+    "mamori_sink_errors_total": _m("counter", "sink", "Results a sink failed to consume.", "pipeline"),
+    "mamori_config_reloads_total": _m(
+        "counter", "outcome", "Config reloads (SIGHUP) by outcome: success or failure.", "agent"
+    ),
+    "mamori_config_last_reload_success_timestamp_seconds": _m(
+        "gauge", "", "Unix time of the last successful config load.", "agent"
+    ),
+}
+
+
+def all_metrics() -> dict[str, MetricSpec]:
+    return {**CHECK_METRICS, **AGENT_METRICS}
+
+
+def render_markdown() -> str:
+    """docs/metrics.md, generated: `make docs`. A test keeps the file equal to this."""
+    out = [
+        "# Metrics",
+        "",
+        "Generated from `agent/catalog.py` by `make docs`; a test fails when this file, the catalog",
+        "and what the agent emits disagree. Every per-check metric also carries the labels `check`",
+        "(the check's name) and `target` (what it probes: no credentials, no query string).",
+        "Names shared with blackbox_exporter mean exactly what they mean there.",
+        "",
+        "## Per check",
+        "",
+        "| metric | type | labels | from | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for name, spec in CHECK_METRICS.items():
+        labels = ", ".join(("check", "target", *spec.labels))
+        out.append(f"| `{name}` | {spec.type} | {labels} | {spec.source} | {spec.help} |")
+    out += [
+        "",
+        "## The agent itself",
+        "",
+        "| metric | type | labels | from | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for name, spec in AGENT_METRICS.items():
+        labels = ", ".join(spec.labels) or "-"
+        out.append(f"| `{name}` | {spec.type} | {labels} | {spec.source} | {spec.help} |")
+    out += [
+        "",
+        "`mamori_agent_info` also carries every label configured under `agent.labels` (site, role, …).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")  # noqa: T201

@@ -1,0 +1,267 @@
+"""`agentctl`: run checks ad hoc, validate and list configs, run the agent.
+
+Exit codes: `check` exits with the worst status (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; a usage
+or config error is 3, as for any Nagios plugin). `validate`, `list` and `run` exit 1 on an
+invalid config or a start-up failure, 2 on bad arguments.
+
+Each command imports only what it needs: `agentctl check URL` must start fast (see bench/), so
+the modules for the server, the scheduler and unused check types are imported inside commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.model import CheckResult
+    from checks.base import Check
+
+UNKNOWN = 3
+
+
+class UsageError(Exception):
+    """A user error with a one-line explanation."""
+
+
+def _load_config(path: str | None) -> Config:
+    from agent import config
+
+    return config.load(Path(path) if path else None)
+
+
+def _print_config_error(exc: Exception) -> None:
+    for line in str(exc).splitlines():
+        print(line, file=sys.stderr)
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+def _adhoc_check(target: str, timeout: float | None) -> Check[Any]:
+    from pydantic import ValidationError
+
+    overrides: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    scheme = target.partition("://")[0].lower()
+    try:
+        if scheme in ("http", "https"):
+            from checks.http import HttpCheck
+
+            return HttpCheck.from_url(target, **overrides)
+        if scheme in ("tcp", "tls"):
+            from checks.tcp import TcpCheck
+
+            return TcpCheck.from_url(target, **overrides)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise UsageError(f"invalid target {target!r}: {err['msg'].removeprefix('Value error, ')}") from None
+    raise UsageError(
+        f"cannot check {target!r}: use an http://, https://, tcp:// or tls:// URL, or a check name with -c"
+    )
+
+
+def _select(cfg: Config, names: list[str], tags: list[str]) -> list[Any]:
+    known = {c.name: c for c in cfg.checks}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise UsageError(
+            f"no check named {', '.join(map(repr, missing))} in {cfg.source} (known: {', '.join(known)})"
+        )
+    selected = [known[n] for n in names] if names else list(cfg.checks)
+    if tags:
+        selected = [c for c in selected if set(tags) & set(c.tags)]
+    if not selected:
+        raise UsageError(f"no check in {cfg.source} matches the selection")
+    return selected
+
+
+async def _run_checks(checks: list[Check[Any]]) -> list[CheckResult]:
+    from agent.runner import execute
+
+    try:
+        return list(await asyncio.gather(*(execute(c) for c in checks)))
+    finally:
+        await asyncio.gather(*(c.aclose() for c in checks), return_exceptions=True)
+
+
+def _nagios_line(check: Check[Any], result: CheckResult) -> str:
+    from checks.base import Outcome
+
+    outcome = Outcome(result.status, result.reason, result.message, result.samples, result.attempts)
+    perf = " ".join(p.render() for p in check.perfdata(result.duration, outcome))
+    text = f"{check.type_name.upper()} {result.status.name} - {result.message or result.reason.value}"
+    return f"{text} | {perf}" if perf else text
+
+
+def _table(results: list[CheckResult], verbose: bool) -> str:
+    rows = [("CHECK", "TYPE", "STATUS", "TIME", "REASON", "MESSAGE")]
+    for r in results:
+        rows.append((r.check, r.check_type, r.status.name, f"{r.duration:.3f}s", r.reason.value, r.message))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[5] for row in rows
+    ]
+    if verbose:
+        for r in results:
+            lines.append(f"\n{r.check} ({r.target}):")
+            for s in r.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in s.labels)
+                lines.append(f"  {s.name}{{{labels}}} {s.value:g}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent.model import worst
+
+    adhoc = [t for t in args.targets if "://" in t]
+    if adhoc and (len(adhoc) != len(args.targets) or args.config):
+        raise UsageError("give either URLs to check ad hoc, or check names with -c FILE, not both")
+    if adhoc:
+        checks = [_adhoc_check(t, args.timeout) for t in adhoc]
+    else:
+        from checks import check_class
+
+        cfg = _load_config(args.config)
+        configs = _select(cfg, args.targets, args.tag)
+        checks = [check_class(c.type)(c) for c in configs]
+    results = asyncio.run(_run_checks(checks))
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=1))
+    elif adhoc and len(checks) == 1:
+        print(_nagios_line(checks[0], results[0]))
+    else:
+        print(_table(results, args.verbose))
+    return int(worst([r.status for r in results]))
+
+
+# --- validate / list / run -------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from agent.config import load
+
+    failed = False
+    for path in args.files:
+        try:
+            cfg = load(Path(path))
+        except ConfigError as exc:
+            _print_config_error(exc)
+            failed = True
+            continue
+        print(f"{path}: OK ({len(cfg.checks)} checks)")
+    return 1 if failed else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from checks import check_class
+
+    cfg = _load_config(args.config)
+    configs = _select(cfg, [], args.tag) if args.tag else list(cfg.checks)
+    rows = [("NAME", "TYPE", "INTERVAL", "TIMEOUT", "TAGS", "TARGET")]
+    for c in configs:
+        target = check_class(c.type)(c).target
+        rows.append((c.name, c.type, f"{c.interval:g}s", f"{c.timeout:g}s", ",".join(c.tags) or "-", target))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from agent import config, logs
+    from agent.runtime import Agent
+
+    env = dict(os.environ)
+    if args.listen:
+        try:
+            host, port = config.parse_listen(args.listen)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        env["MAMORI_LISTEN"] = args.listen
+        # The embedded config probes the agent's own /healthz at the listen address.
+        env["MAMORI_SELF_ADDRESS"] = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    cfg = config.load(Path(args.config) if args.config else None, env)
+    logs.setup(args.log_level or cfg.agent.log_level, args.log_format or cfg.agent.log_format)
+    agent = Agent(cfg, Path(args.config) if args.config else None, env, listen=args.listen)
+    return asyncio.run(agent.run())
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentctl", description="Mamori monitoring agent")
+    parser.add_argument("--version", action="version", version=f"mamori {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="run checks once and print the results")
+    p.add_argument(
+        "targets",
+        nargs="*",
+        metavar="URL|NAME",
+        help="http(s):// or tcp:// URLs to check ad hoc, or names of checks in the config",
+    )
+    p.add_argument("-c", "--config", help="config file (default: the embedded default config)")
+    p.add_argument("-t", "--tag", action="append", default=[], help="only checks with this tag (repeatable)")
+    p.add_argument("--timeout", type=_duration_arg, help="timeout for ad hoc URLs (default 10s)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print every sample")
+    p.set_defaults(func=cmd_check, error_code=UNKNOWN)
+
+    p = sub.add_parser("validate", help="validate config files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_validate, error_code=1)
+
+    p = sub.add_parser("list", help="list the checks of a config")
+    p.add_argument("-c", "--config", help="config file (default: the embedded default config)")
+    p.add_argument("-t", "--tag", action="append", default=[])
+    p.set_defaults(func=cmd_list, error_code=1)
+
+    p = sub.add_parser("run", help="run the agent")
+    p.add_argument("-c", "--config", help="config file (default: the embedded default config)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="override agent.listen")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.set_defaults(func=cmd_run, error_code=1)
+    return parser
+
+
+def _duration_arg(text: str) -> float:
+    from agent.types import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not isinstance(value, float) or value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        code = args.error_code
+    except UsageError as exc:
+        print(f"agentctl: {exc}", file=sys.stderr)
+        code = args.error_code
+    except KeyboardInterrupt:
+        code = 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

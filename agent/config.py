@@ -1,0 +1,217 @@
+"""The agent's configuration: one YAML file, validated completely at load into frozen models.
+
+Every error names the file, the path in the document and the line, e.g.
+
+    agent.yml:12: checks[1].timeout: invalid duration 'fast': expected a duration like 10s ...
+
+Checks are validated one by one against the model of their `type`, which is imported only then
+(see `checks.REGISTRY`), so an error inside a check points into that check.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from agent import yamldoc
+from agent.errors import ConfigError, ConfigIssue
+from agent.types import Duration, Model
+from agent.yamldoc import DocumentError, YamlDoc, format_path
+from checks import REGISTRY, check_class
+from checks.base import CheckConfig
+
+__all__ = ["Config", "ConfigError", "ConfigIssue", "load", "parse"]
+
+DEFAULT_CONFIG_NAME = "<embedded default>"
+LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid listen address {value!r}: expected HOST:PORT, e.g. 0.0.0.0:9630")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class AgentSection(Model):
+    name: str = Field(default_factory=socket.gethostname, min_length=1)
+    labels: dict[str, str] = {}
+    listen: str = "127.0.0.1:9630"
+    interval: Duration = 30.0
+    timeout: Duration = 10.0
+    concurrency: int = Field(default=32, ge=1, le=10_000)
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    shutdown_timeout: Duration = 10.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for key in labels:
+            if not re.match(LABEL_NAME, key):
+                raise ValueError(f"invalid label name {key!r}: use letters, digits and _")
+        return labels
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentSection
+    checks: tuple[CheckConfig, ...]
+    source: str
+
+    def check(self, name: str) -> CheckConfig:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+_TOP_LEVEL = {"agent", "checks"}
+
+
+def _issues_from_validation(
+    exc: ValidationError, doc: YamlDoc, file: str, prefix: yamldoc.Path
+) -> list[ConfigIssue]:
+    out = []
+    for err in exc.errors(include_url=False):
+        # Keep only the parts of pydantic's location that exist in the document (unions add
+        # type names to it); a missing key is the last part and names what is missing.
+        path: list[str | int] = list(prefix)
+        node: Any = doc.data
+        for part in prefix:
+            node = node[part]
+        loc = list(err["loc"])
+        for i, part in enumerate(loc):
+            in_dict = isinstance(node, dict) and part in node
+            in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            if in_dict or in_list:
+                node = node[part]
+                path.append(part)
+            elif i == len(loc) - 1 and isinstance(part, str) and isinstance(node, dict):
+                path.append(part)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        out.append(ConfigIssue(file, doc.line_of(tuple(path)), format_path(tuple(path)), message))
+    return out
+
+
+def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a whole config document. Raises ConfigError listing every problem found."""
+    env = os.environ if env is None else env
+    try:
+        doc = yamldoc.load(text, env)
+    except DocumentError as exc:
+        raise ConfigError([ConfigIssue(file, exc.line, format_path(exc.path), exc.message)]) from None
+    if not isinstance(doc.data, dict):
+        raise ConfigError([ConfigIssue(file, doc.line_of(()), "(document)", "expected a mapping")])
+    issues: list[ConfigIssue] = []
+    for key in doc.data:
+        # `x-…` keys hold YAML anchors for reuse, as in Docker Compose files.
+        if key not in _TOP_LEVEL and not key.startswith("x-"):
+            issues.append(
+                ConfigIssue(
+                    file,
+                    doc.line_of((key,)),
+                    key,
+                    f"unknown key (expected one of: {', '.join(sorted(_TOP_LEVEL))})",
+                )
+            )
+    agent_raw = doc.data.get("agent") or {}
+    agent = AgentSection()
+    try:
+        agent = AgentSection.model_validate(agent_raw)
+    except ValidationError as exc:
+        issues.extend(_issues_from_validation(exc, doc, file, ("agent",)))
+
+    checks_raw = doc.data.get("checks") or []
+    checks: list[CheckConfig] = []
+    if not isinstance(checks_raw, list):
+        issues.append(ConfigIssue(file, doc.line_of(("checks",)), "checks", "expected a list of checks"))
+        checks_raw = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(checks_raw):
+        path: yamldoc.Path = ("checks", i)
+        if not isinstance(raw, dict):
+            issues.append(ConfigIssue(file, doc.line_of(path), format_path(path), "expected a mapping"))
+            continue
+        type_name = raw.get("type")
+        if type_name not in REGISTRY:
+            known = ", ".join(sorted(REGISTRY))
+            where = path + ("type",) if "type" in raw else path
+            what = "required key is missing" if type_name is None else f"unknown check type {type_name!r}"
+            issues.append(
+                ConfigIssue(
+                    file, doc.line_of(where), format_path(path + ("type",)), f"{what} (known: {known})"
+                )
+            )
+            continue
+        values = {"interval": agent.interval, "timeout": agent.timeout, **raw}
+        try:
+            cfg = check_class(type_name).config_model.model_validate(values)
+        except ValidationError as exc:
+            issues.extend(_issues_from_validation(exc, doc, file, path))
+            continue
+        if cfg.timeout > cfg.interval:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    doc.line_of(path + ("timeout",)),
+                    format_path(path + ("timeout",)),
+                    f"timeout ({cfg.timeout:g}s) must not exceed interval ({cfg.interval:g}s)",
+                )
+            )
+        if cfg.name in seen:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    doc.line_of(path + ("name",)),
+                    format_path(path + ("name",)),
+                    f"duplicate check name {cfg.name!r} (first at checks[{seen[cfg.name]}])",
+                )
+            )
+        seen.setdefault(cfg.name, i)
+        checks.append(cfg)
+    if issues:
+        raise ConfigError(issues)
+    return Config(agent=agent, checks=tuple(checks), source=file)
+
+
+def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load a file, or the embedded default config when `path` is None."""
+    if path is None:
+        text = resources.files("agent").joinpath("default.yml").read_text(encoding="utf-8")
+        return parse(text, DEFAULT_CONFIG_NAME, env)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(str(path), 0, "(file)", f"cannot read: {exc.strerror or exc}")]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue(str(path), 0, "(file)", "not a UTF-8 text file")]) from None
+    return parse(text, str(path), env)

@@ -1,0 +1,117 @@
+"""The one data model: every check produces a `CheckResult`; every sink reads only that.
+
+Statuses use the Nagios numbers so the CLI's exit code is the status itself. Failure reasons form
+one closed vocabulary shared by every check type, so "why did it fail?" has the same answer in
+metrics, alerts and the CLI (see docs/reasons.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Reason(enum.StrEnum):
+    """Why a result is not OK. Closed list: a new reason is a code change and a docs change."""
+
+    OK = "ok"
+    # name resolution and connection
+    DNS = "dns"
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+    CONNECTION_RESET = "connection_reset"
+    TIMEOUT = "timeout"
+    # TLS
+    TLS_HANDSHAKE = "tls_handshake"
+    TLS_VERIFY = "tls_verify"
+    TLS_HOSTNAME = "tls_hostname"
+    TLS_VERSION = "tls_version"
+    CERT_EXPIRING = "cert_expiring"
+    CERT_EXPIRED = "cert_expired"
+    CERT_NOT_YET_VALID = "cert_not_yet_valid"
+    # HTTP / TCP content
+    STATUS_MISMATCH = "status_mismatch"
+    BODY_MISMATCH = "body_mismatch"
+    JSON_MISMATCH = "json_mismatch"
+    HEADER_MISMATCH = "header_mismatch"
+    EXPECT_MISMATCH = "expect_mismatch"
+    BODY_TOO_LARGE = "body_too_large"
+    REDIRECT_LIMIT = "redirect_limit"
+    PROTOCOL_ERROR = "protocol_error"
+    LATENCY = "latency"
+    # host
+    THRESHOLD = "threshold"
+    # the agent itself
+    UNAVAILABLE = "unavailable"
+    CHECK_ERROR = "check_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One measured value. `labels` never carries the check/target: the exporter adds those."""
+
+    name: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    check: str
+    check_type: str
+    target: str
+    status: Status
+    started_at: float  # unix seconds (wall clock, for display and export timestamps)
+    duration: float  # seconds, from the monotonic clock
+    samples: tuple[Sample, ...] = ()
+    message: str = ""
+    reason: Reason = Reason.OK
+    attempts: int = 1
+
+    @property
+    def success(self) -> bool:
+        """blackbox_exporter's `probe_success`: the target answered acceptably (OK or WARNING)."""
+        return self.status in (Status.OK, Status.WARNING)
+
+    def with_(self, **changes: Any) -> CheckResult:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "type": self.check_type,
+            "target": self.target,
+            "status": self.status.label.upper(),
+            "status_code": int(self.status),
+            "reason": self.reason.value,
+            "message": self.message,
+            "started_at": self.started_at,
+            "duration_seconds": round(self.duration, 6),
+            "attempts": self.attempts,
+            "samples": [{"name": s.name, "value": s.value, "labels": dict(s.labels)} for s in self.samples],
+        }
+
+
+def worst(statuses: list[Status]) -> Status:
+    """The exit status of a run of several checks: CRITICAL beats UNKNOWN (it is the more
+    actionable of the two, as Nagios and Icinga rank them), UNKNOWN beats WARNING, WARNING beats OK."""
+    if Status.CRITICAL in statuses:
+        return Status.CRITICAL
+    return max(statuses, default=Status.OK)
+
+
+def now() -> float:
+    return time.time()

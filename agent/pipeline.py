@@ -1,0 +1,122 @@
+"""Fan-out of results to sinks, each behind its own bounded queue.
+
+`publish()` never blocks and never fails: a slow or dead sink only fills its own queue, whose
+oldest results are then dropped and counted (`mamori_sink_dropped_total{sink}`). Durable
+delivery for push sinks is the outbox's job (a sink of its own), not this queue's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Protocol
+
+from agent.model import CheckResult
+from agent.telemetry import AgentMetrics
+
+log = logging.getLogger("mamori.pipeline")
+
+
+class Sink(Protocol):
+    name: str
+
+    async def consume(self, result: CheckResult) -> None:
+        """Handle one result. An exception is counted and logged; the sink keeps running."""
+
+    async def aclose(self) -> None:
+        """Flush and release resources. Safe to call twice."""
+
+
+class _Lane:
+    """One sink's queue and worker."""
+
+    def __init__(self, sink: Sink, capacity: int, metrics: AgentMetrics) -> None:
+        self.sink = sink
+        self.queue: collections.deque[CheckResult] = collections.deque()
+        self.capacity = capacity
+        self.wakeup = asyncio.Event()
+        self.busy = False
+        self.task: asyncio.Task[None] | None = None
+        self.depth = metrics.queue_depth.labels(sink=sink.name)
+        self.dropped = metrics.dropped.labels(sink=sink.name)
+        self.errors = metrics.sink_errors.labels(sink=sink.name)
+        metrics.queue_capacity.labels(sink=sink.name).set(capacity)
+        self._last_error_log = 0.0
+
+    def offer(self, result: CheckResult) -> None:
+        if len(self.queue) >= self.capacity:
+            self.queue.popleft()
+            self.dropped.inc()
+        self.queue.append(result)
+        self.depth.set(len(self.queue))
+        self.wakeup.set()
+
+    async def work(self) -> None:
+        while True:
+            while not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+            result = self.queue.popleft()
+            self.depth.set(len(self.queue))
+            self.busy = True
+            try:
+                await self.sink.consume(result)
+            except Exception as exc:
+                self.errors.inc()
+                now = time.monotonic()
+                if now - self._last_error_log > 60:  # a dead sink must not flood the log
+                    self._last_error_log = now
+                    log.error(
+                        "sink %s failed to consume a result: %s: %s", self.sink.name, type(exc).__name__, exc
+                    )
+            finally:
+                self.busy = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self.busy
+
+
+class FanOut:
+    def __init__(self, sinks: list[Sink], capacity: int, metrics: AgentMetrics) -> None:
+        self._lanes = [_Lane(sink, capacity, metrics) for sink in sinks]
+        self._started = False
+
+    def start(self) -> None:
+        """Start one worker per sink. Needs a running loop."""
+        for lane in self._lanes:
+            lane.task = asyncio.create_task(lane.work(), name=f"sink:{lane.sink.name}")
+        self._started = True
+
+    def publish(self, result: CheckResult) -> None:
+        """Hand a result to every sink. Never blocks, never raises."""
+        for lane in self._lanes:
+            lane.offer(result)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every queue is empty (True) or `timeout` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while not all(lane.idle for lane in self._lanes):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Drain within `timeout`, stop the workers, close the sinks. Safe to call twice and
+        without `start()` having run."""
+        if self._started:
+            await self.drain(timeout)
+        for lane in self._lanes:
+            if lane.task is not None:
+                lane.task.cancel()
+                await asyncio.gather(lane.task, return_exceptions=True)
+                lane.task = None
+        for lane in self._lanes:
+            try:
+                await lane.sink.aclose()
+            except Exception as exc:
+                log.error("sink %s failed to close: %s: %s", lane.sink.name, type(exc).__name__, exc)
+        self._started = False

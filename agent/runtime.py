@@ -1,0 +1,141 @@
+"""The running agent: config → scheduler → fan-out → sinks, plus the HTTP endpoint and signals.
+
+Lifecycle:
+- `run()` starts everything, serves until SIGTERM/SIGINT (or `stop()`), then shuts down within
+  `agent.shutdown_timeout` and returns 0. It returns non-zero only if start-up fails (the listen
+  address cannot be bound), with a one-line log message.
+- SIGHUP reloads the config file: the new file is validated completely first; if it is invalid the
+  agent keeps running the old config and logs every problem. Unchanged checks keep their state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from agent import __version__, config
+from agent.config import Config, ConfigError
+from agent.pipeline import FanOut
+from agent.scheduler import Scheduler
+from agent.server import AgentServer
+from agent.telemetry import AgentInfoCollector, AgentMetrics
+from exporters.prometheus import LatestResults, PrometheusSink
+
+log = logging.getLogger("mamori.agent")
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: Config,
+        config_path: Path | None,
+        env: Mapping[str, str] | None = None,
+        listen: str | None = None,
+    ) -> None:
+        self.config = cfg
+        self._config_path = config_path
+        self._env = env
+        self._listen = listen or cfg.agent.listen
+        self.metrics = AgentMetrics()
+        self.latest = LatestResults()
+        prometheus = PrometheusSink(self.latest)
+        self.metrics.registry.register(prometheus.collector)
+        self.metrics.registry.register(AgentInfoCollector(lambda: self.config.agent, __version__))
+        self.fanout = FanOut([prometheus], cfg.agent.queue_size, self.metrics)
+        self.scheduler: Scheduler | None = None
+        self.server = AgentServer(self.metrics.registry, self.latest, self._is_ready)
+        self._stop = asyncio.Event()
+        self._running = False
+
+    def _is_ready(self) -> bool:
+        return self._running and not self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask `run()` to shut down. Safe from a signal handler, and to call twice."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        host, port = config.parse_listen(self._listen)
+        try:
+            bound = await self.server.start(host, port)
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", self._listen, exc.strerror or exc)
+            return 1
+        log.info(
+            "mamori %s started: %d checks from %s, listening on http://%s:%d",
+            __version__,
+            len(self.config.checks),
+            self.config.source,
+            bound[0],
+            bound[1],
+        )
+        self.metrics.start_time.set(time.time())
+        self.metrics.last_reload.set(time.time())
+        self.fanout.start()
+        self.scheduler = Scheduler(self.fanout.publish, self.metrics, self.config.agent.concurrency)
+        self.scheduler.apply(self.config.checks)
+        self._running = True
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self._shutdown()
+        return 0
+
+    async def _shutdown(self) -> None:
+        deadline = self.config.agent.shutdown_timeout
+        log.info("shutting down (deadline %gs)", deadline)
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(deadline):
+                if self.scheduler is not None:
+                    await self.scheduler.aclose()
+                await self.fanout.aclose(timeout=max(0.0, deadline - (time.monotonic() - t0) - 0.5))
+        except TimeoutError:
+            log.warning(
+                "shutdown deadline of %gs reached; some results may not have been delivered", deadline
+            )
+        await self.server.aclose()
+        self._running = False
+        log.info("stopped")
+
+    def reload(self) -> None:
+        """Re-read and apply the config file (SIGHUP). Keeps the old config if the new one is invalid."""
+        if self._config_path is None:
+            log.info("SIGHUP: running the embedded default config; nothing to reload")
+            return
+        try:
+            new = config.load(self._config_path, self._env)
+        except ConfigError as exc:
+            self.metrics.reloads.labels(outcome="failure").inc()
+            log.error("config reload failed; still running the previous config:")
+            for issue in exc.issues:
+                log.error("  %s", issue)
+            return
+        old = self.config
+        for field in ("listen", "concurrency", "queue_size"):
+            if getattr(new.agent, field) != getattr(old.agent, field):
+                log.warning("config reload: agent.%s changed; it takes effect after a restart", field)
+        self.config = new
+        if self.scheduler is not None:
+            started, stopped = self.scheduler.apply(new.checks)
+            self.latest.retain(c.name for c in new.checks)
+            changed = set(started) & set(stopped)
+            log.info(
+                "config reloaded: %d added, %d changed, %d removed, %d unchanged",
+                len(started) - len(changed),
+                len(changed),
+                len(stopped) - len(changed),
+                len(new.checks) - len(started),
+            )
+        self.metrics.reloads.labels(outcome="success").inc()
+        self.metrics.last_reload.set(time.time())

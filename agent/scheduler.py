@@ -1,0 +1,142 @@
+"""Runs each check on its interval and hands every result to the pipeline.
+
+Guarantees:
+- first runs are spread over each check's interval (a stable offset from the check's name), so
+  hundreds of checks never start in one stampede, and a restart keeps the same phases;
+- never two runs of one check at once: a run that overruns its interval skips the missed slots
+  (counted in `mamori_scheduler_skipped_runs_total`) instead of queueing them;
+- at most `concurrency` runs at once across all checks; time waiting for a slot counts as lateness;
+- the monotonic clock drives the schedule, so wall-clock jumps neither bunch nor starve runs;
+- `apply()` with a new config keeps the task, state and phase of every unchanged check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.model import CheckResult, Reason, Status
+from agent.runner import execute
+from agent.telemetry import AgentMetrics
+from checks import check_class
+from checks.base import Check, CheckConfig
+
+log = logging.getLogger("mamori.scheduler")
+
+
+def phase_offset(name: str, interval: float) -> float:
+    """Where in its interval a check first runs: stable per name, uniform across names."""
+    return (zlib.crc32(name.encode()) / 2**32) * interval
+
+
+@dataclass
+class _Entry:
+    config: CheckConfig
+    check: Check[Any]
+    task: asyncio.Task[None] | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        publish: Callable[[CheckResult], None],
+        metrics: AgentMetrics,
+        concurrency: int,
+        *,
+        spread: bool = True,
+    ) -> None:
+        self._publish = publish
+        self._metrics = metrics
+        self._slots = asyncio.Semaphore(concurrency)
+        self._spread = spread
+        self._entries: dict[str, _Entry] = {}
+
+    @property
+    def checks(self) -> dict[str, Check[Any]]:
+        return {name: entry.check for name, entry in self._entries.items()}
+
+    def apply(self, configs: Sequence[CheckConfig]) -> tuple[list[str], list[str]]:
+        """Make the running checks match `configs`. Returns (started, stopped) check names.
+
+        Unchanged checks (equal config) keep running undisturbed; changed ones restart."""
+        wanted = {c.name: c for c in configs}
+        stopped = [
+            name
+            for name, entry in self._entries.items()
+            if name not in wanted or wanted[name] != entry.config
+        ]
+        for name in stopped:
+            entry = self._entries.pop(name)
+            if entry.task is not None:
+                entry.task.cancel()
+            asyncio.get_running_loop().create_task(self._close(entry))
+            if name not in wanted:
+                self._metrics.forget_check(name)
+        started = []
+        for name, cfg in wanted.items():
+            if name in self._entries:
+                continue
+            try:
+                check = check_class(cfg.type)(cfg)
+            except Exception as exc:  # validation should have caught it: a bug, but not fatal
+                log.error("check %s could not be started: %s: %s", name, type(exc).__name__, exc)
+                continue
+            entry = _Entry(cfg, check)
+            entry.task = asyncio.create_task(self._loop(entry), name=f"check:{name}")
+            self._entries[name] = entry
+            started.append(name)
+        self._metrics.checks_configured.set(len(self._entries))
+        return started, stopped
+
+    async def _close(self, entry: _Entry) -> None:
+        if entry.task is not None:
+            await asyncio.gather(entry.task, return_exceptions=True)
+        try:
+            await entry.check.aclose()
+        except Exception as exc:
+            log.error("check %s failed to close: %s: %s", entry.config.name, type(exc).__name__, exc)
+
+    async def _loop(self, entry: _Entry) -> None:
+        cfg = entry.config
+        interval = cfg.interval
+        next_at = time.monotonic() + (phase_offset(cfg.name, interval) if self._spread else 0.0)
+        runs = {s: self._metrics.runs.labels(check=cfg.name, status=s.label) for s in Status}
+        run_duration = self._metrics.run_duration.labels(check=cfg.name)
+        errors = self._metrics.check_errors.labels(check=cfg.name)
+        skipped = self._metrics.skipped.labels(check=cfg.name)
+        while True:
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with self._slots:
+                self._metrics.lateness.observe(max(0.0, time.monotonic() - next_at))
+                self._metrics.running.inc()
+                try:
+                    result = await execute(entry.check)
+                finally:
+                    self._metrics.running.dec()
+            runs[result.status].inc()
+            run_duration.observe(result.duration)
+            if result.reason is Reason.CHECK_ERROR:
+                errors.inc()
+            self._publish(result)
+            next_at += interval
+            behind = time.monotonic() - next_at
+            if behind > 0:
+                missed = int(behind // interval) + 1
+                skipped.inc(missed)
+                next_at += missed * interval
+
+    async def aclose(self) -> None:
+        """Cancel every run in progress and close every check. Safe to call twice."""
+        entries = list(self._entries.values())
+        self._entries.clear()
+        for entry in entries:
+            if entry.task is not None:
+                entry.task.cancel()
+        await asyncio.gather(*(self._close(e) for e in entries))

@@ -1,0 +1,97 @@
+"""The agent's own health metrics (scheduler, pipeline, config), in a registry of their own.
+
+Names and help come from `agent.catalog` so the docs table cannot drift from what is emitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.catalog import AGENT_METRICS
+
+if TYPE_CHECKING:
+    from agent.config import AgentSection
+
+_RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def _help(name: str) -> str:
+    return AGENT_METRICS[name].help
+
+
+def _labels(name: str) -> tuple[str, ...]:
+    return AGENT_METRICS[name].labels
+
+
+class AgentMetrics:
+    """Instruments shared by the scheduler, the pipeline and the runtime. One per agent."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        def counter(name: str) -> Counter:
+            return Counter(name.removesuffix("_total"), _help(name), _labels(name), registry=r)
+
+        def gauge(name: str) -> Gauge:
+            return Gauge(name, _help(name), _labels(name), registry=r)
+
+        self.start_time = gauge("mamori_agent_start_time_seconds")
+        self.checks_configured = gauge("mamori_checks_configured")
+        self.runs = counter("mamori_check_runs_total")
+        self.run_duration = Histogram(
+            "mamori_check_run_duration_seconds",
+            _help("mamori_check_run_duration_seconds"),
+            _labels("mamori_check_run_duration_seconds"),
+            buckets=_RUN_BUCKETS,
+            registry=r,
+        )
+        self.check_errors = counter("mamori_check_errors_total")
+        self.lateness = Histogram(
+            "mamori_scheduler_lateness_seconds",
+            _help("mamori_scheduler_lateness_seconds"),
+            buckets=_LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.skipped = counter("mamori_scheduler_skipped_runs_total")
+        self.running = gauge("mamori_scheduler_running_checks")
+        self.queue_depth = gauge("mamori_sink_queue_depth")
+        self.queue_capacity = gauge("mamori_sink_queue_capacity")
+        self.dropped = counter("mamori_sink_dropped_total")
+        self.sink_errors = counter("mamori_sink_errors_total")
+        self.reloads = counter("mamori_config_reloads_total")
+        self.last_reload = gauge("mamori_config_last_reload_success_timestamp_seconds")
+        for outcome in ("success", "failure"):
+            self.reloads.labels(outcome=outcome)
+
+    def forget_check(self, name: str) -> None:
+        """Drop per-check series of a check removed from the config."""
+        for metric in (self.run_duration, self.check_errors, self.skipped):
+            with contextlib.suppress(KeyError):
+                metric.remove(name)
+        for status in ("ok", "warning", "critical", "unknown"):
+            with contextlib.suppress(KeyError):
+                self.runs.remove(name, status)
+
+
+class AgentInfoCollector(Collector):
+    """`mamori_agent_info`: name, version and the configured labels, read at scrape time so a
+    reload that changes the labels is reflected at once."""
+
+    def __init__(self, section: Callable[[], AgentSection], version: str) -> None:
+        self._section = section
+        self._version = version
+
+    def collect(self) -> Iterator[Metric]:
+        section = self._section()
+        labels = {**section.labels, "agent": section.name, "version": self._version}
+        family = GaugeMetricFamily("mamori_agent_info", _help("mamori_agent_info"), labels=list(labels))
+        family.add_metric(list(labels.values()), 1.0)
+        yield family

@@ -1,0 +1,186 @@
+"""What the network checks (http, tcp) share: resolve, connect, phase timing, failures as values.
+
+Inside a probe a failing target is raised as `ProbeError` (reason + short human message) so the
+happy path reads straight through; each check's `run()` catches it and returns an `Outcome`.
+`ProbeError` must never escape `run()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import re
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator
+
+from agent.model import Reason, Sample, Status
+
+IpProtocol = Literal["ip4", "ip6"]
+
+# One read from the socket; also the most any single read can add to memory.
+READ_SIZE = 64 * 1024
+
+
+def compile_regex(value: Any) -> Any:
+    """Compile at config load so a bad pattern is a config error naming the pattern."""
+    if isinstance(value, str):
+        try:
+            return re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+Regex = Annotated[re.Pattern[str], BeforeValidator(compile_regex)]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    status: Status
+    reason: Reason
+    message: str
+
+
+class ProbeError(Exception):
+    """A target failure inside a probe. Carries a `Failure`; caught by the check's `run()`."""
+
+    def __init__(self, reason: Reason, message: str, status: Status = Status.CRITICAL) -> None:
+        super().__init__(message)
+        self.failure = Failure(status, reason, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One resolved address: `host` is an IP literal."""
+
+    family: int
+    host: str
+    port: int
+
+    @property
+    def ip_version(self) -> int:
+        return 6 if self.family == socket.AF_INET6 else 4
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family == socket.AF_INET6 else f"{self.host}:{self.port}"
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, with brackets around an IPv6 literal."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Phases:
+    """Accumulated time per named phase, plus the phase in progress (for timeout messages).
+
+    A phase interrupted by an exception (a timeout included) still records its elapsed time.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(names, 0.0)
+        self.current: str = names[0]
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.current = name
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.monotonic() - t0
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def samples(self, metric: str) -> tuple[Sample, ...]:
+        return tuple(Sample(metric, round(v, 9), (("phase", k),)) for k, v in self.seconds.items())
+
+
+def _ordered(infos: list[Any], preferred: IpProtocol, fallback: bool) -> list[tuple[int, str]]:
+    want = socket.AF_INET6 if preferred == "ip6" else socket.AF_INET
+    seen: list[tuple[int, str]] = []
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, sockaddr[0]) not in seen:
+            seen.append((family, sockaddr[0]))
+    first = [a for a in seen if a[0] == want]
+    return first + ([a for a in seen if a[0] != want] if fallback else [])
+
+
+async def resolve(host: str, port: int, preferred: IpProtocol, fallback: bool) -> Address:
+    """The address to probe: the first of the preferred family, else (with `fallback`) of the other.
+
+    Raises ProbeError(dns). An IP literal is used as it is: no lookup, and no trip through the
+    resolver's thread pool (whose first use costs milliseconds).
+    """
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return Address(socket.AF_INET6 if literal.version == 6 else socket.AF_INET, host, port)
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ProbeError(Reason.DNS, f"cannot resolve {host}: {exc.strerror or exc}") from None
+    except UnicodeError:
+        raise ProbeError(Reason.DNS, f"cannot resolve {host}: invalid name") from None
+    candidates = _ordered(infos, preferred, fallback)
+    if not candidates:
+        wanted = "IPv6" if preferred == "ip6" else "IPv4"
+        why = f"no {wanted} address (ip_protocol_fallback is off)" if not fallback else "no IP address"
+        raise ProbeError(Reason.DNS, f"cannot resolve {host}: {why}")
+    family, ip = candidates[0]
+    return Address(family, ip, port)
+
+
+def connect_failure(exc: OSError, address: Address) -> ProbeError:
+    """Map a connect() error to a reason."""
+    if isinstance(exc, ConnectionRefusedError):
+        return ProbeError(Reason.REFUSED, f"connection refused by {address}")
+    if isinstance(exc, ConnectionResetError):
+        return ProbeError(Reason.CONNECTION_RESET, f"connection reset by {address}")
+    detail = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return ProbeError(Reason.UNREACHABLE, f"{address} unreachable ({detail})")
+    # Anything else (ETIMEDOUT surfaces as TimeoutError and is handled by the caller's deadline).
+    return ProbeError(Reason.UNREACHABLE, f"cannot connect to {address} ({detail})")
+
+
+async def open_connection(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A plain TCP connection to `address`. Raises ProbeError(refused|unreachable|connection_reset)."""
+    try:
+        return await asyncio.open_connection(
+            address.host, address.port, family=address.family, limit=READ_SIZE
+        )
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        raise connect_failure(exc, address) from None
+
+
+def connection_lost(exc: OSError, when: str) -> ProbeError:
+    """A connection that broke after it was established: always connection_reset."""
+    if isinstance(exc, ConnectionResetError):
+        return ProbeError(Reason.CONNECTION_RESET, f"connection reset by peer {when}")
+    return ProbeError(
+        Reason.CONNECTION_RESET, f"connection lost {when} ({exc.strerror or type(exc).__name__})"
+    )
+
+
+def abort(writer: asyncio.StreamWriter | None) -> None:
+    """Drop a connection now, without waiting for the peer: a probe never waits on a close."""
+    if writer is not None:
+        writer.transport.abort()
+
+
+def timeout_failure(timeout: float, doing: str) -> Failure:
+    return Failure(Status.CRITICAL, Reason.TIMEOUT, f"timeout after {timeout:g}s {doing}")

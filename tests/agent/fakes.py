@@ -1,0 +1,56 @@
+"""Test-only check types for exercising the scheduler and pipeline without any network."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Literal
+
+from agent.model import Reason, Sample, Status
+from checks.base import Check, CheckConfig, Outcome
+
+
+class SleepConfig(CheckConfig):
+    type: Literal["sleep"] = "sleep"
+    seconds: float = 0.0
+    status: int = 0
+
+
+class SleepCheck(Check[SleepConfig]):
+    """Sleeps, then returns the configured status. Records when each run started and ended."""
+
+    type_name = "sleep"
+    config_model = SleepConfig
+    log: list[tuple[str, float, float]] = []  # (name, start, end), monotonic; shared by all
+    closed: list[str] = []
+
+    @property
+    def target(self) -> str:
+        return "nowhere"
+
+    async def run(self) -> Outcome:
+        start = time.monotonic()
+        await asyncio.sleep(self.config.seconds)
+        SleepCheck.log.append((self.name, start, time.monotonic()))
+        status = Status(self.config.status)
+        reason = Reason.OK if status is Status.OK else Reason.THRESHOLD
+        return Outcome(
+            status, reason, f"slept {self.config.seconds}s", (Sample("probe_dns_lookup_time_seconds", 0.0),)
+        )
+
+    async def aclose(self) -> None:
+        SleepCheck.closed.append(self.name)
+
+
+class BoomConfig(CheckConfig):
+    type: Literal["boom"] = "boom"
+
+
+class BoomCheck(Check[BoomConfig]):
+    """A check with a bug: it always raises."""
+
+    type_name = "boom"
+    config_model = BoomConfig
+
+    async def run(self) -> Outcome:
+        raise ZeroDivisionError("division by zero in a check")

@@ -1,0 +1,20 @@
+"""The docs tables that must not drift from the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from agent.catalog import render_markdown
+from agent.model import Reason
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+def test_metrics_md_is_generated_from_the_catalog() -> None:
+    assert (DOCS / "metrics.md").read_text() == render_markdown(), "run `make docs`"
+
+
+def test_reasons_md_lists_exactly_the_reason_enum() -> None:
+    documented = re.findall(r"^\| `([a-z_]+)` \|", (DOCS / "reasons.md").read_text(), re.M)
+    assert documented == [r.value for r in Reason]

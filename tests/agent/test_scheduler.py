@@ -1,0 +1,150 @@
+"""Scheduler guarantees, with test-only check types (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from agent.model import CheckResult, Reason, Status
+from agent.scheduler import Scheduler, phase_offset
+from agent.telemetry import AgentMetrics
+from tests.agent.fakes import BoomConfig, SleepCheck, SleepConfig
+
+pytestmark = pytest.mark.usefixtures("fake_checks")
+
+
+def sleep_cfg(
+    name: str, interval: float = 0.2, seconds: float = 0.0, timeout: float | None = None, **kw: Any
+) -> SleepConfig:
+    return SleepConfig(
+        name=name, type="sleep", interval=interval, timeout=timeout or interval, seconds=seconds, **kw
+    )
+
+
+def sample(metrics: AgentMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+@pytest.fixture(autouse=True)
+def clear_log() -> None:
+    SleepCheck.log.clear()
+    SleepCheck.closed.clear()
+
+
+def test_phase_offsets_are_stable_and_spread() -> None:
+    assert phase_offset("db", 30) == phase_offset("db", 30)
+    offsets = sorted(phase_offset(f"check-{i}", 1.0) for i in range(200))
+    assert 0 <= offsets[0] < 0.05 and 0.95 < offsets[-1] < 1.0
+    # No bucket of a tenth of the interval holds more than twice its share.
+    buckets = [sum(1 for o in offsets if k / 10 <= o < (k + 1) / 10) for k in range(10)]
+    assert max(buckets) < 40, buckets
+
+
+async def test_first_runs_are_spread_over_the_interval() -> None:
+    results: list[CheckResult] = []
+    sched = Scheduler(results.append, AgentMetrics(), concurrency=100)
+    sched.apply([sleep_cfg(f"c{i}", interval=1.0) for i in range(40)])
+    t0 = time.monotonic()
+    await asyncio.sleep(1.05)
+    await sched.aclose()
+    firsts: dict[str, float] = {}
+    for name, start, _ in SleepCheck.log:
+        firsts.setdefault(name, start - t0)
+    starts = sorted(firsts.values())
+    assert len(starts) == 40
+    assert starts[0] < 0.25 and starts[-1] > 0.75  # not all at once
+
+
+async def test_a_check_never_overlaps_itself_and_missed_slots_are_skipped() -> None:
+    metrics = AgentMetrics()
+    results: list[CheckResult] = []
+    sched = Scheduler(results.append, metrics, concurrency=10, spread=False)
+    sched.apply([sleep_cfg("slow", interval=0.1, seconds=0.25, timeout=0.1 * 10)])
+    await asyncio.sleep(1.0)
+    await sched.aclose()
+    runs = [(s, e) for n, s, e in SleepCheck.log if n == "slow"]
+    assert len(runs) >= 3
+    for (_, end), (start, _) in itertools.pairwise(runs):
+        assert start >= end  # the next run starts after the previous ended
+    assert sample(metrics, "mamori_scheduler_skipped_runs_total", check="slow") >= 4
+
+
+async def test_concurrency_limit_is_global() -> None:
+    metrics = AgentMetrics()
+    sched = Scheduler(lambda r: None, metrics, concurrency=2, spread=False)
+    sched.apply([sleep_cfg(f"c{i}", interval=5, seconds=0.2) for i in range(6)])
+    await asyncio.sleep(0.75)
+    await sched.aclose()
+    events = sorted([(s, 1) for _, s, _ in SleepCheck.log] + [(e, -1) for _, _, e in SleepCheck.log])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert len(SleepCheck.log) == 6
+    assert peak == 2
+    # Waiting for a slot is lateness: the last pair started ~0.4 s late.
+    assert sample(metrics, "mamori_scheduler_lateness_seconds_bucket", le="0.25") == 4
+    assert sample(metrics, "mamori_scheduler_lateness_seconds_count") == 6
+
+
+async def test_a_check_that_raises_is_unknown_check_error_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = AgentMetrics()
+    results: list[CheckResult] = []
+    sched = Scheduler(results.append, metrics, concurrency=4, spread=False)
+    with caplog.at_level(logging.ERROR):
+        sched.apply([BoomConfig(name="buggy", type="boom", interval=0.05, timeout=0.05)])
+        await asyncio.sleep(0.3)
+        await sched.aclose()
+    assert len(results) >= 3
+    assert {(r.status, r.reason) for r in results} == {(Status.UNKNOWN, Reason.CHECK_ERROR)}
+    assert results[0].message == "check failed: ZeroDivisionError: division by zero in a check"
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1
+    assert sample(metrics, "mamori_check_errors_total", check="buggy") == len(results)
+    assert sample(metrics, "mamori_check_runs_total", check="buggy", status="unknown") == len(results)
+
+
+async def test_a_check_that_ignores_its_timeout_is_cut_off() -> None:
+    results: list[CheckResult] = []
+    sched = Scheduler(results.append, AgentMetrics(), concurrency=4, spread=False)
+    sched.apply([sleep_cfg("hang", interval=5, seconds=60, timeout=0.2)])
+    await asyncio.sleep(1.0)
+    await sched.aclose()
+    assert len(results) == 1
+    assert (results[0].status, results[0].reason) == (Status.CRITICAL, Reason.TIMEOUT)
+    assert 0.7 <= results[0].duration < 0.9  # timeout + the harness's 0.5 s grace
+
+
+async def test_apply_keeps_unchanged_checks_and_restarts_changed_ones() -> None:
+    metrics = AgentMetrics()
+    sched = Scheduler(lambda r: None, metrics, concurrency=4)
+    sched.apply(
+        [sleep_cfg("keep", interval=10), sleep_cfg("change", interval=10), sleep_cfg("drop", interval=10)]
+    )
+    before = sched.checks
+    started, stopped = sched.apply(
+        [
+            sleep_cfg("keep", interval=10),
+            sleep_cfg("change", interval=10, seconds=0.1),
+            sleep_cfg("new", interval=10),
+        ]
+    )
+    after = sched.checks
+    assert sorted(started) == ["change", "new"]
+    assert sorted(stopped) == ["change", "drop"]
+    assert after["keep"] is before["keep"]
+    assert after["change"] is not before["change"]
+    assert sample(metrics, "mamori_checks_configured") == 3
+    await asyncio.sleep(0.05)
+    assert sorted(SleepCheck.closed) == ["change", "drop"]
+    await sched.aclose()
+    assert sorted(SleepCheck.closed) == ["change", "change", "drop", "keep", "new"]
+    await sched.aclose()  # safe twice

@@ -1,0 +1,96 @@
+"""What the agent emits on /metrics equals agent/catalog.py (and so docs/metrics.md), both ways.
+
+A real agent runs http (TLS, verified), tcp (TLS) and host checks against real local servers, so
+every per-check metric in the catalog must show up with exactly its documented labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent import config
+from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
+from agent.runtime import Agent
+from tests.certs import make_certs, server_context
+from tests.conftest import free_port
+from tests.servers import banner, serve_http, serve_tcp
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+async def test_emitted_metrics_match_the_catalog(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    port = free_port()
+    async with (
+        serve_http(None, server_context(certs.valid)) as web,
+        serve_tcp(banner(b"220 ready\r\n"), server_context(certs.valid)) as tcp,
+    ):
+        cfg = config.parse(
+            f"""
+agent: {{listen: "127.0.0.1:{port}", labels: {{site: lab}}, interval: 1s, timeout: 1s}}
+checks:
+  - name: web
+    type: http
+    url: {web.url("/health")}
+    tls: {{ca_file: {certs.ca_file}}}
+    body_matches: ["ok"]
+  - name: banner
+    type: tcp
+    host: 127.0.0.1
+    port: {tcp.port}
+    expect: "^220"
+    tls: {{ca_file: {certs.ca_file}}}
+  - name: host
+    type: host
+""",
+            "catalog.yml",
+            env={},
+        )
+        agent = Agent(cfg, None)
+        task = asyncio.create_task(agent.run())
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                try:
+                    body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/api/v1/results")
+                except OSError:
+                    continue
+                results = json.loads(body)["results"]
+                if len(results) == 3:
+                    break
+            assert {r["check"]: r["status"] for r in results} == {"web": "OK", "banner": "OK", "host": "OK"}
+            text = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
+        finally:
+            agent.stop()
+            await task
+
+    emitted: dict[str, set[tuple[str, ...]]] = {}
+    types: dict[str, str] = {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for s in family.samples:
+            emitted.setdefault(family.name, set()).add(tuple(sorted(s.labels)))
+
+    def family_name(name: str) -> str:
+        return name.removesuffix("_total")
+
+    for name, spec in CHECK_METRICS.items():
+        assert family_name(name) in emitted, f"{name} is in the catalog but was not emitted"
+        assert types[family_name(name)] == spec.type, name
+        assert emitted[family_name(name)] == {tuple(sorted((*PER_CHECK_LABELS, *spec.labels)))}, name
+    for name, spec in AGENT_METRICS.items():
+        assert family_name(name) in emitted, f"{name} is in the catalog but was not emitted"
+        assert types[family_name(name)] == spec.type, name
+        wanted = set(spec.labels) | ({"site"} if name == "mamori_agent_info" else set())
+        for labels in emitted[family_name(name)]:
+            assert set(labels) - {"le"} == wanted, name
+    documented = {family_name(n) for n in (*CHECK_METRICS, *AGENT_METRICS)}
+    assert set(emitted) - documented == set(), "emitted but not in agent/catalog.py"

@@ -1,0 +1,294 @@
+"""CPU per HTTP probe: the agent against blackbox_exporter, same target, same rate, same run.
+
+Both probe one local nginx (`GET /`, a fresh connection per probe) at K probes per second for the
+same D seconds, at the same time:
+
+- the agent runs a generated config of K `http` checks with a 1 s interval, and /metrics is
+  scraped once a second (as Prometheus would), which is counted in the agent's CPU;
+- blackbox_exporter gets K `GET /probe?target=...&module=http_2xx` per second from a paced
+  driver in this process (one keep-alive connection, like a Prometheus scraper).
+
+CPU is user+sys of each process (psutil) between two points after a warm-up; probes are the
+delta of `mamori_check_runs_total` for the agent and the /probe answers with `probe_success 1`
+for blackbox_exporter. Target: agent CPU per probe <= 0.5 x blackbox_exporter's.
+
+    python -m bench.http_cpu [--seconds 30] [--checks 20] [--warmup 5] [--profile]
+
+`--profile` runs the agent under cProfile and prints where its time goes; the CPU figures are
+then inflated, so no result file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pstats
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psutil
+
+from bench import lab
+from bench.common import (
+    KeepAliveClient,
+    agent_process,
+    cpu_seconds,
+    exit_on_sigterm,
+    free_port,
+    http_get,
+    metric_by_label,
+    metric_sum,
+    save,
+    tail,
+    verdict,
+    wait_until,
+)
+
+NAME = "http_cpu"
+TARGET_RATIO = 0.5
+INTERVAL = 1.0
+AGENT_TIMEOUT = 1.0  # a check's timeout may not exceed its interval; nginx answers in < 1 ms
+
+
+def agent_config(nginx_url: str, checks: int) -> str:
+    lines = ["agent:", f"  interval: {INTERVAL:g}s", f"  timeout: {AGENT_TIMEOUT:g}s", "checks:"]
+    for i in range(checks):
+        lines += [
+            f"  - name: nginx-{i:03d}",
+            "    type: http",
+            f"    url: {nginx_url}",
+            f"    interval: {INTERVAL:g}s",
+            f"    timeout: {AGENT_TIMEOUT:g}s",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class BlackboxDriver:
+    """Sends `rate` probes per second, paced (probe n at start + n/rate; if one is slow the next
+    ones go at once to catch up, never more than `limit` in all), until stopped."""
+
+    port: int
+    target: str
+    rate: float
+    limit: int
+    done: int = 0
+    succeeded: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="blackbox-driver", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Safe to call twice and without `start()`."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)
+
+    def _run(self) -> None:
+        client = KeepAliveClient(self.port)
+        path = f"/probe?target={quote(self.target, safe='')}&module=http_2xx"
+        start = time.monotonic()
+        try:
+            for n in range(self.limit):
+                delay = start + n / self.rate - time.monotonic()
+                if self._stop.wait(max(0.0, delay)):
+                    return
+                try:
+                    status, body = client.get(path)
+                except OSError as exc:
+                    status, body = 0, str(exc)
+                ok = status == 200 and "\nprobe_success 1\n" in f"\n{body}"
+                if not ok and len(self.failures) < 5:
+                    self.failures.append(f"HTTP {status}: {body[:200]}")
+                self.succeeded += ok
+                self.done += 1
+        finally:
+            client.close()
+
+
+@dataclass
+class Snapshot:
+    t: float
+    agent_cpu: float
+    blackbox_cpu: float
+    agent_runs: dict[str, float]
+    agent_skipped: float
+    blackbox_done: int
+    blackbox_ok: int
+
+
+def _snapshot(
+    metrics_text: str, agent: psutil.Process, blackbox: psutil.Process, driver: BlackboxDriver
+) -> Snapshot:
+    return Snapshot(
+        t=time.monotonic(),
+        agent_cpu=cpu_seconds(agent),
+        blackbox_cpu=cpu_seconds(blackbox),
+        agent_runs=metric_by_label(metrics_text, "mamori_check_runs_total", "status"),
+        agent_skipped=metric_sum(metrics_text, "mamori_scheduler_skipped_runs_total"),
+        blackbox_done=driver.done,
+        blackbox_ok=driver.succeeded,
+    )
+
+
+def _user_agents(access_log: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in access_log.read_text(errors="replace").splitlines():
+        ua = line.rsplit('"', 2)[-2] if line.endswith('"') else "?"
+        counts[ua] = counts.get(ua, 0) + 1
+    return counts
+
+
+def run(
+    seconds: float = 30.0, checks: int = 20, warmup: float = 5.0, profile: bool = False
+) -> dict[str, Any]:
+    rate = checks / INTERVAL
+    scrapes_warmup = max(1, round(warmup))
+    scrapes_window = max(1, round(seconds))
+    with (
+        lab.nginx() as nginx,
+        lab.blackbox_exporter(timeout=AGENT_TIMEOUT) as blackbox,
+        tempfile.TemporaryDirectory(prefix="mamori-bench-agent-") as tmp,
+    ):
+        cfg = Path(tmp) / "agent.yml"
+        cfg.write_text(agent_config(nginx.url, checks))
+        port = free_port()
+        args = ["-c", str(cfg), "--listen", f"127.0.0.1:{port}"]
+        prefix = ["-m", "cProfile", "-o", str(Path(tmp) / "agent.prof")] if profile else []
+        log = Path(tmp) / "agent.log"
+        with agent_process(args, log, python_args=prefix) as agent_proc:
+            try:
+                wait_until(
+                    lambda: http_get(f"http://127.0.0.1:{port}/ready", 1.0)[0] == 200,
+                    30,
+                    "the agent's /ready",
+                    lambda: agent_proc.poll() is None,
+                )
+            except (TimeoutError, RuntimeError) as exc:
+                raise RuntimeError(f"agent did not start: {exc}\n{tail(log)}") from exc
+            agent = psutil.Process(agent_proc.pid)
+            driver = BlackboxDriver(blackbox.port, nginx.url, rate, limit=int(rate * (warmup + seconds + 30)))
+            scraper = KeepAliveClient(port)
+            driver.start()
+            try:
+                # One scrape per second, paced; the snapshots are taken right after scrapes number
+                # `scrapes_warmup` and `scrapes_warmup + scrapes_window`, so the window holds
+                # exactly one scrape per second and no extra ones.
+                start = time.monotonic()
+                snaps: list[Snapshot] = []
+                for n in range(1, scrapes_warmup + scrapes_window + 1):
+                    time.sleep(max(0.0, start + n * 1.0 - time.monotonic()))
+                    status, text = scraper.get("/metrics")
+                    if status != 200:
+                        raise RuntimeError(f"agent /metrics answered {status}")
+                    if n in (scrapes_warmup, scrapes_warmup + scrapes_window):
+                        snaps.append(_snapshot(text, agent, blackbox.process, driver))
+                    if agent_proc.poll() is not None:
+                        raise RuntimeError(f"agent exited during the run\n{tail(log)}")
+            finally:
+                driver.stop()
+                scraper.close()
+        if profile:
+            _print_profile(Path(tmp) / "agent.prof")
+        requests_by_ua = _user_agents(nginx.dir / "access.log")
+
+    a, b = snaps
+    window = b.t - a.t
+    agent_probes = sum(b.agent_runs.values()) - sum(a.agent_runs.values())
+    agent_ok = b.agent_runs.get("ok", 0.0) - a.agent_runs.get("ok", 0.0)
+    agent_cpu = b.agent_cpu - a.agent_cpu
+    bb_probes = b.blackbox_done - a.blackbox_done
+    bb_ok = b.blackbox_ok - a.blackbox_ok
+    bb_cpu = b.blackbox_cpu - a.blackbox_cpu
+    agent_ms = 1000 * agent_cpu / agent_probes if agent_probes else float("nan")
+    bb_ms = 1000 * bb_cpu / bb_ok if bb_ok else float("nan")
+    ratio = agent_ms / bb_ms if bb_ms else float("nan")
+    all_ok = agent_ok == agent_probes > 0 and bb_ok == bb_probes > 0
+    return {
+        "parameters": {
+            "checks": checks,
+            "interval_s": INTERVAL,
+            "rate_per_s": rate,
+            "seconds": seconds,
+            "warmup_s": warmup,
+            "agent_scrapes_per_s": 1,
+            "agent_check_timeout_s": AGENT_TIMEOUT,
+            "blackbox_module_timeout_s": AGENT_TIMEOUT,
+            "nginx": lab.version(lab.NGINX_BIN),
+            "blackbox_exporter": lab.version(lab.BLACKBOX_BIN),
+            "profiled": profile,
+        },
+        "window_s": round(window, 3),
+        "agent": {
+            "cpu_s": round(agent_cpu, 3),
+            "probes": agent_probes,
+            "probes_ok": agent_ok,
+            "probes_per_s": round(agent_probes / window, 2),
+            "skipped_runs": b.agent_skipped - a.agent_skipped,
+            "scrapes": scrapes_window,
+            "cpu_ms_per_probe": round(agent_ms, 4),
+            "cpu_percent": round(100 * agent_cpu / window, 2),
+        },
+        "blackbox_exporter": {
+            "cpu_s": round(bb_cpu, 3),
+            "probes": bb_probes,
+            "probes_ok": bb_ok,
+            "probes_per_s": round(bb_probes / window, 2),
+            "cpu_ms_per_probe": round(bb_ms, 4),
+            "cpu_percent": round(100 * bb_cpu / window, 2),
+            "sample_failures": driver.failures,
+        },
+        "nginx_requests_by_user_agent_whole_run": requests_by_ua,
+        "all_probes_succeeded": all_ok,
+        "ratio_agent_to_blackbox": round(ratio, 3),
+        "target_ratio_max": TARGET_RATIO,
+        "verdict": verdict(ratio <= TARGET_RATIO),
+    }
+
+
+def _print_profile(path: Path) -> None:
+    if not path.exists():
+        print(f"no profile written to {path}", file=sys.stderr)
+        return
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("cumulative").print_stats(30)
+    stats.sort_stats("tottime").print_stats(30)
+
+
+def summary(r: dict[str, Any]) -> str:
+    ag, bb = r["agent"], r["blackbox_exporter"]
+    return (
+        f"http_cpu: agent {ag['cpu_ms_per_probe']:.3f} ms/probe ({ag['probes']:g} probes, "
+        f"{ag['probes_ok']:g} ok), blackbox_exporter {bb['cpu_ms_per_probe']:.3f} ms/probe "
+        f"({bb['probes']} probes, {bb['probes_ok']} ok): ratio {r['ratio_agent_to_blackbox']:.2f} "
+        f"(target <= {r['target_ratio_max']}) {r['verdict']}"
+        + ("" if r["all_probes_succeeded"] else " [NOT ALL PROBES SUCCEEDED]")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.http_cpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window (default 30)")
+    parser.add_argument("--checks", type=int, default=20, help="checks = probes per second (default 20)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the window (default 5)")
+    parser.add_argument("--profile", action="store_true", help="run the agent under cProfile, no result file")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+    result = run(args.seconds, args.checks, args.warmup, args.profile)
+    print(summary(result))
+    if not args.profile:
+        print(f"  -> {save(NAME, result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The real servers the benchmarks run against: nginx (the probe target) and blackbox_exporter
+(the anchor for CPU per probe), each on a free 127.0.0.1 port in its own temp dir.
+
+Both are context managers: the process is started in the foreground as our child, tracked by its
+PID, and stopped (SIGTERM, then SIGKILL) and its temp dir removed on exit, even on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench.common import free_port, http_get, stop_process, tail, wait_until
+
+NGINX_BIN = "/usr/sbin/nginx"
+BLACKBOX_BIN = "prometheus-blackbox-exporter"
+
+_NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    client_body_temp_path {dir}/tmp/client_body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    log_format bench '$remote_addr "$request" $status $body_bytes_sent "$http_user_agent"';
+    access_log {dir}/access.log bench;
+    default_type text/html;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/www;
+        location = /health {{
+            default_type text/plain;
+            return 200 "ok\\n";
+        }}
+    }}
+}}
+"""
+
+_INDEX = "<!doctype html><title>bench</title><p>Mamori benchmark target.</p>\n"
+
+_BLACKBOX_CONF = """\
+modules:
+  http_2xx:
+    prober: http
+    timeout: {timeout:g}s
+    http:
+      preferred_ip_protocol: ip4
+"""
+
+
+@dataclass
+class Server:
+    """A running server: its process, where it listens, and its temp dir (logs live there)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def process(self) -> psutil.Process:
+        return psutil.Process(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def _raise_with_log(server: Server, log: Path, exc: Exception) -> None:
+    raise RuntimeError(f"{server.name} did not start: {exc}\n{tail(log)}") from exc
+
+
+@contextlib.contextmanager
+def nginx() -> Iterator[Server]:
+    """nginx (master + 1 worker) serving a small static `/` and `/health` on a free port.
+
+    `Server.process` is the master; the worker is its child. The access log (with user agents) is
+    `Server.dir / "access.log"`."""
+    if not Path(NGINX_BIN).exists():
+        raise FileNotFoundError(f"{NGINX_BIN} not found: install nginx-light (make bench does)")
+    tmp = Path(tempfile.mkdtemp(prefix="mamori-bench-nginx-"))
+    try:
+        # Workers run as an unprivileged user when we are root: let them read the docroot.
+        tmp.chmod(0o755)
+        (tmp / "www").mkdir(mode=0o755)
+        (tmp / "tmp").mkdir(mode=0o755)
+        (tmp / "www" / "index.html").write_text(_INDEX)
+        (tmp / "www" / "index.html").chmod(0o644)
+        port = free_port()
+        conf = tmp / "nginx.conf"
+        conf.write_text(_NGINX_CONF.format(dir=tmp, port=port))
+        log = tmp / "stderr.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [NGINX_BIN, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        server = Server("nginx", proc, port, tmp)
+        try:
+            try:
+                wait_until(
+                    lambda: http_get(f"{server.url}health", 1.0)[0] == 200,
+                    10,
+                    "nginx /health",
+                    server.alive,
+                )
+            except (TimeoutError, RuntimeError) as exc:
+                _raise_with_log(server, tmp / "error.log", exc)
+            yield server
+        finally:
+            stop_process(proc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def blackbox_exporter(timeout: float = 5.0) -> Iterator[Server]:
+    """blackbox_exporter with one module, `http_2xx` (`timeout` s, IPv4), on a free port, at its
+    default log level (info: nothing is logged per successful probe)."""
+    binary = shutil.which(BLACKBOX_BIN)
+    if binary is None:
+        raise FileNotFoundError(f"{BLACKBOX_BIN} not found: install prometheus-blackbox-exporter")
+    tmp = Path(tempfile.mkdtemp(prefix="mamori-bench-blackbox-"))
+    try:
+        conf = tmp / "blackbox.yml"
+        conf.write_text(_BLACKBOX_CONF.format(timeout=timeout))
+        port = free_port()
+        log = tmp / "blackbox.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={conf}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=tmp,
+            )
+        server = Server("blackbox_exporter", proc, port, tmp)
+        try:
+            try:
+                wait_until(
+                    lambda: http_get(f"{server.url}-/healthy", 1.0)[0] == 200,
+                    10,
+                    "blackbox_exporter /-/healthy",
+                    server.alive,
+                )
+            except (TimeoutError, RuntimeError) as exc:
+                _raise_with_log(server, log, exc)
+            yield server
+        finally:
+            stop_process(proc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def version(binary: str) -> str:
+    """The first line of `BINARY -v`/`--version` (nginx prints to stderr)."""
+    flag = "-v" if binary == NGINX_BIN else "--version"
+    path = shutil.which(binary) or binary
+    try:
+        out = subprocess.run([path, flag], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+if __name__ == "__main__":
+    # Smoke test: start both, probe nginx through blackbox_exporter once, stop both.
+    with nginx() as target, blackbox_exporter() as bb:
+        status, body = http_get(f"{bb.url}probe?target={target.url}&module=http_2xx")
+        ok = "probe_success 1" in body
+        print(f"nginx on {target.port}, blackbox on {bb.port}: HTTP {status}, probe_success={int(ok)}")

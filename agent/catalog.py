@@ -131,7 +131,12 @@ AGENT_METRICS: dict[str, MetricSpec] = {
     "mamori_agent_start_time_seconds": _m("gauge", "", "Unix time the agent started.", "agent"),
     "mamori_checks_configured": _m("gauge", "", "Checks in the running config.", "agent"),
     "mamori_check_runs_total": _m("counter", "check status", "Check runs by resulting status.", "scheduler"),
-    "mamori_check_run_duration_seconds": _m("histogram", "check", "Wall time of check runs.", "scheduler"),
+    "mamori_check_run_duration_seconds": _m(
+        "histogram",
+        "",
+        "Wall time of check runs, all checks together (per check: probe_duration_seconds).",
+        "scheduler",
+    ),
     "mamori_check_errors_total": _m(
         "counter",
         "check",

@@ -43,7 +43,6 @@ class Agent:
         self.metrics = AgentMetrics()
         self.latest = LatestResults()
         prometheus = PrometheusSink(self.latest)
-        self.metrics.registry.register(prometheus.collector)
         self.metrics.registry.register(AgentInfoCollector(lambda: self.config.agent, __version__))
         self.fanout = FanOut([prometheus], cfg.agent.queue_size, self.metrics)
         self.scheduler: Scheduler | None = None

@@ -106,7 +106,7 @@ class Scheduler:
         interval = cfg.interval
         next_at = time.monotonic() + (phase_offset(cfg.name, interval) if self._spread else 0.0)
         runs = {s: self._metrics.runs.labels(check=cfg.name, status=s.label) for s in Status}
-        run_duration = self._metrics.run_duration.labels(check=cfg.name)
+        run_duration = self._metrics.run_duration
         errors = self._metrics.check_errors.labels(check=cfg.name)
         skipped = self._metrics.skipped.labels(check=cfg.name)
         while True:

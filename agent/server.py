@@ -1,5 +1,7 @@
 """The agent's HTTP endpoint: /metrics, /healthz, /ready and /api/v1/results.
 
+- `/metrics` is the Prometheus text format 0.0.4 (every Prometheus version accepts it): the
+  agent's own metrics (prometheus_client registry) followed by the per-check results.
 - `/healthz` answers 200 while the event loop turns (a liveness probe: if it does not answer,
   restart the agent).
 - `/ready` answers 200 once the scheduler runs and until shutdown begins, else 503.
@@ -9,87 +11,56 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import generate_latest
 
+from agent.httpserver import HttpServer, Response
 from exporters.prometheus import LatestResults
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class AgentServer:
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        latest: LatestResults,
-        ready: Callable[[], bool],
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry, latest: LatestResults, ready: Callable[[], bool]) -> None:
         self._registry = registry
         self._latest = latest
         self._ready = ready
-        self._runner: web.AppRunner | None = None
-        self.bound: tuple[str, int] | None = None
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/ready", self._readyz)
-        app.router.add_get("/api/v1/results", self._results)
-        app.router.add_get("/", self._index)
-        return app
+        self._http = HttpServer(
+            {
+                "/metrics": self._metrics,
+                "/healthz": lambda q: Response(200, b"ok\n"),
+                "/ready": self._readyz,
+                "/api/v1/results": self._results,
+                "/": lambda q: Response(200, b"Mamori agent\n/metrics  /healthz  /ready  /api/v1/results\n"),
+            }
+        )
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on host:port (port 0 picks a free one). Raises OSError if it cannot bind."""
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError:
-            await self._runner.cleanup()
-            self._runner = None
-            raise
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        addr = sockets[0].getsockname() if sockets else (host, port)
-        self.bound = (str(addr[0]), int(addr[1]))
-        return self.bound
+        return await self._http.start(host, port)
 
     async def aclose(self) -> None:
         """Stop listening. Safe to call twice and without `start()`."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._http.aclose()
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(self._registry)
-        return web.Response(body=body, headers={"Content-Type": content_type})
+    def _metrics(self, query: Mapping[str, str]) -> Response:
+        body = generate_latest(self._registry) + self._latest.exposition().encode()
+        return Response(200, body, METRICS_CONTENT_TYPE)
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    def _readyz(self, query: Mapping[str, str]) -> Response:
+        return Response(200, b"ready\n") if self._ready() else Response(503, b"not ready\n")
 
-    async def _readyz(self, request: web.Request) -> web.Response:
-        if self._ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
-
-    async def _results(self, request: web.Request) -> web.Response:
-        name = request.query.get("check")
-        if name is not None:
-            result = self._latest.get(name)
-            if result is None:
-                return _json({"error": f"no result for check {name!r}"}, status=404)
-            return _json(result.to_json())
-        return _json({"results": [r.to_json() for r in self._latest.all()]})
-
-    async def _index(self, request: web.Request) -> web.Response:
-        return web.Response(text="Mamori agent\n/metrics  /healthz  /ready  /api/v1/results\n")
+    def _results(self, query: Mapping[str, str]) -> Response:
+        name = query.get("check")
+        if name is None:
+            return _json({"results": [r.to_json() for r in self._latest.all()]})
+        result = self._latest.get(name)
+        if result is None:
+            return _json({"error": f"no result for check {name!r}"}, status=404)
+        return _json(result.to_json())
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, text=json.dumps(data, indent=1) + "\n", content_type="application/json"
-    )
+def _json(data: object, status: int = 200) -> Response:
+    return Response(status, json.dumps(data, indent=1).encode() + b"\n", "application/json")

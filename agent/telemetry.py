@@ -50,10 +50,11 @@ class AgentMetrics:
         self.start_time = gauge("mamori_agent_start_time_seconds")
         self.checks_configured = gauge("mamori_checks_configured")
         self.runs = counter("mamori_check_runs_total")
+        # Not per check: probe_duration_seconds already gives each check's last run time, and a
+        # per-check histogram would be most of a scrape (17 lines per check).
         self.run_duration = Histogram(
             "mamori_check_run_duration_seconds",
             _help("mamori_check_run_duration_seconds"),
-            _labels("mamori_check_run_duration_seconds"),
             buckets=_RUN_BUCKETS,
             registry=r,
         )
@@ -77,7 +78,7 @@ class AgentMetrics:
 
     def forget_check(self, name: str) -> None:
         """Drop per-check series of a check removed from the config."""
-        for metric in (self.run_duration, self.check_errors, self.skipped):
+        for metric in (self.check_errors, self.skipped):
             with contextlib.suppress(KeyError):
                 metric.remove(name)
         for status in ("ok", "warning", "critical", "unknown"):

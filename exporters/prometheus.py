@@ -1,29 +1,67 @@
 """The Prometheus sink: keeps the latest result of each check and renders it on scrape.
 
-Metrics are built from the latest results at scrape time (a custom collector), so a check that is
-removed from the config disappears from `/metrics` at once, and nothing is kept per scrape.
-Every sample gets `check` and `target` labels; help and type come from `agent.catalog`.
+Each result is rendered to text-format lines once, when it arrives; a scrape only joins the
+stored lines, grouped by metric family in catalog order. A result is immutable and replaced
+whole by the next one, so the cache cannot go stale, and a check removed from the config
+disappears from `/metrics` at once. Every sample gets `check` and `target` labels; help and type
+come from `agent.catalog`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+import math
+from collections.abc import Iterable
 
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
 from agent.model import CheckResult
 
+_UNDOCUMENTED = "Undocumented sample (missing from agent/catalog.py)."
+_ORDER = {name: i for i, name in enumerate(CHECK_METRICS)}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _line(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return f"{name}{{{inner}}} {_number(value)}\n"
+
+
+def render_result(r: CheckResult) -> dict[str, list[str]]:
+    """The exposition lines of one result, by metric name."""
+    base = tuple(zip(PER_CHECK_LABELS, (r.check, r.target), strict=True))
+    out: dict[str, list[str]] = {}
+
+    def add(name: str, extra: tuple[tuple[str, str], ...], value: float) -> None:
+        out.setdefault(name, []).append(_line(name, base + extra, value))
+
+    add("probe_success", (), 1.0 if r.success else 0.0)
+    add("probe_duration_seconds", (), r.duration)
+    add("mamori_check_status", (("type", r.check_type), ("reason", r.reason.value)), float(r.status))
+    add("mamori_check_last_run_timestamp_seconds", (), r.started_at)
+    add("mamori_check_attempts", (), float(r.attempts))
+    for s in r.samples:
+        add(s.name, s.labels, s.value)
+    return out
+
 
 class LatestResults:
-    """The latest result per check name. Read by /metrics and /api/v1/results."""
+    """The latest result per check name, with its rendered exposition lines."""
 
     def __init__(self) -> None:
-        self._by_check: dict[str, CheckResult] = {}
+        self._by_check: dict[str, tuple[CheckResult, dict[str, list[str]]]] = {}
 
     def put(self, result: CheckResult) -> None:
-        self._by_check[result.check] = result
+        self._by_check[result.check] = (result, render_result(result))
 
     def retain(self, names: Iterable[str]) -> None:
         """Forget checks that are no longer configured."""
@@ -33,62 +71,37 @@ class LatestResults:
                 del self._by_check[name]
 
     def all(self) -> list[CheckResult]:
-        return [self._by_check[name] for name in sorted(self._by_check)]
+        return [self._by_check[name][0] for name in sorted(self._by_check)]
 
     def get(self, name: str) -> CheckResult | None:
-        return self._by_check.get(name)
+        entry = self._by_check.get(name)
+        return None if entry is None else entry[0]
+
+    def exposition(self) -> str:
+        """Prometheus text format (0.0.4) for every latest result."""
+        families: dict[str, list[str]] = {}
+        for name in sorted(self._by_check):
+            for metric, lines in self._by_check[name][1].items():
+                families.setdefault(metric, []).extend(lines)
+        parts: list[str] = []
+        for metric in sorted(families, key=lambda m: (_ORDER.get(m, len(_ORDER)), m)):
+            spec = CHECK_METRICS.get(metric)
+            parts.append(f"# HELP {metric} {spec.help if spec else _UNDOCUMENTED}\n")
+            parts.append(f"# TYPE {metric} {spec.type if spec else 'untyped'}\n")
+            parts.extend(families[metric])
+        return "".join(parts)
 
 
 class PrometheusSink:
-    """Pipeline sink feeding `LatestResults`; `collector` renders them for prometheus_client."""
+    """Pipeline sink feeding `LatestResults`."""
 
     name = "prometheus"
 
     def __init__(self, latest: LatestResults) -> None:
         self.latest = latest
-        self.collector = ResultsCollector(latest)
 
     async def consume(self, result: CheckResult) -> None:
         self.latest.put(result)
 
     async def aclose(self) -> None:
         """Nothing to flush: the latest results live in memory."""
-
-
-def _family(name: str, labels: list[str]) -> Metric:
-    spec = CHECK_METRICS.get(name)
-    help_text = spec.help if spec else "Undocumented sample (missing from agent/catalog.py)."
-    if spec is not None and spec.type == "counter":
-        return CounterMetricFamily(name.removesuffix("_total"), help_text, labels=labels)
-    return GaugeMetricFamily(name, help_text, labels=labels)
-
-
-class ResultsCollector(Collector):
-    def __init__(self, latest: LatestResults) -> None:
-        self._latest = latest
-
-    def collect(self) -> Iterator[Metric]:
-        # One family per name: the catalog fixes each name's label set (a test enforces it).
-        families: dict[str, Metric] = {}
-
-        def add(name: str, extra: tuple[tuple[str, str], ...], value: float, base: list[str]) -> None:
-            family = families.get(name)
-            if family is None:
-                family = families[name] = _family(name, [*PER_CHECK_LABELS, *(k for k, _ in extra)])
-            family.add_metric(base + [v for _, v in extra], value)  # type: ignore[attr-defined]
-
-        for r in self._latest.all():
-            base = [r.check, r.target]
-            add("probe_success", (), 1.0 if r.success else 0.0, base)
-            add("probe_duration_seconds", (), r.duration, base)
-            add(
-                "mamori_check_status",
-                (("type", r.check_type), ("reason", r.reason.value)),
-                float(r.status),
-                base,
-            )
-            add("mamori_check_last_run_timestamp_seconds", (), r.started_at, base)
-            add("mamori_check_attempts", (), float(r.attempts), base)
-            for s in r.samples:
-                add(s.name, s.labels, s.value, base)
-        yield from families.values()

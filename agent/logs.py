@@ -31,5 +31,3 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp logs every client disconnect at INFO/DEBUG; keep the agent's own log readable.
-    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))

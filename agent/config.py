@@ -11,6 +11,7 @@ Checks are validated one by one against the model of their `type`, which is impo
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,8 +56,6 @@ class AgentSection(Model):
     @field_validator("labels")
     @classmethod
     def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
-        import re
-
         for key in labels:
             if not re.match(LABEL_NAME, key):
                 raise ValueError(f"invalid label name {key!r}: use letters, digits and _")
@@ -87,6 +86,7 @@ class Config:
 
 
 _TOP_LEVEL = {"agent", "checks"}
+_LEADING_KEY = re.compile(r"^([a-z_]+)[ :]")
 
 
 def _issues_from_validation(
@@ -116,6 +116,12 @@ def _issues_from_validation(
             message = "required key is missing"
         else:
             message = err["msg"].removeprefix("Value error, ")
+            # A model-level rule names the key it is about first ("x_file: cannot read …",
+            # "latency_warning (2s) must be …"): point at that key and its line.
+            first = _LEADING_KEY.match(message)
+            if first and isinstance(node, dict) and first.group(1) in node:
+                path.append(first.group(1))
+                message = message.removeprefix(f"{first.group(1)}: ")
         out.append(ConfigIssue(file, doc.line_of(tuple(path)), format_path(tuple(path)), message))
     return out
 

@@ -582,7 +582,8 @@ def test_config_file_error_points_at_the_check() -> None:
     with pytest.raises(agent_config.ConfigError) as info:
         agent_config.parse(text, "agent.yml", env={})
     assert str(info.value) == (
-        "agent.yml:2: checks[0]: memory_warning (0.99) must be below memory_critical (0.95, its default)"
+        "agent.yml:4: checks[0].memory_warning: "
+        "memory_warning (0.99) must be below memory_critical (0.95, its default)"
     )
 
 

@@ -15,7 +15,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent import __version__
 from agent.errors import ConfigError
@@ -199,8 +199,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- entry point -----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentctl", description="Mamori monitoring agent")
+class _Parser(argparse.ArgumentParser):
+    """argparse, but `check`'s usage errors exit 3 (UNKNOWN), as a Nagios plugin's must."""
+
+    usage_exit_code = 2
+    subcommands: dict[str, _Parser]
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit_code, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="agentctl", description="Mamori monitoring agent")
     parser.add_argument("--version", action="version", version=f"mamori {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -217,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="also print every sample")
     p.set_defaults(func=cmd_check, error_code=UNKNOWN)
+    p.usage_exit_code = UNKNOWN
 
     p = sub.add_parser("validate", help="validate config files")
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -233,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["text", "json"])
     p.set_defaults(func=cmd_run, error_code=1)
+    parser.subcommands = dict(sub.choices)
     return parser
 
 
@@ -249,7 +262,10 @@ def _duration_arg(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so `check` exits 3
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.func(args)
     except ConfigError as exc:

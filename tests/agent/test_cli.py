@@ -142,3 +142,28 @@ async def test_list_shows_every_check(tmp_path: Path) -> None:
         ["db", "tcp", "20s", "2s", "-", "db.internal:5432"],
     ]
     assert "secret" not in out and "pw" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "last_line"),
+    [
+        (
+            ["check", "--timeout", "soon", "http://127.0.0.1/"],
+            3,
+            "agentctl check: error: argument --timeout: "
+            "invalid duration 'soon': expected a duration like 10s, 1m30s or 250ms",
+        ),
+        (["check", "--bogus"], 3, "agentctl check: error: unrecognized arguments: --bogus"),
+        (["validate"], 2, "agentctl validate: error: the following arguments are required: FILE"),
+        (
+            ["run", "--listen", "nowhere"],
+            1,
+            "agentctl: invalid listen address 'nowhere': expected HOST:PORT, e.g. 0.0.0.0:9630",
+        ),
+    ],
+)
+async def test_bad_arguments_exit_with_usage_codes(args: list[str], code: int, last_line: str) -> None:
+    rc, out, err = await agentctl(*args)
+    assert (rc, out) == (code, "")
+    assert err.splitlines()[-1] == last_line
+    assert "Traceback" not in err

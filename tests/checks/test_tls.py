@@ -16,7 +16,7 @@ from checks.http import HttpCheck
 from checks.net import Failure
 from checks.tcp import TcpCheck
 from checks.tls import CertInfo, TlsConfig, TlsReport
-from tests.certs import Certs, Leaf, make_certs, server_context
+from agent.lab.certs import Certs, Leaf, make_certs, server_context
 from tests.servers import banner, redirect, serve_handshake_only, serve_http, serve_tcp
 
 from .test_http import assert_catalogued, value

@@ -137,6 +137,12 @@ AGENT_METRICS: dict[str, MetricSpec] = {
         "Wall time of check runs, all checks together (per check: probe_duration_seconds).",
         "scheduler",
     ),
+    "mamori_probe_attempts_total": _m(
+        "counter",
+        "check outcome",
+        "Attempts made by check runs, retries included, by outcome: success or failure.",
+        "scheduler",
+    ),
     "mamori_check_errors_total": _m(
         "counter",
         "check",

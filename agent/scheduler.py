@@ -109,6 +109,8 @@ class Scheduler:
         run_duration = self._metrics.run_duration
         errors = self._metrics.check_errors.labels(check=cfg.name)
         skipped = self._metrics.skipped.labels(check=cfg.name)
+        attempts_ok = self._metrics.attempts.labels(check=cfg.name, outcome="success")
+        attempts_failed = self._metrics.attempts.labels(check=cfg.name, outcome="failure")
         while True:
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -121,6 +123,9 @@ class Scheduler:
                 finally:
                     self._metrics.running.dec()
             runs[result.status].inc()
+            succeeded = 1 if result.success else 0
+            attempts_ok.inc(succeeded)
+            attempts_failed.inc(result.attempts - succeeded)
             run_duration.observe(result.duration)
             if result.reason is Reason.CHECK_ERROR:
                 errors.inc()

@@ -59,6 +59,7 @@ class AgentMetrics:
             registry=r,
         )
         self.check_errors = counter("mamori_check_errors_total")
+        self.attempts = counter("mamori_probe_attempts_total")
         self.lateness = Histogram(
             "mamori_scheduler_lateness_seconds",
             _help("mamori_scheduler_lateness_seconds"),
@@ -84,6 +85,9 @@ class AgentMetrics:
         for status in ("ok", "warning", "critical", "unknown"):
             with contextlib.suppress(KeyError):
                 self.runs.remove(name, status)
+        for outcome in ("success", "failure"):
+            with contextlib.suppress(KeyError):
+                self.attempts.remove(name, outcome)
 
 
 class AgentInfoCollector(Collector):

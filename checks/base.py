@@ -22,13 +22,18 @@ from agent.types import Duration, Model
 
 class CheckConfig(Model):
     """Keys every check has. `interval` and `timeout` are filled from the `agent` section's
-    defaults before validation, so they are always set on a loaded config."""
+    defaults before validation, so they are always set on a loaded config. The harness
+    (`agent.runner.execute`) applies `timeout` and `retries`; a check never retries itself."""
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/-]+$")
     type: str
     interval: Duration
     timeout: Duration
     tags: tuple[str, ...] = ()
+    # Retries happen inside `timeout`: a failed attempt is retried after retry_backoff, doubling
+    # each time, while a tenth of the timeout is still left.
+    retries: int = Field(default=0, ge=0, le=10)
+    retry_backoff: Duration = 0.2
 
 
 @dataclass(frozen=True, slots=True)

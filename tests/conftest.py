@@ -23,6 +23,7 @@ def fake_checks() -> Iterator[None]:
     extra = {
         "sleep": "tests.agent.fakes:SleepCheck",
         "boom": "tests.agent.fakes:BoomCheck",
+        "flaky": "tests.agent.fakes:FlakyCheck",
     }
     REGISTRY.update(extra)
     try:

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import config
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
-from agent.runtime import Agent
 from agent.lab.certs import make_certs, server_context
+from agent.runtime import Agent
 from tests.conftest import free_port
 from tests.servers import banner, serve_http, serve_tcp
 

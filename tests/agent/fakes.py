@@ -54,3 +54,25 @@ class BoomCheck(Check[BoomConfig]):
 
     async def run(self) -> Outcome:
         raise ZeroDivisionError("division by zero in a check")
+
+
+class FlakyConfig(CheckConfig):
+    type: Literal["flaky"] = "flaky"
+    failures: int = 0
+
+
+class FlakyCheck(Check[FlakyConfig]):
+    """Refused for the first `failures` calls, then OK."""
+
+    type_name = "flaky"
+    config_model = FlakyConfig
+
+    def __init__(self, config: FlakyConfig) -> None:
+        super().__init__(config)
+        self.calls = 0
+
+    async def run(self) -> Outcome:
+        self.calls += 1
+        if self.calls <= self.config.failures:
+            return Outcome(Status.CRITICAL, Reason.REFUSED, f"refused on call {self.calls}")
+        return Outcome(Status.OK, Reason.OK, f"ok on call {self.calls}")

@@ -148,3 +148,62 @@ async def test_apply_keeps_unchanged_checks_and_restarts_changed_ones() -> None:
     await sched.aclose()
     assert sorted(SleepCheck.closed) == ["change", "change", "drop", "keep", "new"]
     await sched.aclose()  # safe twice
+
+
+async def test_retries_keep_the_evidence_and_count_every_attempt() -> None:
+    from agent.runner import execute
+    from tests.agent.fakes import FlakyCheck
+
+    metrics = AgentMetrics()
+    results: list[CheckResult] = []
+    check = FlakyCheck(
+        FlakyCheck.config_model(
+            name="flaky", type="flaky", interval=5, timeout=2, retries=3, retry_backoff=0.01, failures=2
+        )
+    )
+    result = await execute(check)
+    assert (result.status, result.attempts) == (Status.OK, 3)
+    assert result.message == "ok on call 3 (attempt 3; before: refused on call 1; refused on call 2)"
+
+    check = FlakyCheck(
+        FlakyCheck.config_model(
+            name="down", type="flaky", interval=5, timeout=2, retries=1, retry_backoff=0.01, failures=99
+        )
+    )
+    result = await execute(check)
+    assert (result.status, result.reason, result.attempts) == (Status.CRITICAL, Reason.REFUSED, 2)
+
+    sched = Scheduler(results.append, metrics, concurrency=4, spread=False)
+    sched.apply(
+        [
+            FlakyCheck.config_model(
+                name="f",
+                type="flaky",
+                interval=5,
+                timeout=2,
+                retries=3,
+                retry_backoff=0.01,
+                failures=1,
+            )
+        ]
+    )
+    await asyncio.sleep(0.2)
+    await sched.aclose()
+    assert [r.attempts for r in results] == [2]
+    assert sample(metrics, "mamori_probe_attempts_total", check="f", outcome="failure") == 1
+    assert sample(metrics, "mamori_probe_attempts_total", check="f", outcome="success") == 1
+
+
+async def test_retries_stop_when_the_budget_is_spent() -> None:
+    from agent.runner import execute
+    from tests.agent.fakes import FlakyCheck
+
+    check = FlakyCheck(
+        FlakyCheck.config_model(
+            name="slowfail", type="flaky", interval=5, timeout=0.5, retries=10, retry_backoff=0.1, failures=99
+        )
+    )
+    result = await execute(check)
+    # 0.1 + 0.2 fit in the 0.5 s budget (keeping a tenth of it for the attempt); 0.4 more does not.
+    assert result.attempts == 3
+    assert result.duration < 0.6

@@ -81,6 +81,25 @@ CHECK_METRICS: dict[str, MetricSpec] = {
     "mamori_tcp_duration_seconds": _m(
         "gauge", "phase", "Duration of each phase of a TCP check (resolve, connect, tls, expect).", "tcp"
     ),
+    # lb: the group and its members (member = lb, address-N or a backend's name)
+    "mamori_group_members": _m(
+        "gauge", "role", "Members of a load-balancer group by role (address, backend).", "lb"
+    ),
+    "mamori_group_members_healthy": _m("gauge", "role", "Members answering correctly, by role.", "lb"),
+    "mamori_group_healthy_needed": _m(
+        "gauge", "", "Healthy backends the verdict policy needs (all, any, quorum).", "lb"
+    ),
+    "mamori_member_success": _m(
+        "gauge", "member role", "1 if the member answered correctly (OK or WARNING).", "lb"
+    ),
+    "mamori_member_status": _m("gauge", "member role reason", "Member status (0-3) with its reason.", "lb"),
+    "mamori_member_duration_seconds": _m("gauge", "member role", "How long the member's probe took.", "lb"),
+    "mamori_member_http_status_code": _m(
+        "gauge", "member role", "HTTP status code the member answered (0 if none).", "lb"
+    ),
+    "mamori_member_http_duration_seconds": _m(
+        "gauge", "member role phase", "Duration of each HTTP phase of the member's probe.", "lb"
+    ),
     # host
     "mamori_host_cpu_usage_ratio": _m("gauge", "", "CPU busy ratio (0-1) since the previous run.", "host"),
     "mamori_host_cpu_count": _m("gauge", "", "Logical CPUs.", "host"),
@@ -118,6 +137,40 @@ CHECK_METRICS: dict[str, MetricSpec] = {
     "mamori_host_processes": _m("gauge", "", "Number of processes.", "host"),
     "mamori_host_boot_time_seconds": _m("gauge", "", "Unix time the host booted.", "host"),
     "mamori_host_uptime_seconds": _m("gauge", "", "Seconds since the host booted.", "host"),
+    # docker
+    "mamori_container_running": _m(
+        "gauge", "container", "1 if the container is running (State.Status running), else 0.", "docker"
+    ),
+    "mamori_container_healthy": _m(
+        "gauge",
+        "container",
+        "Docker healthcheck: 1 healthy, 0 unhealthy or starting, -1 no healthcheck.",
+        "docker",
+    ),
+    "mamori_container_restarts_total": _m(
+        "counter",
+        "container",
+        "Restarts of the container by Docker (RestartCount); starts again from 0 for a re-created container.",
+        "docker",
+    ),
+    "mamori_container_oom_killed": _m(
+        "gauge",
+        "container",
+        "1 if the container's last exit was an out-of-memory kill (State.OOMKilled).",
+        "docker",
+    ),
+    "mamori_container_exit_code": _m(
+        "gauge",
+        "container",
+        "Exit code of the container's last run (State.ExitCode; 0 while running).",
+        "docker",
+    ),
+    "mamori_containers": _m(
+        "gauge",
+        "state",
+        "Selected containers by state: created, running, paused, restarting, removing, exited, dead.",
+        "docker",
+    ),
 }
 
 # The agent's own health: not per check/target.

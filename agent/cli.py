@@ -14,8 +14,9 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from agent import __version__
 from agent.errors import ConfigError
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from checks.base import Check
 
 UNKNOWN = 3
+T = TypeVar("T")
 
 
 class UsageError(Exception):
@@ -83,11 +85,15 @@ def _select(cfg: Config, names: list[str], tags: list[str]) -> list[Any]:
     return selected
 
 
-async def _run_checks(checks: list[Check[Any]]) -> list[CheckResult]:
+async def _run_once(checks: list[Check[Any]]) -> list[CheckResult]:
     from agent.runner import execute
 
+    return list(await asyncio.gather(*(execute(c) for c in checks)))
+
+
+async def _closing(checks: list[Check[Any]], work: Awaitable[T]) -> T:
     try:
-        return list(await asyncio.gather(*(execute(c) for c in checks)))
+        return await work
     finally:
         await asyncio.gather(*(c.aclose() for c in checks), return_exceptions=True)
 
@@ -125,20 +131,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     if adhoc and (len(adhoc) != len(args.targets) or args.config):
         raise UsageError("give either URLs to check ad hoc, or check names with -c FILE, not both")
     if adhoc:
-        checks = [_adhoc_check(t, args.timeout) for t in adhoc]
+        # With --wait-healthy, --timeout is how long to wait, not one probe's timeout.
+        checks = [_adhoc_check(t, None if args.wait_healthy else args.timeout) for t in adhoc]
     else:
         from checks import check_class
 
         cfg = _load_config(args.config)
         configs = _select(cfg, args.targets, args.tag)
         checks = [check_class(c.type)(c) for c in configs]
-    results = asyncio.run(_run_checks(checks))
+    if args.wait_healthy:
+        from agent.gate import wait_healthy
+
+        wait = args.timeout if args.timeout is not None else 300.0
+        results, healthy = asyncio.run(_closing(checks, wait_healthy(checks, wait, args.poll, sys.stderr)))
+    else:
+        results = asyncio.run(_closing(checks, _run_once(checks)))
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=1))
-    elif adhoc and len(checks) == 1:
+    elif adhoc and len(checks) == 1 and results:
         print(_nagios_line(checks[0], results[0]))
     else:
         print(_table(results, args.verbose))
+    if args.wait_healthy and not healthy:
+        return 2  # the gate failed, whatever the last round said
     return int(worst([r.status for r in results]))
 
 
@@ -224,7 +239,17 @@ def build_parser() -> _Parser:
     )
     p.add_argument("-c", "--config", help="config file (default: the embedded default config)")
     p.add_argument("-t", "--tag", action="append", default=[], help="only checks with this tag (repeatable)")
-    p.add_argument("--timeout", type=_duration_arg, help="timeout for ad hoc URLs (default 10s)")
+    p.add_argument(
+        "--timeout",
+        type=_duration_arg,
+        help="timeout of ad hoc URLs (default 10s); with --wait-healthy, how long to wait (default 300s)",
+    )
+    p.add_argument(
+        "--wait-healthy",
+        action="store_true",
+        help="deploy gate: re-run the checks until all are OK (exit 0) or --timeout passes (exit 2)",
+    )
+    p.add_argument("--poll", type=_duration_arg, default=2.0, help="with --wait-healthy: pause between tries")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="also print every sample")
     p.set_defaults(func=cmd_check, error_code=UNKNOWN)

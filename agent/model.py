@@ -54,6 +54,18 @@ class Reason(enum.StrEnum):
     LATENCY = "latency"
     # host
     THRESHOLD = "threshold"
+    # docker
+    CONTAINER_UNHEALTHY = "container_unhealthy"
+    CONTAINER_RESTARTING = "container_restarting"
+    CONTAINER_OOM_KILLED = "container_oom_killed"
+    CONTAINER_EXITED = "container_exited"
+    CONTAINER_MISSING = "container_missing"
+    # load balancer and its backends (lb)
+    LB_MISCONFIGURED = "lb_misconfigured"
+    LB_ROUTES_TO_DOWN_BACKEND = "lb_routes_to_down_backend"
+    LB_ADDRESS_DOWN = "lb_address_down"
+    BACKEND_DOWN = "backend_down"
+    APP_OUTAGE = "app_outage"
     # the agent itself
     UNAVAILABLE = "unavailable"
     CHECK_ERROR = "check_error"

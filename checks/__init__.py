@@ -16,6 +16,8 @@ REGISTRY: dict[str, str] = {
     "http": "checks.http:HttpCheck",
     "tcp": "checks.tcp:TcpCheck",
     "host": "checks.host:HostCheck",
+    "lb": "checks.lb:LbCheck",
+    "docker": "checks.docker:DockerCheck",
 }
 
 

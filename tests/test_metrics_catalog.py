@@ -1,7 +1,8 @@
 """What the agent emits on /metrics equals agent/catalog.py (and so docs/metrics.md), both ways.
 
-A real agent runs http (TLS, verified), tcp (TLS) and host checks against real local servers, so
-every per-check metric in the catalog must show up with exactly its documented labels.
+A real agent runs http (TLS, verified), tcp (TLS), host, lb (the web lab: HAProxy and app servers,
+one backend discovered through the Docker engine fake) and docker checks, so every per-check
+metric in the catalog must show up with exactly its documented labels.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent import config
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
 from agent.lab.certs import make_certs, server_context
+from agent.lab.web import web_lab
 from agent.runtime import Agent
 from tests.conftest import free_port
+from tests.fakes.docker_engine import fake_docker
 from tests.servers import banner, serve_http, serve_tcp
 
 
@@ -32,7 +35,10 @@ async def test_emitted_metrics_match_the_catalog(tmp_path: Path) -> None:
     async with (
         serve_http(None, server_context(certs.valid)) as web,
         serve_tcp(banner(b"220 ready\r\n"), server_context(certs.valid)) as tcp,
+        web_lab(tmp_path / "lab", apps=2) as lab,
+        fake_docker(tmp_path) as engine,
     ):
+        engine.add("app-1", {"mamori.probe.port": str(lab.apps[0].port)}, network="host", health="healthy")
         cfg = config.parse(
             f"""
 agent: {{listen: "127.0.0.1:{port}", labels: {{site: lab}}, interval: 1s, timeout: 1s}}
@@ -50,6 +56,15 @@ checks:
     tls: {{ca_file: {certs.ca_file}}}
   - name: host
     type: host
+  - name: web-lb
+    type: lb
+    url: {lab.url}
+    tls: {{ca_file: {lab.ca_file}}}
+    backends: [{{name: app-2, address: "127.0.0.1:{lab.apps[1].port}"}}]
+    docker: {{socket: {engine.socket}}}
+  - name: containers
+    type: docker
+    socket: {engine.socket}
 """,
             "catalog.yml",
             env={},
@@ -64,9 +79,11 @@ checks:
                 except OSError:
                     continue
                 results = json.loads(body)["results"]
-                if len(results) == 3:
+                if len(results) == 5:
                     break
-            assert {r["check"]: r["status"] for r in results} == {"web": "OK", "banner": "OK", "host": "OK"}
+            assert {r["check"]: r["status"] for r in results} == dict.fromkeys(
+                ("banner", "containers", "host", "web", "web-lb"), "OK"
+            ), results
             text = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
         finally:
             agent.stop()

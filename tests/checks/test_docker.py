@@ -1,0 +1,967 @@
+"""Docker: the read-only engine client, discovery and the docker check, against the strict fake
+engine of tests/fakes/docker_engine.py (no Docker engine runs on the test machines)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from pydantic import ValidationError
+
+import checks.docker
+from agent import config as agent_config
+from agent.catalog import CHECK_METRICS
+from agent.errors import ConfigError
+from agent.model import CheckResult, Reason, Status
+from agent.runner import execute
+from checks import REGISTRY
+from checks.base import Outcome
+from checks.docker import DockerCheck, DockerConfig
+from checks.docker_api import (
+    Backend,
+    DiscoveryConfig,
+    DockerClient,
+    DockerError,
+    container_name,
+    discover,
+    to_backend,
+)
+from tests.fakes.docker_engine import FakeDocker, fake_docker
+
+PORT = "mamori.probe.port"
+PATH = "mamori.probe.path"
+SERVICE = "mamori.service"
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[FakeDocker]:
+    async with fake_docker(tmp_path) as fake:
+        yield fake
+    # Whatever a test did, the client sent nothing but GETs of API v1.43 container endpoints.
+    assert {method for method, _ in fake.requests} <= {"GET"}
+    assert all(target.startswith("/v1.43/containers/") for _, target in fake.requests)
+
+
+@pytest.fixture
+async def client(engine: FakeDocker) -> AsyncIterator[DockerClient]:
+    c = DockerClient(engine.socket, timeout=2)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+def docker_registered() -> Iterator[None]:
+    """Make sure the docker type is registered (as in checks/__init__.py) for this test, and leave
+    the registry as it was."""
+    before = REGISTRY.get("docker")
+    REGISTRY["docker"] = "checks.docker:DockerCheck"
+    try:
+        yield
+    finally:
+        if before is None:
+            REGISTRY.pop("docker", None)
+        else:
+            REGISTRY["docker"] = before
+
+
+def filters_sent(target: str) -> dict[str, Any] | None:
+    query = parse_qs(urlsplit(target).query)
+    return json.loads(query["filters"][0]) if "filters" in query else None
+
+
+async def raw_request(socket: Path, method: str, target: str) -> tuple[int, Any]:
+    """One hand-written HTTP/1.1 request, to test the fake itself with what DockerClient never sends."""
+    reader, writer = await asyncio.open_unix_connection(str(socket))
+    writer.write(f"{method} {target} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    return status, json.loads(body) if body else None
+
+
+# --- the fake engine is strict -------------------------------------------------------------------
+
+
+async def test_fake_rejects_what_the_engine_rejects(engine: FakeDocker) -> None:
+    engine.add("web-1", {PORT: "80"}, "172.17.0.2")
+    sock = engine.socket
+    assert await raw_request(sock, "POST", "/v1.43/containers/json") == (
+        405,
+        {"message": "method POST not allowed"},
+    )
+    assert await raw_request(sock, "DELETE", f"/v1.43/containers/{engine.id_of('web-1')}/json") == (
+        405,
+        {"message": "method DELETE not allowed"},
+    )
+    assert await raw_request(sock, "GET", "/v1.12/containers/json") == (
+        400,
+        {
+            "message": "client version 1.12 is too old. Minimum supported API version is 1.24, "
+            "please upgrade your client to a newer version"
+        },
+    )
+    assert await raw_request(sock, "GET", "/v1.46/containers/json") == (
+        400,
+        {"message": "client version 1.46 is too new. Maximum supported API version is 1.45"},
+    )
+    assert await raw_request(sock, "GET", "/v1.43/info") == (404, {"message": "page not found"})
+    assert await raw_request(sock, "GET", "/v1.43/containers/json?filters=%7Bnot") == (
+        400,
+        {"message": "invalid filter"},
+    )
+    assert await raw_request(sock, "GET", '/v1.43/containers/json?filters={"colour":["x"]}') == (
+        400,
+        {"message": "invalid filter 'colour'"},
+    )
+    status, _ = await raw_request(sock, "GET", '/v1.43/containers/json?filters={"status":["running"]}')
+    assert status == 501  # accepted by the engine, not implemented here: never silently ignored
+    assert await raw_request(sock, "GET", "/v1.43/containers/nope/json") == (
+        404,
+        {"message": "No such container: nope"},
+    )
+    # An unversioned path is served, as by the engine; the legacy filter form is understood.
+    status, listed = await raw_request(
+        sock, "GET", '/containers/json?filters={"label":{"mamori.probe.port":true}}'
+    )
+    assert (status, [c["Names"] for c in listed]) == (200, [["/web-1"]])
+    engine.requests.clear()  # the POST and DELETE above were this test's, not a client's
+
+
+async def test_fake_lists_like_the_engine(engine: FakeDocker) -> None:
+    for i, state in enumerate(("running", "paused", "restarting", "exited", "created", "dead")):
+        engine.add(f"c{i}-{state}", {PORT: "80"}, f"10.0.0.{i + 2}", state=state)
+    engine.add("no-labels", {}, "10.0.0.99")
+    status, listed = await raw_request(engine.socket, "GET", "/v1.43/containers/json")
+    # Without all: the engine's "running" set (paused and restarting too), newest first.
+    assert (status, [c["Names"][0] for c in listed]) == (
+        200,
+        ["/no-labels", "/c2-restarting", "/c1-paused", "/c0-running"],
+    )
+    _, listed = await raw_request(engine.socket, "GET", "/v1.43/containers/json?all=1")
+    assert len(listed) == 7
+    states = {c["Names"][0]: (c["State"], c["Status"]) for c in listed}
+    assert states["/c3-exited"] == ("exited", "Exited (0) 3 minutes ago")
+    assert states["/c1-paused"] == ("paused", "Up 5 minutes (Paused)")
+    running = next(c for c in listed if c["Names"] == ["/c0-running"])
+    assert running["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == "10.0.0.2"
+    assert len(running["Id"]) == 64 and int(running["Id"], 16) >= 0
+    exited = next(c for c in listed if c["Names"] == ["/c3-exited"])
+    assert exited["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == ""
+
+
+# --- the client ----------------------------------------------------------------------------------
+
+
+async def test_list_sends_the_label_filter_as_url_encoded_json(
+    engine: FakeDocker, client: DockerClient
+) -> None:
+    engine.add("web-1", {PORT: "80", SERVICE: "web & co=1"}, "10.0.0.2")
+    engine.add("web-2", {PORT: "80", SERVICE: "web"}, "10.0.0.3")
+    engine.add("db", {SERVICE: "web & co=1"}, "10.0.0.4")
+    listed = await client.list_containers({PORT: None, SERVICE: "web & co=1"})
+    assert [c["Names"] for c in listed] == [["/web-1"]]
+    method, target = engine.requests[-1]
+    assert method == "GET"
+    assert urlsplit(target).path == "/v1.43/containers/json"
+    assert parse_qs(urlsplit(target).query)["all"] == ["false"]
+    assert filters_sent(target) == {"label": [PORT, f"{SERVICE}=web & co=1"]}
+    assert " " not in target and "{" not in target  # encoded, not raw JSON
+
+    assert len(await client.list_containers({})) == 3
+    assert filters_sent(engine.requests[-1][1]) is None
+
+
+async def test_list_all_includes_stopped_containers(engine: FakeDocker, client: DockerClient) -> None:
+    engine.add("up", {PORT: "80"}, "10.0.0.2")
+    engine.add("down", {PORT: "80"}, "10.0.0.3", state="exited", exit_code=2)
+    assert [container_name(c) for c in await client.list_containers({PORT: None})] == ["up"]
+    assert sorted(container_name(c) for c in await client.list_containers({PORT: None}, all_=True)) == [
+        "down",
+        "up",
+    ]
+    assert parse_qs(urlsplit(engine.requests[-1][1]).query)["all"] == ["true"]
+
+
+async def test_inspect_by_id_short_id_and_name(engine: FakeDocker, client: DockerClient) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2", health="healthy", restart_count=4)
+    full = engine.id_of("web-1")
+    for ref in (full, full[:12], "web-1"):
+        data = await client.inspect(ref)
+        assert (data["Id"], data["Name"], data["RestartCount"]) == (full, "/web-1", 4)
+        assert data["State"]["Health"]["Status"] == "healthy"
+    assert engine.requests[-1] == ("GET", "/v1.43/containers/web-1/json")
+    with pytest.raises(DockerError) as info:
+        await client.inspect("gone")
+    assert info.value.status == 404
+    assert str(info.value) == (
+        f"the Docker engine at {engine.socket} answered 404 to GET /v1.43/containers/gone/json: "
+        "No such container: gone"
+    )
+
+
+async def test_missing_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "docker.sock"
+    client = DockerClient(sock)
+    with pytest.raises(DockerError) as info:
+        await client.list_containers({})
+    await client.aclose()
+    assert str(info.value) == (
+        f"cannot reach the Docker engine at {sock}: no such socket — is Docker running, and is the "
+        "socket mounted into the agent's container (read-only)?"
+    )
+    assert info.value.status is None
+
+
+async def test_permission_denied_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The tests may run as root, which no file mode stops: make the connect itself fail as the
+    # kernel does for a socket the agent's user may not open.
+    loop = asyncio.get_running_loop()
+
+    async def denied(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(loop, "create_unix_connection", denied)
+    client = DockerClient("/var/run/docker.sock")
+    with pytest.raises(DockerError) as info:
+        await client.list_containers({})
+    await client.aclose()
+    assert str(info.value) == (
+        "cannot reach the Docker engine at /var/run/docker.sock: permission denied — mount the socket "
+        "read-only and add the agent's user to the docker group"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root opens any socket regardless of its mode")
+async def test_permission_denied_for_real(engine: FakeDocker) -> None:
+    engine.socket.chmod(0)
+    client = DockerClient(engine.socket)
+    with pytest.raises(DockerError, match="permission denied — mount the socket read-only"):
+        await client.list_containers({})
+    await client.aclose()
+
+
+async def test_nothing_listening(tmp_path: Path) -> None:
+    sock = tmp_path / "docker.sock"
+    sock.write_text("not a socket")
+    client = DockerClient(sock)
+    with pytest.raises(DockerError) as info:
+        await client.list_containers({})
+    await client.aclose()
+    assert str(info.value) == (
+        f"cannot reach the Docker engine at {sock}: connection refused — is the Docker engine running?"
+    )
+
+
+async def test_engine_errors_become_one_line_docker_errors(engine: FakeDocker, client: DockerClient) -> None:
+    engine.fail_next(500, "Internal error:\nsomething broke")
+    with pytest.raises(DockerError) as info:
+        await client.list_containers({})
+    assert (str(info.value), info.value.status) == (
+        f"the Docker engine at {engine.socket} answered 500 to GET /v1.43/containers/json: "
+        "Internal error: something broke",
+        500,
+    )
+    engine.garble_next(b"<html>bad gateway</html>", status=502)
+    with pytest.raises(
+        DockerError,
+        match=re.escape("answered 502 to GET /v1.43/containers/json: <html>bad gateway</html>") + "$",
+    ):
+        await client.list_containers({})
+    engine.garble_next(b'[{"Id": "abc"')
+    with pytest.raises(DockerError) as info:
+        await client.list_containers({})
+    assert str(info.value) == (
+        f"invalid JSON from the Docker engine at {engine.socket} (GET /v1.43/containers/json): "
+        "Expecting ',' delimiter"
+    )
+    engine.garble_next(b'{"Id": "abc"}')
+    with pytest.raises(DockerError, match=r"unexpected answer .*: expected a list$"):
+        await client.list_containers({})
+    engine.garble_next(b"[1, 2]")
+    with pytest.raises(DockerError, match=r"expected a list$"):
+        await client.list_containers({})
+    engine.garble_next(b"[]")
+    with pytest.raises(DockerError, match=r"expected an object$"):
+        await client.inspect("x")
+
+
+async def test_hang_times_out_at_the_client_timeout(engine: FakeDocker) -> None:
+    client = DockerClient(engine.socket, timeout=0.3)
+    engine.hang()
+    t0 = time.monotonic()
+    with pytest.raises(DockerError) as info:
+        await client.list_containers({})
+    elapsed = time.monotonic() - t0
+    await client.aclose()
+    assert 0.3 <= elapsed < 0.8
+    assert str(info.value) == (
+        f"no answer from the Docker engine at {engine.socket} within 0.3s (GET /v1.43/containers/json)"
+    )
+
+
+async def test_connection_closed_without_an_answer(engine: FakeDocker) -> None:
+    client = DockerClient(engine.socket)
+    # aiohttp retries a GET once when the connection closes before an answer (e.g. a kept-alive
+    # connection the engine had just closed): one close is survived, a second is an error.
+    engine.close_next()
+    assert await client.list_containers({}) == []
+    assert len(engine.requests) == 2
+    engine.close_next()
+    engine.close_next()
+    with pytest.raises(DockerError) as info:
+        await client.list_containers({})
+    await client.aclose()
+    assert str(info.value) == (
+        f"the Docker engine at {engine.socket} closed the connection without answering "
+        "(GET /v1.43/containers/json)"
+    )
+
+
+async def test_one_session_and_aclose_twice(engine: FakeDocker) -> None:
+    client = DockerClient(engine.socket)
+    await client.aclose()  # before any request
+    client = DockerClient(engine.socket)
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
+    await client.list_containers({})
+    session = client._session
+    await client.inspect("web-1")
+    assert client._session is session  # one session (and connector) per client
+    await client.aclose()
+    await client.aclose()
+    with pytest.raises(DockerError, match=r"is closed$"):
+        await client.list_containers({})
+
+
+# --- discovery -----------------------------------------------------------------------------------
+
+
+def discovery(**values: Any) -> DiscoveryConfig:
+    return DiscoveryConfig.model_validate(values)
+
+
+async def test_discover_running_labelled_containers_sorted_by_name(
+    engine: FakeDocker, client: DockerClient
+) -> None:
+    engine.add("web-2", {PORT: "8080", PATH: "/health", SERVICE: "web"}, "172.18.0.3", network="shop_default")
+    engine.add("web-1", {PORT: "8080", SERVICE: "web"}, "172.18.0.2", network="shop_default")
+    engine.add("api", {PORT: "9000"}, "172.17.0.5")
+    engine.add("db", {SERVICE: "db"}, "172.18.0.9", network="shop_default")  # no port label: not selected
+    engine.add("old", {PORT: "80"}, "172.17.0.6", state="exited", exit_code=1)
+    cfg = discovery(socket=engine.socket)
+    backends, notes = await discover(client, cfg)
+    assert backends == [
+        Backend("api", "172.17.0.5", 9000, None, engine.id_of("api")[:12], None),
+        Backend("web-1", "172.18.0.2", 8080, None, engine.id_of("web-1")[:12], "web"),
+        Backend("web-2", "172.18.0.3", 8080, "/health", engine.id_of("web-2")[:12], "web"),
+    ]
+    assert notes == []
+    assert filters_sent(engine.requests[-1][1]) == {"label": [PORT]}
+    assert parse_qs(urlsplit(engine.requests[-1][1]).query)["all"] == ["false"]
+
+
+async def test_discover_follows_containers_coming_and_going(engine: FakeDocker, client: DockerClient) -> None:
+    cfg = discovery(socket=engine.socket)
+    assert await discover(client, cfg) == ([], [])
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
+    engine.add("web-2", {PORT: "80"}, "10.0.0.3")
+    assert [b.name for b in (await discover(client, cfg))[0]] == ["web-1", "web-2"]
+    engine.remove("web-1")
+    engine.update("web-2", state="exited", exit_code=0)
+    engine.add("web-3", {PORT: "81"}, "10.0.0.4")
+    assert [(b.name, b.host, b.port) for b in (await discover(client, cfg))[0]] == [("web-3", "10.0.0.4", 81)]
+    engine.add("web-1", {PORT: "80"}, "10.0.0.5")  # re-created: same name, new id and address
+    backends, _ = await discover(client, cfg)
+    assert [(b.name, b.host, b.container_id) for b in backends] == [
+        ("web-1", "10.0.0.5", engine.id_of("web-1")[:12]),
+        ("web-3", "10.0.0.4", engine.id_of("web-3")[:12]),
+    ]
+
+
+async def test_discover_by_service_and_label_values(engine: FakeDocker, client: DockerClient) -> None:
+    engine.add("web-1", {PORT: "80", SERVICE: "web", "tier": "front"}, "10.0.0.2")
+    engine.add("web-2", {PORT: "80", SERVICE: "web", "tier": "back"}, "10.0.0.3")
+    engine.add("api-1", {PORT: "80", SERVICE: "api", "tier": "front"}, "10.0.0.4")
+    backends, _ = await discover(client, discovery(socket=engine.socket, service="web"))
+    assert [b.name for b in backends] == ["web-1", "web-2"]
+    assert filters_sent(engine.requests[-1][1]) == {"label": [PORT, f"{SERVICE}=web"]}
+    backends, _ = await discover(client, discovery(socket=engine.socket, labels={"tier": "front"}))
+    assert [b.name for b in backends] == ["api-1", "web-1"]
+    backends, _ = await discover(
+        client, discovery(socket=engine.socket, labels={"tier": "front", PORT: None}, service="web")
+    )
+    assert [b.name for b in backends] == ["web-1"]
+    # A custom service label.
+    engine.add("svc", {PORT: "80", "com.docker.compose.service": "web"}, "10.0.0.9")
+    cfg = discovery(socket=engine.socket, service_label="com.docker.compose.service", service="web")
+    assert [(b.name, b.service) for b in (await discover(client, cfg))[0]] == [("svc", "web")]
+
+
+async def test_discover_picks_the_network(engine: FakeDocker, client: DockerClient) -> None:
+    engine.add("multi", {PORT: "80"}, networks={"zeta_net": "10.9.0.2", "alpha_net": "10.1.0.2"})
+    engine.add("other", {PORT: "80"}, networks={"zeta_net": "10.9.0.3"})
+    backends, notes = await discover(client, discovery(socket=engine.socket))
+    # By default: the first network in name order, whatever order the engine sends them in.
+    assert [(b.name, b.host) for b in backends] == [("multi", "10.1.0.2"), ("other", "10.9.0.3")]
+    assert notes == []
+    backends, notes = await discover(client, discovery(socket=engine.socket, network="zeta_net"))
+    assert [(b.name, b.host) for b in backends] == [("multi", "10.9.0.2"), ("other", "10.9.0.3")]
+    backends, notes = await discover(client, discovery(socket=engine.socket, network="alpha_net"))
+    assert [(b.name, b.host) for b in backends] == [("multi", "10.1.0.2")]
+    assert notes == ["other skipped: not attached to network alpha_net (attached: zeta_net)"]
+
+
+async def test_discover_host_and_none_network_modes(engine: FakeDocker, client: DockerClient) -> None:
+    engine.add("hostnet", {PORT: "9100"}, network="host")
+    engine.add("isolated", {PORT: "80"}, network="none")
+    backends, notes = await discover(client, discovery(socket=engine.socket))
+    assert [(b.name, b.host, b.port) for b in backends] == [("hostnet", "127.0.0.1", 9100)]
+    assert notes == ["isolated skipped: network mode none gives it no address of its own"]
+    backends, _ = await discover(client, discovery(socket=engine.socket, host_address="10.0.0.1"))
+    assert backends[0].host == "10.0.0.1"
+
+
+async def test_discover_reports_bad_labels_and_states(engine: FakeDocker, client: DockerClient) -> None:
+    for name, port in (("a-zero", "0"), ("b-big", "65536"), ("c-word", "http"), ("d-space", " 80")):
+        engine.add(name, {PORT: port, SERVICE: "web"}, "10.0.0.2")
+    engine.add("e-noport", {SERVICE: "web"}, "10.0.0.3")
+    engine.add("f-path", {PORT: "80", PATH: "health", SERVICE: "web"}, "10.0.0.4")
+    engine.add("g-paused", {PORT: "80", SERVICE: "web"}, "10.0.0.5", state="paused")
+    engine.add("h-restarting", {PORT: "80", SERVICE: "web"}, "10.0.0.6", state="restarting")
+    engine.add("i-ok", {PORT: "65535", PATH: "", SERVICE: "web"}, "10.0.0.7")
+    backends, notes = await discover(client, discovery(socket=engine.socket, labels={}, service="web"))
+    assert [(b.name, b.port, b.path) for b in backends] == [("i-ok", 65535, None)]
+    assert notes == [
+        "a-zero skipped: invalid mamori.probe.port label '0' (expected a port 1-65535)",
+        "b-big skipped: invalid mamori.probe.port label '65536' (expected a port 1-65535)",
+        "c-word skipped: invalid mamori.probe.port label 'http' (expected a port 1-65535)",
+        "d-space skipped: invalid mamori.probe.port label ' 80' (expected a port 1-65535)",
+        "e-noport skipped: no mamori.probe.port label",
+        "f-path skipped: invalid mamori.probe.path label 'health' (expected /a/path)",
+        "g-paused skipped: paused",
+        "h-restarting skipped: restarting",
+    ]
+
+
+def test_to_backend_tolerates_whatever_the_engine_sends() -> None:
+    cfg = DiscoveryConfig()
+    assert to_backend({}, cfg) == (None, " skipped: unknown")
+    assert to_backend({"State": "running", "Names": "x", "Id": 7, "Labels": []}, cfg) == (
+        None,
+        " skipped: no mamori.probe.port label",
+    )
+    entry = {
+        "Id": "ab" * 32,
+        "Names": ["/app/db", "/db"],  # a legacy link alias first
+        "State": "running",
+        "Labels": {PORT: "5432", SERVICE: 3},
+        "HostConfig": None,
+        "NetworkSettings": {
+            "Networks": {"a": None, "b": {"IPAddress": 5}, "c": {"GlobalIPv6Address": "fd00::2"}}
+        },
+    }
+    assert to_backend(entry, cfg) == (Backend("db", "fd00::2", 5432, None, "ab" * 6, None), "")
+    assert to_backend({**entry, "HostConfig": {"NetworkMode": "container:abc"}}, cfg) == (
+        None,
+        "db skipped: network mode container:abc gives it no address of its own",
+    )
+    assert to_backend({**entry, "NetworkSettings": {"Networks": {}}}, cfg) == (
+        None,
+        "db skipped: no IP address on any network",
+    )
+    assert to_backend(entry, DiscoveryConfig(network="b")) == (None, "db skipped: no IP address on network b")
+
+
+def test_discovery_config_validation() -> None:
+    cfg = DiscoveryConfig()
+    assert (cfg.socket, cfg.labels, cfg.port_label, cfg.path_label, cfg.service_label) == (
+        Path("/var/run/docker.sock"),
+        {PORT: None},
+        PORT,
+        PATH,
+        SERVICE,
+    )
+    assert (cfg.service, cfg.network, cfg.host_address) == (None, None, "127.0.0.1")
+    assert cfg.selector() == {PORT: None}
+    assert DiscoveryConfig(service="web").selector() == {PORT: None, SERVICE: "web"}
+    assert DiscoveryConfig(labels={SERVICE: "web"}, service="web").selector() == {SERVICE: "web"}
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"colour": "red"}, "Extra inputs are not permitted"),
+        ({"socket": "docker.sock"}, "'docker.sock' is not an absolute path"),
+        ({"socket": "/" + "s" * 120}, "a unix socket path must be at most 107 bytes"),
+        ({"labels": {"a=b": None}}, "invalid label key 'a=b': must be non-empty, without '=' or spaces"),
+        (
+            {"labels": {SERVICE: "db"}, "service": "web"},
+            "service: 'web' contradicts labels['mamori.service']",
+        ),
+        ({"port_label": ""}, "String should match pattern"),
+    ]
+    for values, message in bad:
+        with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("(", r"\(")):
+            DiscoveryConfig.model_validate(values)
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.service = "x"  # type: ignore[misc]
+
+
+# --- the docker check ----------------------------------------------------------------------------
+
+
+_made: list[DockerCheck] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_checks() -> AsyncIterator[None]:
+    """Close every check `make` built in the test (aclose is safe twice, so tests may too)."""
+    yield
+    while _made:
+        await _made.pop().aclose()
+
+
+def make(engine: FakeDocker, **values: Any) -> DockerCheck:
+    base = {"name": "containers", "interval": 30, "timeout": 2, "socket": str(engine.socket)}
+    check = DockerCheck(DockerConfig.model_validate({**base, **values}))
+    _made.append(check)
+    return check
+
+
+def sample(outcome: Outcome | CheckResult, name: str, **labels: str) -> float:
+    matches = [s.value for s in outcome.samples if s.name == name and dict(s.labels) == labels]
+    assert len(matches) == 1, f"{name}{labels}: {len(matches)} samples"
+    return matches[0]
+
+
+class Clock:
+    """checks.docker's clock, moved by hand: tells the next run from a retry."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(checks.docker, "_clock", c)
+    return c
+
+
+async def run_at(check: DockerCheck, clock: Clock, advance: float = 30.0) -> Outcome:
+    clock.now += advance
+    return await check.run()
+
+
+async def test_ok_with_samples(engine: FakeDocker) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2", health="healthy", restart_count=2)
+    engine.add("web-2", {PORT: "80"}, "10.0.0.3")
+    engine.add("migrate", {PORT: "80"}, "10.0.0.4", state="exited", exit_code=0)
+    check = make(engine)
+    assert check.target == f"docker:{engine.socket}"
+    outcome = await check.run()
+    await check.aclose()
+    assert (outcome.status, outcome.reason) == (Status.OK, Reason.OK)
+    assert outcome.message == "3 containers: 2 running, 1 exited (1 healthy); migrate exited with code 0"
+    expected = {
+        "web-1": (1.0, 1.0, 2.0, 0.0, 0.0),
+        "web-2": (1.0, -1.0, 0.0, 0.0, 0.0),
+        "migrate": (0.0, -1.0, 0.0, 0.0, 0.0),
+    }
+    for name, values in expected.items():
+        names = (
+            "mamori_container_running",
+            "mamori_container_healthy",
+            "mamori_container_restarts_total",
+            "mamori_container_oom_killed",
+            "mamori_container_exit_code",
+        )
+        assert tuple(sample(outcome, n, container=name) for n in names) == values, name
+    counts = {dict(s.labels)["state"]: s.value for s in outcome.samples if s.name == "mamori_containers"}
+    assert counts == {
+        "created": 0.0,
+        "running": 2.0,
+        "paused": 0.0,
+        "restarting": 0.0,
+        "removing": 0.0,
+        "exited": 1.0,
+        "dead": 0.0,
+    }
+    for s in outcome.samples:
+        spec = CHECK_METRICS[s.name]
+        assert tuple(k for k, _ in s.labels) == spec.labels, s.name
+    # One list (stopped ones included, selected by label) and one inspect per container.
+    assert filters_sent(engine.requests[0][1]) == {"label": [PORT]}
+    assert parse_qs(urlsplit(engine.requests[0][1]).query)["all"] == ["true"]
+    assert sorted(t for _, t in engine.requests[1:]) == sorted(
+        f"/v1.43/containers/{engine.id_of(n)}/json" for n in expected
+    )
+
+
+async def test_unhealthy(engine: FakeDocker) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2", health="healthy")
+    engine.add("web-2", {PORT: "80"}, "10.0.0.3", health="unhealthy")
+    engine.add("web-3", {PORT: "80"}, "10.0.0.4", health="starting")
+    outcome = await make(engine).run()
+    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_UNHEALTHY)
+    assert outcome.message == "web-2: unhealthy; 3 containers: 3 running (1 healthy); web-3 health starting"
+    assert [sample(outcome, "mamori_container_healthy", container=f"web-{i}") for i in (1, 2, 3)] == [1, 0, 0]
+
+
+async def test_restarting_now(engine: FakeDocker) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2", state="restarting", restart_count=7, exit_code=1)
+    outcome = await make(engine).run()
+    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_RESTARTING)
+    assert outcome.message == (
+        "web-1: restarting (restart count 7, last exit code 1); 1 container: 1 restarting"
+    )
+    assert sample(outcome, "mamori_container_running", container="web-1") == 0
+    assert sample(outcome, "mamori_container_restarts_total", container="web-1") == 7
+
+
+async def test_restarts_between_runs(engine: FakeDocker, clock: Clock) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2", restart_count=10)
+    engine.add("web-2", {PORT: "80"}, "10.0.0.3", restart_count=0)
+    check = make(engine, restart_warning=2, restart_critical=4)
+    first = await run_at(check, clock)
+    assert (first.status, first.message) == (Status.OK, "2 containers: 2 running")  # no baseline yet
+    engine.update("web-1", restart_count=11)
+    assert (await run_at(check, clock)).status == Status.OK  # 1 < restart_warning
+    engine.update("web-1", restart_count=13)
+    outcome = await run_at(check, clock)
+    assert (outcome.status, outcome.reason, outcome.message) == (
+        Status.WARNING,
+        Reason.CONTAINER_RESTARTING,
+        "web-1: restarted 2 times since the last run; 2 containers: 2 running",
+    )
+    engine.update("web-1", restart_count=17)
+    engine.update("web-2", restart_count=2)
+    outcome = await run_at(check, clock)
+    assert (outcome.status, outcome.reason, outcome.message) == (
+        Status.CRITICAL,
+        Reason.CONTAINER_RESTARTING,
+        "web-1: restarted 4 times since the last run; web-2: restarted 2 times since the last run; "
+        "2 containers: 2 running",
+    )
+    # A retry a moment later in the same run keeps the previous run as the baseline...
+    retry = await run_at(check, clock, advance=1.0)
+    assert (retry.status, retry.message) == (outcome.status, outcome.message)
+    # ...and the next run compares with this one.
+    assert (await run_at(check, clock)).status == Status.OK
+    # A re-created container has a new id and its own count: no restart is invented.
+    engine.remove("web-1")
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2", restart_count=0)
+    assert (await run_at(check, clock)).status == Status.OK
+    # A count that went down was reset: count from zero.
+    engine.update("web-2", restart_count=1)
+    engine.update("web-2", restart_count=0)
+    assert (await run_at(check, clock)).status == Status.OK
+    engine.update("web-1", restart_count=1)
+    assert (await run_at(check, clock)).status == Status.OK
+    engine.update("web-1", restart_count=3)
+    assert (await run_at(check, clock)).status == Status.WARNING
+
+
+async def test_oom_killed_and_exited(engine: FakeDocker) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
+    engine.add("worker", {PORT: "80"}, "10.0.0.3", state="exited", exit_code=137, oom_killed=True)
+    engine.add("cron", {PORT: "80"}, "10.0.0.4", state="exited", exit_code=2)
+    outcome = await make(engine).run()
+    # An OOM kill explains the exit: it names the result; both containers are listed.
+    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_OOM_KILLED)
+    assert outcome.message == (
+        "cron: exited with code 2; worker: OOM-killed, exited with code 137; "
+        "3 containers: 1 running, 2 exited"
+    )
+    assert sample(outcome, "mamori_container_oom_killed", container="worker") == 1
+    assert sample(outcome, "mamori_container_exit_code", container="worker") == 137
+    engine.remove("worker")
+    outcome = await make(engine).run()
+    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_EXITED)
+    assert outcome.message == "cron: exited with code 2; 2 containers: 1 running, 1 exited"
+    engine.update("cron", state="dead", exit_code=0)
+    outcome = await make(engine).run()
+    assert (outcome.reason, outcome.message) == (
+        Reason.CONTAINER_EXITED,
+        "cron: dead with code 0; 2 containers: 1 running, 1 dead",
+    )
+
+
+async def test_include_stopped_off_ignores_exited_containers(engine: FakeDocker) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
+    engine.add("cron", {PORT: "80"}, "10.0.0.4", state="exited", exit_code=2)
+    outcome = await make(engine, include_stopped=False).run()
+    assert (outcome.status, outcome.message) == (Status.OK, "1 container: 1 running")
+    assert parse_qs(urlsplit(engine.requests[0][1]).query)["all"] == ["false"]
+
+
+async def test_expect_running(engine: FakeDocker) -> None:
+    engine.add("web-1", {PORT: "80", SERVICE: "web"}, "10.0.0.2")
+    engine.add("web-2", {PORT: "80", SERVICE: "web"}, "10.0.0.3", state="paused")
+    engine.add("api", {PORT: "80", SERVICE: "api"}, "10.0.0.4")
+    outcome = await make(engine, service="web", expect_running=2).run()
+    assert (outcome.status, outcome.reason, outcome.message) == (
+        Status.CRITICAL,
+        Reason.CONTAINER_MISSING,
+        "1 running, expected at least 2; 2 containers: 1 running, 1 paused; web-2 paused",
+    )
+    assert filters_sent(engine.requests[0][1]) == {"label": [PORT, f"{SERVICE}=web"]}
+    assert (await make(engine, service="web", expect_running=1).run()).status == Status.OK
+    outcome = await make(engine, service="db", expect_running=1).run()
+    assert (outcome.reason, outcome.message) == (
+        Reason.CONTAINER_MISSING,
+        "0 running, expected at least 1; no containers match the labels mamori.probe.port, mamori.service=db",
+    )
+    # Without expect_running, no containers is not a problem (and says so).
+    outcome = await make(engine, labels={"nothing": "here"}).run()
+    assert (outcome.status, outcome.message) == (Status.OK, "no containers match the labels nothing=here")
+    assert [s.value for s in outcome.samples if s.name == "mamori_containers"] == [0.0] * 7
+
+
+async def test_worst_wins_and_precedence(engine: FakeDocker, clock: Clock) -> None:
+    engine.add("a", {PORT: "80"}, "10.0.0.2", health="unhealthy", restart_count=0)
+    engine.add("b", {PORT: "80"}, "10.0.0.3", restart_count=0)
+    check = make(engine, expect_running=3)
+    first = await run_at(check, clock)
+    # Two CRITICAL problems: unhealthy is more specific than missing.
+    assert (first.status, first.reason) == (Status.CRITICAL, Reason.CONTAINER_UNHEALTHY)
+    assert first.message == "a: unhealthy; 2 running, expected at least 3; 2 containers: 2 running"
+    engine.update("a", health="healthy")
+    engine.update("b", restart_count=1)
+    outcome = await run_at(check, clock)
+    # A WARNING restart loses to the CRITICAL missing container, but is still listed.
+    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_MISSING)
+    assert outcome.message == (
+        "b: restarted once since the last run; 2 running, expected at least 3; "
+        "2 containers: 2 running (1 healthy)"
+    )
+    engine.update("b", restart_count=2, state="restarting", exit_code=3, oom_killed=True)
+    outcome = await run_at(check, clock)
+    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_OOM_KILLED)
+    assert outcome.message.startswith(
+        "b: OOM-killed, restarting (restart count 2, last exit code 3), restarted once since the last run; "
+    )
+
+
+async def test_container_removed_between_list_and_inspect(engine: FakeDocker) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
+    check = make(engine, expect_running=1)
+    await check.run()
+    engine.requests.clear()
+    engine.garble_next(json.dumps([engine.containers["web-1"].list_entry()]).encode())
+    engine.remove("web-1")
+    outcome = await check.run()
+    assert (outcome.status, outcome.reason, outcome.message) == (
+        Status.CRITICAL,
+        Reason.CONTAINER_MISSING,
+        "0 running, expected at least 1; no containers match the labels mamori.probe.port; "
+        "1 removed while being inspected",
+    )
+    assert len(engine.requests) == 2
+
+
+async def test_engine_unreachable_is_unknown(tmp_path: Path) -> None:
+    sock = tmp_path / "docker.sock"
+    check = DockerCheck(DockerConfig(name="c", interval=30, timeout=2, socket=sock))
+    result = await execute(check)
+    await check.aclose()
+    await check.aclose()
+    assert (result.status, result.reason, result.target) == (
+        Status.UNKNOWN,
+        Reason.UNAVAILABLE,
+        f"docker:{sock}",
+    )
+    assert result.message == (
+        f"cannot reach the Docker engine at {sock}: no such socket — is Docker running, and is the "
+        "socket mounted into the agent's container (read-only)?"
+    )
+    assert result.samples == ()
+
+
+@pytest.mark.parametrize("fail_request", [0, 1])
+async def test_engine_errors_are_unknown(engine: FakeDocker, fail_request: int) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
+    check = make(engine)
+    if fail_request == 1:  # the list succeeds, the inspect fails
+        engine.garble_next(json.dumps([engine.containers["web-1"].list_entry()]).encode())
+    engine.fail_next(500, "Internal Server Error")
+    result = await execute(check)
+    path = (
+        "/v1.43/containers/json" if fail_request == 0 else f"/v1.43/containers/{engine.id_of('web-1')}/json"
+    )
+    assert (result.status, result.reason, result.message) == (
+        Status.UNKNOWN,
+        Reason.UNAVAILABLE,
+        f"the Docker engine at {engine.socket} answered 500 to GET {path}: Internal Server Error",
+    )
+    engine.garble_next(b"\x00\xffnot json")
+    result = await execute(check)
+    assert (result.status, result.reason) == (Status.UNKNOWN, Reason.UNAVAILABLE)
+    assert result.message == (
+        f"invalid JSON from the Docker engine at {engine.socket} (GET /v1.43/containers/json): "
+        "Expecting value"
+    )
+    engine.garble_next(b"[" * 100_000 + b"]" * 100_000)
+    result = await execute(check)
+    assert (result.reason, result.message) == (
+        Reason.UNAVAILABLE,
+        f"invalid JSON from the Docker engine at {engine.socket} (GET /v1.43/containers/json): "
+        "nested too deeply",
+    )
+    assert (await execute(check)).status == Status.OK  # each fault was for one request only
+    await check.aclose()
+
+
+@pytest.mark.parametrize("hang_request", [0, 1])
+async def test_hung_engine_is_unknown_within_the_timeout(engine: FakeDocker, hang_request: int) -> None:
+    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
+    check = make(engine, timeout=0.4)
+    if hang_request == 1:
+        engine.garble_next(json.dumps([engine.containers["web-1"].list_entry()]).encode())
+    engine.hang()
+    result = await execute(check)
+    await check.aclose()
+    assert (result.status, result.reason) == (Status.UNKNOWN, Reason.UNAVAILABLE)
+    assert result.message == f"no answer from the Docker engine at {engine.socket} within 0.4s"
+    assert 0.4 <= result.duration < 0.85  # the check's own timeout, not the harness's grace (0.5s more)
+
+
+async def test_garbled_inspect_never_raises(engine: FakeDocker) -> None:
+    # A list entry without an Id is not inspected; odd inspect objects read as defaults.
+    entry = {"Id": "f" * 64, "Names": ["/odd"], "State": "running"}
+    weird: list[tuple[Any, Status, str]] = [
+        ({}, Status.OK, "1 container: 1 unknown"),
+        (
+            {"Id": "f" * 64, "Name": 7, "State": "running", "RestartCount": "3"},
+            Status.OK,
+            "1 container: 1 unknown",
+        ),
+        (
+            {
+                "Id": "f" * 64,
+                "State": {"Status": 5, "Health": "healthy", "OOMKilled": "yes", "ExitCode": 1.5},
+            },
+            Status.OK,
+            "1 container: 1 unknown",
+        ),
+        (
+            {"Id": "f" * 64, "Name": "/odd", "State": {"Status": "exited", "ExitCode": True, "Health": None}},
+            Status.OK,
+            "1 container: 1 exited; odd exited with code 0",
+        ),
+        (
+            {"Id": "f" * 64, "Name": "/odd", "State": {"Status": "exited", "ExitCode": 3, "OOMKilled": True}},
+            Status.CRITICAL,
+            "odd: OOM-killed, exited with code 3; 1 container: 1 exited",
+        ),
+    ]
+    for data, status, message in weird:
+        check = make(engine)
+        engine.garble_next(json.dumps([entry, {"Names": ["/no-id"]}]).encode())
+        engine.garble_next(json.dumps(data).encode())
+        outcome = await check.run()
+        await check.aclose()
+        assert (outcome.status, outcome.message) == (status, message), data
+        assert (
+            sample(
+                outcome, "mamori_container_restarts_total", container=container_name({**data, "Id": "f" * 64})
+            )
+            == 0
+        )
+
+
+async def test_health_none_is_no_healthcheck(engine: FakeDocker) -> None:
+    # API 1.44+ reports Health.Status "none" for a container without a healthcheck.
+    entry = engine.add("web-1", {PORT: "80"}, "10.0.0.2")
+    data = entry.inspect()
+    data["State"]["Health"] = {"Status": "none", "FailingStreak": 0, "Log": []}
+    engine.garble_next(json.dumps([entry.list_entry()]).encode())
+    engine.garble_next(json.dumps(data).encode())
+    outcome = await make(engine).run()
+    assert (outcome.status, sample(outcome, "mamori_container_healthy", container="web-1")) == (Status.OK, -1)
+
+
+def test_docker_config_defaults_and_validation() -> None:
+    cfg = DockerConfig(name="c", interval=30, timeout=5)
+    assert (cfg.include_stopped, cfg.restart_warning, cfg.restart_critical, cfg.expect_running) == (
+        True,
+        1,
+        3,
+        None,
+    )
+    assert (cfg.socket, cfg.labels, cfg.service) == (Path("/var/run/docker.sock"), {PORT: None}, None)
+    with pytest.raises(
+        ValidationError, match=r"restart_warning \(5\) must not exceed restart_critical \(3, its default\)"
+    ):
+        DockerConfig(name="c", interval=30, timeout=5, restart_warning=5)
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        DockerConfig.model_validate({"name": "c", "interval": 30, "timeout": 5, "port_label": "x"})
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        DockerConfig(name="c", interval=30, timeout=5, expect_running=0)
+
+
+def test_loaded_from_a_config_file(docker_registered: None) -> None:
+    cfg = agent_config.parse(
+        """
+agent: {interval: 30s, timeout: 5s}
+checks:
+  - name: web-containers
+    type: docker
+    socket: /run/docker.sock
+    service: web
+    expect_running: 2
+    restart_critical: 5
+""",
+        "docker.yml",
+        env={},
+    )
+    (loaded,) = cfg.checks
+    assert isinstance(loaded, DockerConfig)
+    assert (
+        loaded.socket,
+        loaded.service,
+        loaded.expect_running,
+        loaded.restart_critical,
+        loaded.timeout,
+    ) == (
+        Path("/run/docker.sock"),
+        "web",
+        2,
+        5,
+        5.0,
+    )
+    with pytest.raises(ConfigError) as info:
+        agent_config.parse(
+            """
+checks:
+  - name: c
+    type: docker
+    restart_warning: 4
+    restart_critical: 2
+    labels: {"a=b": null}
+    stopped: true
+""",
+            "bad.yml",
+            env={},
+        )
+    assert [(i.line, i.path, i.message) for i in info.value.issues] == [
+        (7, "checks[0].labels", "invalid label key 'a=b': must be non-empty, without '=' or spaces"),
+        (8, "checks[0].stopped", "unknown key"),
+    ]
+    with pytest.raises(ConfigError) as info:
+        agent_config.parse(
+            "checks:\n  - {name: c, type: docker, restart_warning: 4, restart_critical: 2}\n",
+            "bad.yml",
+            env={},
+        )
+    assert [(i.line, i.path, i.message) for i in info.value.issues] == [
+        (2, "checks[0].restart_warning", "restart_warning (4) must not exceed restart_critical (2)"),
+    ]

@@ -1,7 +1,8 @@
 """`HAProxy`: the real haproxy binary as the lab's HTTPS load balancer, with fault switches.
 
     lb = HAProxy(directory, [Backend("app-1", 8001), ...], certs.valid)
-    await lb.start()                 # TLS on 127.0.0.1:lb.port, stats on 127.0.0.1:lb.stats_port
+    await lb.start()                 # TLS on 127.0.0.1:lb.port, stats on lb.stats_port,
+                                     # the runtime API on lb.runtime_port (all 127.0.0.1)
     await lb.backend_states()        # {"app-1": "UP", ...} from the stats CSV
     await lb.break_route(); await lb.fix_route()
     await lb.slow_health_checks(); await lb.fast_health_checks()
@@ -321,8 +322,8 @@ listen stats
         await self._reconfigure()
 
     async def slow_health_checks(self) -> None:
-        """Check every 10 s: a backend that dies *after* this stays UP for 10–20 s, and the load
-        balancer keeps routing to it (clients get 503 after HAProxy's retries)."""
+        """Check every 10 s: a backend that dies stays UP in HAProxy's view for ~20 s (two failed
+        checks), and requests routed to it get 503 after HAProxy's retry."""
         self.check_interval_ms = SLOW_CHECK_INTERVAL_MS
         await self._reconfigure()
 

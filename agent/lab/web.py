@@ -77,6 +77,10 @@ class WebLab:
         raise KeyError(name)
 
     async def start(self) -> None:
+        """Start the apps, then HAProxy; return once HAProxy sees every app UP (~0.4 s).
+
+        On any failure (cancellation included), stops whatever it started, then raises.
+        """
         try:
             # return_exceptions: every start must have finished before stop() runs on a failure,
             # or an app still starting would be left listening.

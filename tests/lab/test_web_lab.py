@@ -219,6 +219,14 @@ async def test_session_cookie_keeps_a_client_on_one_app(lab: WebLab, ca: ssl.SSL
     assert (await via_lb(lab, ca, f"SERVERID={other}")).instance == other
 
 
+async def test_runtime_api_puts_an_app_in_maintenance(lab: WebLab, ca: ssl.SSLContext) -> None:
+    assert (await lab.haproxy.runtime("disable server app/app-1")).strip() == ""
+    await lab.wait_until_haproxy_sees({"app-1": "MAINT"}, timeout=1.0)
+    instances = [(await via_lb(lab, ca)).instance for _ in range(4)]
+    assert Counter(instances) == {"app-2": 2, "app-3": 2}
+    assert "No such server" in await lab.haproxy.runtime("disable server app/app-9")
+
+
 # --- faults -------------------------------------------------------------------------------------
 
 

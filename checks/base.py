@@ -92,6 +92,11 @@ class Check(Generic[ConfigT]):
     async def aclose(self) -> None:
         """Release resources. Safe to call twice, and without `run` ever having been called."""
 
+    def summary(self, outcome: Outcome) -> str | None:
+        """A readable multi-line report of one run for `agentctl check NAME`, or None to print the
+        usual table. For checks whose one-line message cannot say enough (e.g. replication)."""
+        return None
+
     def perfdata(self, duration: float, outcome: Outcome) -> list[PerfDatum]:
         """Nagios perfdata for the CLI; the default reports the run time."""
         return [PerfDatum("time", duration, "s", min=0)]

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import pstats
 import signal
 import socket
 import subprocess
@@ -49,6 +50,28 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
+    """The q-quantile (0 < q < 1) of a Prometheus histogram from its cumulative bucket counts
+    (upper bound -> count, `+Inf` as `math.inf`), interpolated linearly inside the bucket the rank
+    falls in, as PromQL's `histogram_quantile` does: its resolution is the bucket's width. A rank
+    in the `+Inf` bucket gives the largest finite bound; no observations give NaN."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return math.nan
+    rank = q * buckets[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            if count == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
 
 
 def verdict(ok: bool) -> str:
@@ -270,6 +293,16 @@ def agent_process(
             yield proc
         finally:
             stop_process(proc)
+
+
+def print_profile(path: Path) -> None:
+    """Print a cProfile file's top 30 functions by cumulative and by own time."""
+    if not path.exists():
+        print(f"no profile written to {path}", file=sys.stderr)
+        return
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("cumulative").print_stats(30)
+    stats.sort_stats("tottime").print_stats(30)
 
 
 def tail(path: Path, lines: int = 20) -> str:

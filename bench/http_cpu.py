@@ -21,11 +21,11 @@ then inflated, so no result file is written.
 from __future__ import annotations
 
 import argparse
-import pstats
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from bench.common import (
     http_get,
     metric_by_label,
     metric_sum,
+    print_profile,
     save,
     tail,
     verdict,
@@ -71,10 +72,11 @@ def agent_config(nginx_url: str, checks: int) -> str:
 @dataclass
 class BlackboxDriver:
     """Sends `rate` probes per second, paced (probe n at start + n/rate; if one is slow the next
-    ones go at once to catch up, never more than `limit` in all), until stopped."""
+    ones go at once to catch up, never more than `limit` in all), until stopped. `target` is one
+    URL, or several probed in turn (probe n goes to target n mod len)."""
 
     port: int
-    target: str
+    target: str | Sequence[str]
     rate: float
     limit: int
     done: int = 0
@@ -95,7 +97,8 @@ class BlackboxDriver:
 
     def _run(self) -> None:
         client = KeepAliveClient(self.port)
-        path = f"/probe?target={quote(self.target, safe='')}&module=http_2xx"
+        targets = [self.target] if isinstance(self.target, str) else list(self.target)
+        paths = [f"/probe?target={quote(t, safe='')}&module=http_2xx" for t in targets]
         start = time.monotonic()
         try:
             for n in range(self.limit):
@@ -103,7 +106,7 @@ class BlackboxDriver:
                 if self._stop.wait(max(0.0, delay)):
                     return
                 try:
-                    status, body = client.get(path)
+                    status, body = client.get(paths[n % len(paths)])
                 except OSError as exc:
                     status, body = 0, str(exc)
                 ok = status == 200 and "\nprobe_success 1\n" in f"\n{body}"
@@ -198,7 +201,7 @@ def run(
                 driver.stop()
                 scraper.close()
         if profile:
-            _print_profile(Path(tmp) / "agent.prof")
+            print_profile(Path(tmp) / "agent.prof")
         requests_by_ua = _user_agents(nginx.dir / "access.log")
 
     a, b = snaps
@@ -253,15 +256,6 @@ def run(
         "target_ratio_max": TARGET_RATIO,
         "verdict": verdict(ratio <= TARGET_RATIO),
     }
-
-
-def _print_profile(path: Path) -> None:
-    if not path.exists():
-        print(f"no profile written to {path}", file=sys.stderr)
-        return
-    stats = pstats.Stats(str(path))
-    stats.sort_stats("cumulative").print_stats(30)
-    stats.sort_stats("tottime").print_stats(30)
 
 
 def summary(r: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import cli_cold, http_cpu, rss
+from bench import cli_cold, http_cpu, lb_group, rss
 from bench.common import REPO, exit_on_sigterm, read_result, save
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -99,10 +99,59 @@ def _rss(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _lb_group(r: dict[str, Any]) -> list[str]:
+    p, ag, paced, burst = r["parameters"], r["agent"], r["blackbox_exporter"], r["blackbox_exporter_burst"]
+    ex, hist, took = r["lateness"]["exact"], r["lateness"]["histogram"], r["run_duration"]
+    members = p["probes_per_run"]
+
+    def ms(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1f} ms"
+
+    def anchor(label: str, bb: dict[str, Any]) -> str:
+        return (
+            f"| {label} | **{bb['cpu_ms_per_probe']:.3f}** | {bb['probes']} ({bb['probes_ok']}) | "
+            f"{bb['probes_per_s']:g} | {bb['cpu_s']:.2f} | {bb['cpu_percent']:.1f} |"
+        )
+
+    flags = (
+        "**FLAGGED**: " + "; ".join(r["flags"]) + "."
+        if r["flags"]
+        else "Nothing flagged (lateness p99 ≤ 100 ms, every run OK, none skipped, every probe succeeded)."
+    )
+    return [
+        f"_{_machine(r)}._ One `lb` check: the load balancer and {p['backends']} backends, {members} "
+        f"probes every {p['interval_s']:g} s, for {r['window_s']:g} s after {p['warmup_s']:g} s of "
+        f"warm-up; {p['blackbox_exporter']}.",
+        "",
+        "| the check's runs | p50 | p99 | max |",
+        "|---|---:|---:|---:|",
+        f"| lateness, exact: start times against the ideal {p['interval_s']:g} s grid, less the "
+        f"smallest ({ex['runs']} runs) | **{ms(ex['p50_ms'])}** | **{ms(ex['p99_ms'])}** "
+        f"| {ms(ex['max_ms'])} |",
+        f"| lateness, agent's histogram (bucket resolution; mean {ms(hist['mean_ms'])}) "
+        f"| {ms(hist['p50_ms'])} | {ms(hist['p99_ms'])} | |",
+        f"| run duration ({members} probes at once) | {ms(took['p50_ms'])} | {ms(took['p99_ms'])} "
+        f"| {ms(took['max_ms'])} |",
+        "",
+        "| | CPU ms / probe | probes (ok) | probes/s | CPU s | CPU % of one core |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| agent (+ {ag['scrapes']} scrapes of /metrics) | **{ag['cpu_ms_per_probe']:.3f}** | "
+        f"{ag['probes']:g} ({members * ag['runs_by_status'].get('ok', 0):g}) | {ag['probes_per_s']:g} | "
+        f"{ag['cpu_s']:.2f} | {ag['cpu_percent']:.1f} |",
+        anchor("blackbox_exporter, probes paced (the anchor)", paced),
+        anchor("blackbox_exporter, the same probes in one burst a second", burst),
+        "",
+        f"Ratio agent / blackbox_exporter: **{r['ratio_agent_to_blackbox']:.2f}** against the paced "
+        f"anchor, {r['ratio_agent_to_blackbox_burst']:.2f} against the burst one (no target). "
+        f"Runs: {ag['runs']:g}, skipped: {ag['skipped_runs']:g}. {flags}",
+    ]
+
+
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
     (http_cpu.NAME, "CPU per HTTP probe (`bench/http_cpu.py`)", _http_cpu),
     (cli_cold.NAME, "CLI cold start (`bench/cli_cold.py`)", _cli_cold),
     (rss.NAME, "Memory (`bench/rss.py`)", _rss),
+    (lb_group.NAME, "One `lb` check with 50 backends (`bench/lb_group.py`)", _lb_group),
 ]
 
 
@@ -140,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             (http_cpu.NAME, lambda: http_cpu.run(seconds=args.seconds), http_cpu.summary),
             (cli_cold.NAME, cli_cold.run, cli_cold.summary),
             (rss.NAME, rss.run, rss.summary),
+            (lb_group.NAME, lb_group.run, lb_group.summary),
         ]
         for name, run, summary in benches:
             try:

@@ -38,7 +38,7 @@ unit: $(STAMP)
 
 ## bench: benchmarks against their anchors; figures go to bench/results/
 bench: $(STAMP)
-	@bash .ci/ensure-debs nginx-light prometheus-blackbox-exporter
+	@bash .ci/ensure-debs $(TEST_DEBS) nginx-light prometheus-blackbox-exporter prometheus-postgres-exporter
 	$(BIN)/python -m bench.run_all
 
 ## docs: regenerate docs/metrics.md from agent/catalog.py

@@ -171,6 +171,189 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "Selected containers by state: created, running, paused, restarting, removing, exited, dead.",
         "docker",
     ),
+    # postgres: per node (node = the configured name), per standby (standby = its application_name,
+    # as the primary's pg_stat_replication shows it), per slot; cluster = the check's `cluster`
+    "mamori_pg_up": _m("gauge", "node", "1 if the node answered the probe query, else 0.", "postgres"),
+    "mamori_pg_in_recovery": _m(
+        "gauge", "node", "pg_is_in_recovery(): 1 on a standby, 0 on a primary.", "postgres"
+    ),
+    "mamori_pg_timeline": _m(
+        "gauge",
+        "node",
+        "Timeline: a primary's insert timeline; a standby's received timeline (else its last restartpoint's).",
+        "postgres",
+    ),
+    "mamori_pg_connections": _m("gauge", "node", "Client backends connected.", "postgres"),
+    "mamori_pg_max_connections": _m("gauge", "node", "The max_connections setting.", "postgres"),
+    "mamori_pg_xid_age": _m(
+        "gauge", "node", "Age of the oldest unfrozen transaction ID: max(age(datfrozenxid)).", "postgres"
+    ),
+    "mamori_pg_xid_age_ratio": _m(
+        "gauge", "node", "mamori_pg_xid_age / 2^31: 1 is transaction ID wraparound.", "postgres"
+    ),
+    "mamori_pg_wal_lsn_bytes": _m(
+        "gauge", "node", "A primary's current WAL LSN, in bytes (rate() of it is the WAL rate).", "postgres"
+    ),
+    "mamori_pg_wal_rate_bytes_per_second": _m(
+        "gauge", "node", "WAL written by a primary per second since the check's previous run.", "postgres"
+    ),
+    "mamori_pg_standby_state": _m(
+        "gauge",
+        "node standby state",
+        "A standby connected to this primary (pg_stat_replication), value 1; state: startup, catchup, streaming, stopping.",
+        "postgres",
+    ),
+    "mamori_pg_standby_lag_bytes": _m(
+        "gauge",
+        "node standby stage",
+        "How far a standby is behind the primary's current LSN, in bytes, by stage: sent, write, flush, replay.",
+        "postgres",
+    ),
+    "mamori_pg_standby_lag_seconds": _m(
+        "gauge",
+        "node standby stage",
+        "pg_stat_replication write/flush/replay_lag. NULL reads 0 only when streaming and replayed up to the current LSN; otherwise absent (unknown).",
+        "postgres",
+    ),
+    "mamori_pg_standby_feedback_age_seconds": _m(
+        "gauge", "node standby", "Seconds since the standby's last feedback message (reply_time).", "postgres"
+    ),
+    "mamori_pg_archiver_enabled": _m("gauge", "node", "1 if archive_mode is on or always.", "postgres"),
+    "mamori_pg_archiver_failing": _m(
+        "gauge",
+        "node",
+        "1 if the last archive attempt failed (last_failed_time > last_archived_time).",
+        "postgres",
+    ),
+    "mamori_pg_archiver_archived_total": _m(
+        "counter", "node", "WAL segments archived (pg_stat_archiver.archived_count).", "postgres"
+    ),
+    "mamori_pg_archiver_failed_total": _m(
+        "counter", "node", "Failed archive attempts (pg_stat_archiver.failed_count).", "postgres"
+    ),
+    "mamori_pg_archiver_last_archived_age_seconds": _m(
+        "gauge",
+        "node",
+        "Seconds since the last successful archive; grows on an idle primary, so never alert on it alone.",
+        "postgres",
+    ),
+    "mamori_pg_archiver_ready_files": _m(
+        "gauge", "node", "WAL segments waiting to be archived (.ready files).", "postgres"
+    ),
+    "mamori_pg_archiver_ready_oldest_age_seconds": _m(
+        "gauge",
+        "node",
+        "Age of the oldest .ready file (WAL waiting to be archived), 0 when none.",
+        "postgres",
+    ),
+    "mamori_pg_slot_active": _m(
+        "gauge", "node slot", "1 if a consumer is connected to the slot.", "postgres"
+    ),
+    "mamori_pg_slot_retained_bytes": _m(
+        "gauge",
+        "node slot",
+        "WAL the slot retains: the node's current (or replayed) LSN - restart_lsn.",
+        "postgres",
+    ),
+    "mamori_pg_slot_wal_status": _m(
+        "gauge",
+        "node slot wal_status",
+        "The slot's wal_status, value 1: reserved, extended, unreserved, lost (none if never reserved).",
+        "postgres",
+    ),
+    "mamori_pg_slot_safe_wal_size_bytes": _m(
+        "gauge",
+        "node slot",
+        "WAL that can still be written before the slot is lost (absent while max_slot_wal_keep_size = -1).",
+        "postgres",
+    ),
+    "mamori_pg_wal_receive_lsn_bytes": _m(
+        "gauge", "node", "A standby's last WAL LSN received and flushed, in bytes.", "postgres"
+    ),
+    "mamori_pg_wal_replay_lsn_bytes": _m(
+        "gauge", "node", "A standby's last WAL LSN replayed, in bytes.", "postgres"
+    ),
+    "mamori_pg_apply_backlog_bytes": _m(
+        "gauge", "node", "WAL a standby has received but not replayed yet.", "postgres"
+    ),
+    "mamori_pg_replay_paused": _m(
+        "gauge", "node", "1 if WAL replay is paused (or a pause is requested) on the standby.", "postgres"
+    ),
+    "mamori_pg_wal_receiver_status": _m(
+        "gauge",
+        "node status",
+        "A standby's WAL receiver status, value 1: streaming, starting, waiting, restarting, stopping, stopped, none (not running).",
+        "postgres",
+    ),
+    "mamori_pg_wal_receiver_last_message_age_seconds": _m(
+        "gauge",
+        "node",
+        "Seconds since the WAL receiver last heard from its upstream (keepalives keep it fresh on an idle primary).",
+        "postgres",
+    ),
+    "mamori_pg_last_xact_replay_age_seconds": _m(
+        "gauge",
+        "node",
+        "now() - pg_last_xact_replay_timestamp() on a standby: grows on an idle primary, so it is not replication lag.",
+        "postgres",
+    ),
+    "mamori_pg_heartbeat_delay_seconds": _m(
+        "gauge",
+        "node",
+        "Replication delay of a standby: the primary's now() - the heartbeat time the standby has replayed (the standby's clock only when no primary answers).",
+        "postgres",
+    ),
+    "mamori_pg_cluster_primaries": _m(
+        "gauge", "cluster", "Nodes answering as primary (more than 1 is split brain).", "postgres"
+    ),
+    "mamori_pg_cluster_sysid_mismatch": _m(
+        "gauge", "cluster", "1 if a node's system identifier differs from the primary's.", "postgres"
+    ),
+    "mamori_pg_cluster_timeline_divergence": _m(
+        "gauge", "cluster", "1 if a standby is on another timeline than the primary.", "postgres"
+    ),
+    "mamori_pg_expected_standby_connected": _m(
+        "gauge", "cluster standby", "1 if an expected standby streams from the primary, else 0.", "postgres"
+    ),
+    "mamori_pg_rpo_seconds": _m("gauge", "cluster", "The configured recovery point objective.", "postgres"),
+    "mamori_pg_rpo_exposure_seconds": _m(
+        "gauge",
+        "cluster",
+        "Seconds of committed data at risk: the smaller of the standby gap and the archive gap.",
+        "postgres",
+    ),
+    "mamori_pg_rpo_standby_gap_seconds": _m(
+        "gauge", "cluster", "Replication delay of the most up-to-date standby.", "postgres"
+    ),
+    "mamori_pg_rpo_archive_gap_seconds": _m(
+        "gauge", "cluster", "Age of the oldest WAL segment not yet archived (0 when none waits).", "postgres"
+    ),
+    "mamori_pg_failover_ready": _m(
+        "gauge",
+        "cluster reason",
+        "1 if a standby could take over now, else 0; reason: ready, split_brain, sysid_mismatch, no_standby, standby_down, receiver_down, timeline_mismatch, replay_paused, lag_exceeds_rpo.",
+        "postgres",
+    ),
+    "mamori_pg_failover_recommended": _m(
+        "gauge",
+        "cluster reason",
+        "1 if, from this agent's vantage point, the primary is down and a standby is ready; reason: primary_reachable, primary_down_standby_ready, primary_down_standby_not_ready.",
+        "postgres",
+    ),
+    # pg_backup
+    "mamori_pg_backup_age_seconds": _m("gauge", "", "Age of the newest base backup.", "pg_backup"),
+    "mamori_pg_backup_last_timestamp_seconds": _m(
+        "gauge", "", "Unix time the newest base backup finished.", "pg_backup"
+    ),
+    "mamori_pg_backups": _m(
+        "gauge", "", "Backups the source lists (directory entries, pgBackRest backups).", "pg_backup"
+    ),
+    "mamori_pg_pitr_window_seconds": _m(
+        "gauge",
+        "",
+        "How far back a restore can go: now - the oldest restorable point (when the source can say).",
+        "pg_backup",
+    ),
 }
 
 # The agent's own health: not per check/target.

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import cli_cold, http_cpu, lb_group, rss
+from bench import cli_cold, http_cpu, lb_group, pg_cluster, rss
 from bench.common import REPO, exit_on_sigterm, read_result, save
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -147,11 +147,104 @@ def _lb_group(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _pg_cluster(r: dict[str, Any]) -> list[str]:
+    p, ag, ex, ratio = r["parameters"], r["agent"], r["postgres_exporter"], r["ratios_agent_to_exporter"]
+    agq, exq, bg = ag["queries"], ex["queries"], r["server_background"]
+    series = r.get("series_per_scrape", {})
+
+    def num(value: float | None, fmt: str = ".2f") -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    def secs(value: float | None) -> str:
+        if value is None:
+            return "absent"
+        return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
+
+    def size(value: float | None) -> str:
+        if value is None:
+            return "absent"
+        return f"{value:.0f} B" if value < 1024 else f"{value / 1024:.1f} KiB"
+
+    flags = "**FLAGGED**: " + "; ".join(r["flags"]) + "." if r["flags"] else "Nothing flagged."
+    out = [
+        f"_{_machine(r)}._ One `postgres` check over the lab's primary and streaming standby "
+        f"(PostgreSQL {p['postgres'].split()[0]}), every {p['interval_s']:g} s, heartbeat on; two "
+        f"postgres_exporters (one per node, {p['postgres_exporter'].split(' (')[0]}) scraped every "
+        f"{p['interval_s']:g} s; both as the role `mamori`. Cost window {r['window_s']:g} s after "
+        f"{p['warmup_s']:g} s of warm-up, primary idle.",
+        "",
+        "| | client CPU ms | Postgres backends CPU ms | queries | Postgres exec ms | runs / scrapes (ok) "
+        "| backends |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| agent, per run of the check (+ {ag['scrapes_of_metrics']} scrapes of /metrics) "
+        f"| **{num(ag['cpu_ms_per_run'])}** | **{num(ag['server']['cpu_ms_per_run'])}** "
+        f"| {num(agq['per_run_or_scrape'], '.1f')} | {num(agq['exec_ms_per_run_or_scrape'])} "
+        f"| {ag['runs']:g} ({ag['runs_by_status'].get('ok', 0):g}) | {ag['server']['backends']:g} |",
+        f"| 2 × postgres_exporter, per scrape of both | **{num(ex['cpu_ms_per_scrape'])}** "
+        f"| **{num(ex['server']['cpu_ms_per_scrape'])}** | {num(exq['per_run_or_scrape'], '.1f')} "
+        f"| {num(exq['exec_ms_per_run_or_scrape'])} | {ex['scrapes']} ({ex['scrapes_ok']}) "
+        f"| {ex['server']['backends']:g} |",
+        f"| ratio agent / exporter | **{num(ratio['client_cpu'])}** | **{num(ratio['server_cpu'])}** "
+        f"| {num(ratio['queries'])} | {num(ratio['server_exec_time'])} | | |",
+        "",
+        f"Queries and exec time from pg_stat_statements. Series on one scrape: agent "
+        f"{series.get('agent', '?')} (all checks' samples and its own), exporters "
+        f"{series.get('primary', '?')} (primary) and {series.get('standby', '?')} (standby). "
+        f"Postgres' other processes (WAL sender and receiver, startup, writers, postmaster) on both "
+        f"servers: {bg['heartbeat_on']['cpu_ms_per_s']:.2f} ms/s in this window, "
+        f"{bg['heartbeat_off']['cpu_ms_per_s']:.2f} ms/s idle with the heartbeat off. {flags}",
+        "",
+        "The lag each reports (`behind` is measured by the benchmark: how long WAL the standby has "
+        "not replayed has existed on the primary, and how much):",
+        "",
+        "| phase | t | behind | agent: heartbeat delay | agent: status | agent: `replay_lag` "
+        "| exporter: `pg_replication_lag` | exporter: `pg_stat_replication` lsn diff "
+        "| `now() - pg_last_xact_replay_timestamp()` |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    cols = {c: i for i, c in enumerate(r["lag"]["columns"])}
+    labels = {
+        "idle_heartbeat_on": "idle, heartbeat on",
+        "idle_heartbeat_off": "idle, heartbeat off",
+        "heartbeat_back_on": "heartbeat back on",
+        "cut": "link cut, 1 write/s",
+        "restored": "link restored",
+    }
+    for phase in r["lag"]["phases"]:
+        rows = phase["rows"]
+        if phase["name"].startswith("idle"):  # every 30 s and the last
+            rows = [row for i, row in enumerate(rows) if row[cols["t_s"]] % 30 == 0 or i == len(rows) - 1]
+        elif phase["name"] == "heartbeat_back_on":
+            rows = rows[:1] + rows[-1:]
+        for row in rows:
+            behind_text = "0"
+            if row[cols["behind_bytes"]]:
+                behind_text = f"{row[cols['behind_s']]:g} s ({size(row[cols['behind_bytes']])})"
+            cells = [
+                labels.get(phase["name"], phase["name"]),
+                f"{row[cols['t_s']]} s",
+                behind_text,
+                secs(row[cols["agent_heartbeat_delay_s"]]),
+                str(row[cols["agent_status"]]),
+                secs(row[cols["agent_replay_lag_s"]]),
+                secs(row[cols["exporter_replication_lag_s"]]),
+                size(row[cols["exporter_replay_lsn_diff_bytes"]]),
+                secs(row[cols["sql_replay_age_s"]]),
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
 SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
     (http_cpu.NAME, "CPU per HTTP probe (`bench/http_cpu.py`)", _http_cpu),
     (cli_cold.NAME, "CLI cold start (`bench/cli_cold.py`)", _cli_cold),
     (rss.NAME, "Memory (`bench/rss.py`)", _rss),
     (lb_group.NAME, "One `lb` check with 50 backends (`bench/lb_group.py`)", _lb_group),
+    (
+        pg_cluster.NAME,
+        "One `postgres` check over a primary and its standby (`bench/pg_cluster.py`)",
+        _pg_cluster,
+    ),
 ]
 
 
@@ -190,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             (cli_cold.NAME, cli_cold.run, cli_cold.summary),
             (rss.NAME, rss.run, rss.summary),
             (lb_group.NAME, lb_group.run, lb_group.summary),
+            (pg_cluster.NAME, pg_cluster.run, pg_cluster.summary),
         ]
         for name, run, summary in benches:
             try:

@@ -18,6 +18,8 @@ REGISTRY: dict[str, str] = {
     "host": "checks.host:HostCheck",
     "lb": "checks.lb:LbCheck",
     "docker": "checks.docker:DockerCheck",
+    "postgres": "checks.postgres:PostgresCheck",
+    "pg_backup": "checks.pg_backup:PgBackupCheck",
 }
 
 

@@ -1,15 +1,21 @@
 """What the agent emits on /metrics equals agent/catalog.py (and so docs/metrics.md), both ways.
 
 A real agent runs http (TLS, verified), tcp (TLS), host, lb (the web lab: HAProxy and app servers,
-one backend discovered through the Docker engine fake) and docker checks, so every per-check
-metric in the catalog must show up with exactly its documented labels.
+one backend discovered through the Docker engine fake), docker, postgres (a real primary and
+standby) and pg_backup (a pgBackRest stand-in) checks, so every per-check metric in the catalog
+must show up with exactly its documented labels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
+import tempfile
+import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,11 +23,27 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent import config
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
 from agent.lab.certs import make_certs, server_context
+from agent.lab.postgres import PgLab
 from agent.lab.web import web_lab
 from agent.runtime import Agent
+from tests.checks.test_pg_backup import backup, fake_pgbackrest, stanza
 from tests.conftest import free_port
 from tests.fakes.docker_engine import fake_docker
+from tests.pg import query
 from tests.servers import banner, serve_http, serve_tcp
+
+
+@contextlib.asynccontextmanager
+async def pg_lab() -> AsyncIterator[PgLab]:
+    """A Postgres pair of its own (the shared session cluster lives on another event loop)."""
+    directory = Path(tempfile.mkdtemp(prefix="mamori-catalog-pg-"))
+    lab = PgLab(directory)
+    try:
+        await lab.start()
+        yield lab
+    finally:
+        await lab.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def fetch(url: str) -> str:
@@ -37,7 +59,21 @@ async def test_emitted_metrics_match_the_catalog(tmp_path: Path) -> None:
         serve_tcp(banner(b"220 ready\r\n"), server_context(certs.valid)) as tcp,
         web_lab(tmp_path / "lab", apps=2) as lab,
         fake_docker(tmp_path) as engine,
+        pg_lab() as pg,
     ):
+        # A segment archived, so the archiver's ages are known; a fake pgBackRest that has backups.
+        await query(pg.primary.superuser_dsn(), "SELECT pg_switch_wal()")
+        now = time.time()
+        pgbackrest = fake_pgbackrest(
+            tmp_path,
+            stanza(
+                [
+                    backup("F1", now - 8 * 86400, now - 8 * 86400 + 60, "000000010000000000000001"),
+                    backup("F1_D1", now - 3600, now - 3500, "000000010000000000000009", "diff"),
+                ],
+                archive_min="000000010000000000000001",
+            ),
+        )
         engine.add("app-1", {"mamori.probe.port": str(lab.apps[0].port)}, network="host", health="healthy")
         cfg = config.parse(
             f"""
@@ -65,6 +101,16 @@ checks:
   - name: containers
     type: docker
     socket: {engine.socket}
+  - name: db
+    type: postgres
+    password: {pg.monitoring_password}
+    expected_standbys: [standby1]
+    nodes:
+      - {{name: primary, host: 127.0.0.1, port: {pg.primary.port}}}
+      - {{name: standby, host: 127.0.0.1, port: {pg.standby.port}, application_name: standby1}}
+  - name: backups
+    type: pg_backup
+    pgbackrest: {{stanza: demo, command: "{pgbackrest}"}}
 """,
             "catalog.yml",
             env={},
@@ -79,10 +125,12 @@ checks:
                 except OSError:
                     continue
                 results = json.loads(body)["results"]
-                if len(results) == 5:
+                # Two runs of `db`: the WAL rate needs a previous run.
+                runs = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
+                if len(results) == 7 and 'mamori_check_runs_total{check="db",status="ok"} 2.0' in runs:
                     break
             assert {r["check"]: r["status"] for r in results} == dict.fromkeys(
-                ("banner", "containers", "host", "web", "web-lb"), "OK"
+                ("backups", "banner", "containers", "db", "host", "web", "web-lb"), "OK"
             ), results
             text = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
         finally:

@@ -21,7 +21,7 @@ run: $(STAMP)
 test: $(STAMP) debs lint typecheck unit
 
 # Debian packages the test suite runs for real (installed only when missing).
-TEST_DEBS := haproxy postgresql-15
+TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager
 
 debs:
 	@bash .ci/ensure-debs $(TEST_DEBS)

@@ -404,6 +404,18 @@ AGENT_METRICS: dict[str, MetricSpec] = {
         "counter", "sink", "Results dropped because a sink's queue was full (oldest first).", "pipeline"
     ),
     "mamori_sink_errors_total": _m("counter", "sink", "Results a sink failed to consume.", "pipeline"),
+    "mamori_alert_notifications_total": _m(
+        "counter",
+        "route outcome",
+        "Send attempts of the agent's own notifier by route and outcome (delivered, retry, rejected).",
+        "alerts",
+    ),
+    "mamori_alert_outbox_depth": _m(
+        "gauge", "route", "Notifications waiting in the durable outbox, by route.", "alerts"
+    ),
+    "mamori_alert_network_down": _m(
+        "gauge", "", "1 while the connectivity guard holds the agent's own network for down.", "alerts"
+    ),
     "mamori_config_reloads_total": _m(
         "counter", "outcome", "Config reloads (SIGHUP) by outcome: success or failure.", "agent"
     ),

@@ -77,6 +77,10 @@ class Config:
     agent: AgentSection
     checks: tuple[CheckConfig, ...]
     source: str
+    # The agent's own alerting (alerts/): None when the file has no `alerts:` section, so an
+    # agent without it never imports the alerting modules.
+    alerts: Any = None  # alerts.config.AlertsConfig | None
+    notifiers: tuple[Any, ...] = ()  # alerts.notifiers.config.NotifierConfig
 
     def check(self, name: str) -> CheckConfig:
         for c in self.checks:
@@ -85,7 +89,7 @@ class Config:
         raise KeyError(name)
 
 
-_TOP_LEVEL = {"agent", "checks"}
+_TOP_LEVEL = {"agent", "checks", "alerts", "notifiers"}
 _LEADING_KEY = re.compile(r"^([a-z_]+)[ :]")
 
 
@@ -114,6 +118,13 @@ def _issues_from_validation(
             message = "unknown key"
         elif kind == "missing":
             message = "required key is missing"
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx") or {}
+            key = str(ctx.get("discriminator", "type")).strip("'")
+            if isinstance(node, dict) and key in node:
+                path.append(key)
+            known = str(ctx.get("expected_tags", "")).replace("'", "")
+            message = f"unknown {key} {ctx.get('tag')!r} (known: {known})"
         else:
             message = err["msg"].removeprefix("Value error, ")
             # A model-level rule names the key it is about first ("x_file: cannot read …",
@@ -202,9 +213,54 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
             )
         seen.setdefault(cfg.name, i)
         checks.append(cfg)
+    alerts, notifiers = _alerting(doc, file, issues)
     if issues:
         raise ConfigError(issues)
-    return Config(agent=agent, checks=tuple(checks), source=file)
+    return Config(agent=agent, checks=tuple(checks), source=file, alerts=alerts, notifiers=notifiers)
+
+
+def _alerting(doc: YamlDoc, file: str, issues: list[ConfigIssue]) -> tuple[Any, tuple[Any, ...]]:
+    """The `alerts:` and `notifiers:` sections, validated only when present (lazy imports)."""
+    if "alerts" not in doc.data and "notifiers" not in doc.data:
+        return None, ()
+    from pydantic import TypeAdapter
+
+    from alerts.config import AlertsConfig, validate_routes
+    from alerts.notifiers.config import NotifierConfig
+
+    notifiers: list[Any] = []
+    raw_notifiers = doc.data.get("notifiers") or []
+    if not isinstance(raw_notifiers, list):
+        issues.append(
+            ConfigIssue(file, doc.line_of(("notifiers",)), "notifiers", "expected a list of notifiers")
+        )
+        raw_notifiers = []
+    adapter: TypeAdapter[Any] = TypeAdapter(NotifierConfig)
+    for i, raw in enumerate(raw_notifiers):
+        try:
+            notifiers.append(adapter.validate_python(raw))
+        except ValidationError as exc:
+            issues.extend(_issues_from_validation(exc, doc, file, ("notifiers", i)))
+    names = [n.name for n in notifiers]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        where = ("notifiers", names.index(name), "name")
+        issues.append(
+            ConfigIssue(file, doc.line_of(where), format_path(where), f"duplicate notifier name {name!r}")
+        )
+    alerts = None
+    try:
+        alerts = AlertsConfig.model_validate(doc.data.get("alerts") or {})
+    except ValidationError as exc:
+        issues.extend(_issues_from_validation(exc, doc, file, ("alerts",)))
+    if alerts is not None and len(notifiers) == len(raw_notifiers):
+        for message in validate_routes(alerts, names):
+            # Messages name their place: "alerts.routes.critical: unknown notifier …".
+            place, sep, text = message.partition(": ")
+            named = bool(sep) and place.startswith("alerts.")
+            parts: yamldoc.Path = tuple(place.split(".")) if named else ("alerts", "routes")
+            shown = text if named else message
+            issues.append(ConfigIssue(file, doc.line_of(parts), format_path(parts), shown))
+    return alerts, tuple(notifiers)
 
 
 def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

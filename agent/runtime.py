@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent import __version__, config
 from agent.config import Config, ConfigError
-from agent.pipeline import FanOut
+from agent.pipeline import FanOut, Sink
 from agent.scheduler import Scheduler
 from agent.server import AgentServer
 from agent.telemetry import AgentInfoCollector, AgentMetrics
@@ -44,11 +44,29 @@ class Agent:
         self.latest = LatestResults()
         prometheus = PrometheusSink(self.latest)
         self.metrics.registry.register(AgentInfoCollector(lambda: self.config.agent, __version__))
-        self.fanout = FanOut([prometheus], cfg.agent.queue_size, self.metrics)
+        sinks: list[Sink] = [prometheus]
+        if cfg.alerts is not None:
+            sinks.append(self._alert_sink(cfg))
+        self.fanout = FanOut(sinks, cfg.agent.queue_size, self.metrics)
         self.scheduler: Scheduler | None = None
         self.server = AgentServer(self.metrics.registry, self.latest, self._is_ready)
         self._stop = asyncio.Event()
         self._running = False
+
+    def _alert_sink(self, cfg: Config) -> Sink:
+        """The agent's own notifier (alerts/): imported only when the config has `alerts:`."""
+        from alerts.notifiers import build
+        from alerts.sink import AlertSink
+        from alerts.telemetry import AlertCollector
+
+        sink = AlertSink(
+            cfg.alerts,
+            {n.name: build(n) for n in cfg.notifiers},
+            cfg.agent.name,
+            check_tags={c.name: c.tags for c in cfg.checks},
+        )
+        self.metrics.registry.register(AlertCollector(sink))
+        return sink
 
     def _is_ready(self) -> bool:
         return self._running and not self._stop.is_set()
@@ -124,6 +142,8 @@ class Agent:
         for field in ("listen", "concurrency", "queue_size"):
             if getattr(new.agent, field) != getattr(old.agent, field):
                 log.warning("config reload: agent.%s changed; it takes effect after a restart", field)
+        if (new.alerts, new.notifiers) != (old.alerts, old.notifiers):
+            log.warning("config reload: alerts/notifiers changed; they take effect after a restart")
         self.config = new
         if self.scheduler is not None:
             started, stopped = self.scheduler.apply(new.checks)

@@ -111,6 +111,12 @@ checks:
   - name: backups
     type: pg_backup
     pgbackrest: {{stanza: demo, command: "{pgbackrest}"}}
+notifiers:
+  - {{name: hook, type: webhook, url: "{lab.apps[0].url}/hook"}}
+alerts:
+  state_file: {tmp_path / "alerts.db"}
+  rules: [{{name: down, check: "*", status: critical, severity: critical}}]
+  routes: {{critical: [hook]}}
 """,
             "catalog.yml",
             env={},

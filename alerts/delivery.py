@@ -1,0 +1,147 @@
+"""One `Deliverer` per route: outbox → `Notifier`, in order, with retries.
+
+Guarantees:
+- Strict FIFO per route: the head of a route's outbox is sent before anything behind it, so a
+  resolve never overtakes its trigger (nor a reminder its trigger). A route whose service is down
+  or rate-limiting waits as a whole — which is what a 429 asks for — while other routes, each with
+  its own task, go on.
+- At-least-once: a row leaves the outbox only after DELIVERED or REJECTED. A crash between the
+  service accepting and the row being deleted resends it after restart; the stable `dedup_key`
+  makes that harmless for PagerDuty/Alertmanager.
+- RETRY waits `retry_after` when the service gave one (capped at 1 h), else exponential backoff
+  with jitter: base 1 s doubling to a 5 min cap, times a random factor in [0.5, 1).
+- REJECTED is never retried: the row moves to the store's `dead` table and is logged.
+- Memory is bounded: the outbox is read `page_size` rows at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from alerts.model import Delivery, Notification, Notifier, Outcome
+from alerts.store import AlertStore
+
+log = logging.getLogger("mamori.alerts.delivery")
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+RETRY_AFTER_CAP = 3600.0
+
+
+def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
+    """Delay before attempt `attempts + 1` after `attempts` failed ones (attempts >= 1)."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempts - 1, 30))
+    return delay * (0.5 + rand() / 2)
+
+
+class Deliverer:
+    """Delivers one route's outbox through its notifier. `run()` is the task; `step()` does one
+    pass and is what tests drive with a fake clock.
+
+    `counts[outcome]` counts send attempts by outcome (a notifier exception counts as RETRY and in
+    `errors`); the lead exports them as `mamori_notifications_total{route,outcome}`."""
+
+    def __init__(
+        self,
+        route: str,
+        notifier: Notifier,
+        store: AlertStore,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        page_size: int = 50,
+    ) -> None:
+        self.route = route
+        self.notifier = notifier
+        self.store = store
+        self.clock = clock
+        self.rand = rand
+        self.page_size = page_size
+        self.counts: Counter[Outcome] = Counter()
+        self.errors = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """New notifications are in the outbox. Never blocks."""
+        self._wake.set()
+
+    async def step(self) -> float | None:
+        """Send what is due, in order. Returns when the head is next due (None: outbox empty)."""
+        while True:
+            page = self.store.head(self.route, self.page_size)
+            if not page:
+                return None
+            for item in page:
+                now = self.clock()
+                if item.next_attempt_at > now:
+                    return item.next_attempt_at
+                delivery = await self._send(item.notification)
+                self.counts[delivery.outcome] += 1
+                now = self.clock()
+                if delivery.outcome == Outcome.DELIVERED:
+                    self.store.delivered(item.id)
+                elif delivery.outcome == Outcome.REJECTED:
+                    log.error(
+                        "route %s rejected notification %s (%s %s): %s",
+                        self.route,
+                        item.id,
+                        item.notification.event.value,
+                        item.notification.dedup_key,
+                        delivery.detail,
+                    )
+                    self.store.reject(item, delivery.detail or "rejected", now)
+                else:
+                    attempts = item.attempts + 1
+                    if delivery.retry_after is not None:
+                        delay = min(max(delivery.retry_after, 0.0), RETRY_AFTER_CAP)
+                    else:
+                        delay = backoff(attempts, self.rand)
+                    self.store.retry(item.id, attempts, now + delay, delivery.detail)
+                    if attempts == 1 or attempts % 10 == 0:  # an outage must not flood the log
+                        log.warning(
+                            "route %s: attempt %d failed (%s), retrying in %.1fs",
+                            self.route,
+                            attempts,
+                            delivery.detail,
+                            delay,
+                        )
+                    return now + delay
+
+    async def _send(self, notification: Notification) -> Delivery:
+        try:
+            return await self.notifier.send(notification)
+        except Exception as exc:  # the protocol says never raise; a bug must not stop the route
+            self.errors += 1
+            log.error("notifier %s raised %s: %s", self.route, type(exc).__name__, exc)
+            return Delivery(Outcome.RETRY, f"notifier raised {type(exc).__name__}")
+
+    async def run(self) -> None:
+        """Deliver until cancelled, sleeping until the head is due or `wake()` is called."""
+        while True:
+            self._wake.clear()
+            try:
+                due = await self.step()
+            except Exception as exc:  # e.g. the disk is full: keep the task alive and retry
+                self.errors += 1
+                log.error("route %s: delivery pass failed: %s: %s", self.route, type(exc).__name__, exc)
+                due = self.clock() + 5.0
+            timeout = None if due is None else max(0.0, due - self.clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=f"alerts:deliver:{self.route}")
+
+    async def stop(self) -> None:
+        """Cancel the task; an in-flight send is abandoned and resent after restart. Safe twice."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

@@ -1,0 +1,39 @@
+"""Prometheus metrics of the agent's own notifier, read from the sink at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agent.catalog import AGENT_METRICS
+from alerts.model import Outcome
+from alerts.sink import AlertSink
+
+
+class AlertCollector(Collector):
+    def __init__(self, sink: AlertSink) -> None:
+        self._sink = sink
+
+    def collect(self) -> Iterator[Metric]:
+        sent = CounterMetricFamily(
+            "mamori_alert_notifications",
+            AGENT_METRICS["mamori_alert_notifications_total"].help,
+            labels=["route", "outcome"],
+        )
+        counts = self._sink.counts()
+        for route in sorted(self._sink.deliverers):
+            for outcome in Outcome:
+                sent.add_metric([route, outcome.value], float(counts.get((route, outcome), 0)))
+        yield sent
+        depth = GaugeMetricFamily(
+            "mamori_alert_outbox_depth", AGENT_METRICS["mamori_alert_outbox_depth"].help, labels=["route"]
+        )
+        pending = self._sink.pending()
+        for route in sorted(self._sink.deliverers):
+            depth.add_metric([route], float(pending.get(route, 0)))
+        yield depth
+        down = GaugeMetricFamily("mamori_alert_network_down", AGENT_METRICS["mamori_alert_network_down"].help)
+        down.add_metric([], 1.0 if self._sink.engine.network_down else 0.0)
+        yield down

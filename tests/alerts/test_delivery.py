@@ -1,0 +1,202 @@
+"""Deliverer: order, retries (5xx for minutes, 429 bursts), rejects, independent routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from alerts.delivery import Deliverer, backoff
+from alerts.model import Delivery, Event, Notification, Outcome, Severity
+from alerts.store import AlertStore
+
+T0 = 1_700_000_000.0
+
+Script = Callable[[Notification, float], Delivery]
+
+
+class RecordingNotifier:
+    """A `Notifier` double: records every attempt; `script` decides each answer (default DELIVERED)."""
+
+    def __init__(self, name: str, clock: Callable[[], float], script: Script | None = None) -> None:
+        self.name = name
+        self.clock = clock
+        self.script = script
+        self.attempts: list[tuple[float, str, Outcome]] = []
+        self.delivered: list[Notification] = []
+        self.closed = 0
+
+    async def send(self, notification: Notification) -> Delivery:
+        delivery = self.script(notification, self.clock()) if self.script else Delivery(Outcome.DELIVERED)
+        self.attempts.append((self.clock(), notification.id, delivery.outcome))
+        if delivery.outcome == Outcome.DELIVERED:
+            self.delivered.append(notification)
+        return delivery
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+class Clock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def note(i: int, event: Event, key: str, route: str = "pager", at: float = T0) -> Notification:
+    return Notification(
+        f"n{i}", route, event, key, "down", Severity.CRITICAL, f"{event} {key}", created_at=at
+    )
+
+
+async def drive(d: Deliverer, clock: Clock, limit: int = 10_000) -> None:
+    """Run the deliverer on the fake clock until its outbox is empty."""
+    for _ in range(limit):
+        due = await d.step()
+        if due is None:
+            return
+        clock.t = max(clock.t, due)
+    raise AssertionError("outbox never drained")
+
+
+def test_backoff_doubles_from_one_second_to_a_five_minute_cap_with_jitter() -> None:
+    assert [backoff(n, lambda: 0.0) for n in range(1, 12)] == [
+        0.5,
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        16.0,
+        32.0,
+        64.0,
+        128.0,
+        150.0,
+        150.0,
+    ]
+    assert backoff(1, lambda: 1.0) == 1.0
+    assert backoff(50, lambda: 1.0) == 300.0
+
+
+async def test_5xx_for_minutes_then_429_bursts_every_change_exactly_once_in_order(tmp_path: Path) -> None:
+    clock = Clock()
+    store = AlertStore(tmp_path / "alerts.db")
+    notes = [
+        note(1, Event.TRIGGER, "k:a"),
+        note(2, Event.TRIGGER, "k:b"),
+        note(3, Event.RESOLVE, "k:a"),
+        note(4, Event.REMIND, "k:b"),
+        note(5, Event.RESOLVE, "k:b"),
+    ]
+    store.commit([], notes)
+    calls = 0
+
+    def script(n: Notification, now: float) -> Delivery:
+        nonlocal calls
+        calls += 1
+        if now < T0 + 600:  # ten minutes of 503
+            return Delivery(Outcome.RETRY, "HTTP 503")
+        if calls % 2 == 0:  # then every other call is rate-limited
+            return Delivery(Outcome.RETRY, "HTTP 429", retry_after=7.0)
+        return Delivery(Outcome.DELIVERED)
+
+    pager = RecordingNotifier("pager", clock, script)
+    d = Deliverer("pager", pager, store, clock, rand=lambda: 0.0)
+    await drive(d, clock)
+
+    # 503s: backoff 0.5, 1, 2, ... 150 (jitter factor 0.5 with rand=0), all on the head.
+    first = [t - T0 for t, nid, outcome in pager.attempts if outcome == Outcome.RETRY and t < T0 + 600]
+    assert first == [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, 63.5, 127.5, 255.5, 405.5, 555.5]
+    assert {nid for t, nid, _ in pager.attempts if t < T0 + 600} == {"n1"}
+    # Each state change delivered exactly once, in the order it was made.
+    assert [n.id for n in pager.delivered] == ["n1", "n2", "n3", "n4", "n5"]
+    # 429: the Retry-After of 7 s is honoured.
+    after = [(t - T0, nid, o.value) for t, nid, o in pager.attempts if t >= T0 + 600]
+    assert after == [
+        (705.5, "n1", "delivered"),
+        (705.5, "n2", "retry"),
+        (712.5, "n2", "delivered"),
+        (712.5, "n3", "retry"),
+        (719.5, "n3", "delivered"),
+        (719.5, "n4", "retry"),
+        (726.5, "n4", "delivered"),
+        (726.5, "n5", "retry"),
+        (733.5, "n5", "delivered"),
+    ]
+    assert dict(d.counts) == {Outcome.RETRY: 16, Outcome.DELIVERED: 5}
+    assert store.pending() == 0
+    store.close()
+
+
+async def test_rejected_goes_to_dead_and_is_never_retried(tmp_path: Path) -> None:
+    clock = Clock()
+    store = AlertStore(tmp_path / "alerts.db", dead_limit=2)
+    store.commit([], [note(i, Event.TRIGGER, f"k:{i}") for i in range(1, 6)])
+
+    def script(n: Notification, now: float) -> Delivery:
+        if n.id in ("n1", "n2", "n4"):
+            return Delivery(Outcome.REJECTED, "HTTP 400 invalid routing key")
+        return Delivery(Outcome.DELIVERED)
+
+    pager = RecordingNotifier("pager", clock, script)
+    d = Deliverer("pager", pager, store, clock)
+    await drive(d, clock)
+    assert [nid for _, nid, _ in pager.attempts] == ["n1", "n2", "n3", "n4", "n5"]
+    assert [n.id for n in pager.delivered] == ["n3", "n5"]
+    assert [(n.id, reason) for n, reason in store.dead()] == [
+        ("n4", "HTTP 400 invalid routing key"),
+        ("n2", "HTTP 400 invalid routing key"),
+    ]  # bounded: the oldest dead letter was dropped
+    assert dict(d.counts) == {Outcome.REJECTED: 3, Outcome.DELIVERED: 2}
+    assert await d.step() is None
+    assert len(pager.attempts) == 5
+    store.close()
+
+
+async def test_a_down_route_never_blocks_another_route(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "alerts.db")
+    import time
+
+    now = time.time()
+    notes = [note(i, Event.TRIGGER, f"k:{i}", route=r, at=now) for i, r in enumerate(["down", "up"] * 3)]
+    store.commit([], notes)
+    down = RecordingNotifier(
+        "down", time.time, lambda n, t: Delivery(Outcome.RETRY, "HTTP 503", retry_after=60)
+    )
+    up = RecordingNotifier("up", time.time)
+    deliverers = [Deliverer("down", down, store), Deliverer("up", up, store)]
+    for d in deliverers:
+        d.start()
+    for _ in range(200):
+        if len(up.delivered) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert [n.id for n in up.delivered] == ["n1", "n3", "n5"]
+    assert [nid for _, nid, _ in down.attempts] == ["n0"]  # waiting 60 s on its head, alone
+    for d in deliverers:
+        await d.stop()
+        await d.stop()
+    assert store.pending("down") == 3
+    store.close()
+
+
+async def test_a_notifier_that_raises_is_retried_not_fatal(tmp_path: Path) -> None:
+    clock = Clock()
+    store = AlertStore(tmp_path / "alerts.db")
+    store.commit([], [note(1, Event.TRIGGER, "k:a")])
+    raised = False
+
+    def script(n: Notification, now: float) -> Delivery:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise RuntimeError("bug")
+        return Delivery(Outcome.DELIVERED)
+
+    pager = RecordingNotifier("pager", clock, script)
+    d = Deliverer("pager", pager, store, clock, rand=lambda: 0.0)
+    await drive(d, clock)
+    assert [n.id for n in pager.delivered] == ["n1"]
+    assert (d.errors, dict(d.counts), clock.t - T0) == (1, {Outcome.RETRY: 1, Outcome.DELIVERED: 1}, 0.5)
+    store.close()

@@ -1,0 +1,158 @@
+"""AlertStore durability and AlertSink end to end: a restart mid-incident re-pages nothing and
+loses no resolve."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.model import CheckResult, Reason, Status
+from alerts.config import AlertsConfig
+from alerts.engine import AlertRecord, Silence
+from alerts.model import AlertState, Delivery, Event, Notification, Outcome, Severity
+from alerts.sink import AlertSink
+from alerts.store import AlertStore
+from tests.alerts.test_delivery import Clock, RecordingNotifier
+
+T0 = 1_700_000_000.0
+
+
+def note(i: int, event: Event = Event.TRIGGER, route: str = "pager") -> Notification:
+    return Notification(
+        f"n{i}", route, event, f"k:{i}", "down", Severity.CRITICAL, "s", {"check": "web"}, None, T0
+    )
+
+
+def test_states_outbox_and_silences_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "alerts.db"
+    store = AlertStore(path)
+    record = AlertRecord(
+        "down", "web", "https://web", AlertState.FIRING, told=True, incident="k:1", flips=[T0]
+    )
+    store.commit([record], [note(1), note(2, Event.RESOLVE), note(3, route="chat")])
+    store.retry("n1", 2, T0 + 4, "HTTP 503")
+    store.add_silence(Silence("s1", (("check", "web"),), T0, T0 + 60, "deploy", "ops"))
+    store.add_silence(Silence("s2", (("rule", "*"),), T0, T0 + 10))
+    store.close()
+    store.close()  # safe twice
+
+    store = AlertStore(path)
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.load_states() == [record]
+    head = store.head("pager")
+    assert [(i.id, i.attempts, i.next_attempt_at, i.last_error) for i in head] == [
+        ("n1", 2, T0 + 4, "HTTP 503"),
+        ("n2", 0, T0, ""),
+    ]
+    assert head[1].notification == note(2, Event.RESOLVE)
+    assert (store.pending(), store.pending("chat"), store.routes()) == (3, 1, ["chat", "pager"])
+    assert [s.id for s in store.silences()] == ["s1", "s2"]
+    assert store.purge_silences(T0 + 10) == 1
+    assert store.silences() == [Silence("s1", (("check", "web"),), T0, T0 + 60, "deploy", "ops")]
+    assert store.remove_silence("s1") is True
+    assert store.remove_silence("s1") is False
+    store.close()
+
+
+def test_commit_is_atomic(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "alerts.db")
+    store.commit([], [note(1)])
+    record = AlertRecord("down", "web", state=AlertState.FIRING, told=True, incident="k:9")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit([record], [note(1)])  # duplicate id: the whole transaction is rolled back
+    assert store.load_states() == []
+    assert store.pending() == 1
+    store.close()
+
+
+def alerts_config(path: Path) -> AlertsConfig:
+    return AlertsConfig.model_validate(
+        {
+            "state_file": str(path),
+            "rules": [{"name": "down", "check": "*", "status": "critical", "success_threshold": 2}],
+            "routes": {"critical": ["pager"]},
+            "group_wait": 0,
+        }
+    )
+
+
+def result(status: Status) -> CheckResult:
+    reason = Reason.OK if status == Status.OK else Reason.REFUSED
+    return CheckResult("web", "http", "https://web", status, T0, 0.1, reason=reason)
+
+
+async def wait_for(predicate: Any, timeout: float = 2.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_restart_during_an_incident_no_duplicate_trigger_and_the_resolve_arrives(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "alerts.db"
+    clock = Clock()
+    pager = RecordingNotifier("pager", clock)
+    sink = AlertSink(alerts_config(path), {"pager": pager}, "host1", clock=clock)
+    await sink.consume(result(Status.CRITICAL))
+    await wait_for(lambda: len(pager.delivered) == 1)
+    clock.t += 30
+    await sink.consume(result(Status.OK))  # one good result of the two needed
+    await sink.aclose()
+    await sink.aclose()  # safe twice
+    assert pager.closed == 1
+
+    # The agent restarts mid-incident; the target is still down, then recovers.
+    pager2 = RecordingNotifier("pager", clock)
+    sink = AlertSink(alerts_config(path), {"pager": pager2}, "host1", clock=clock)
+    for status in (Status.CRITICAL, Status.CRITICAL, Status.OK, Status.OK):
+        clock.t += 30
+        await sink.consume(result(status))
+    await wait_for(lambda: len(pager2.delivered) == 1)
+    await sink.aclose()
+    assert [(n.event, n.dedup_key) for n in pager.delivered + pager2.delivered] == [
+        (Event.TRIGGER, "mamori:host1:down:web"),
+        (Event.RESOLVE, "mamori:host1:down:web"),
+    ]
+    assert len(pager2.attempts) == 1
+
+
+async def test_restart_with_an_undelivered_resolve_delivers_it_after_its_trigger(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.db"
+    clock = Clock()
+    down = RecordingNotifier("pager", clock, lambda n, t: Delivery(Outcome.RETRY, "HTTP 503"))
+    sink = AlertSink(alerts_config(path), {"pager": down}, "host1", clock=clock)
+    for status in (Status.CRITICAL, Status.OK, Status.OK):
+        await sink.consume(result(status))
+        clock.t += 30
+    await sink.aclose()
+    assert down.delivered == []
+
+    # Pager service back after the restart: both state changes go out, trigger first, once each.
+    up = RecordingNotifier("pager", clock)
+    clock.t += 3600
+    sink = AlertSink(alerts_config(path), {"pager": up}, "host1", clock=clock)
+    await sink.start()
+    await wait_for(lambda: len(up.delivered) == 2)
+    await sink.aclose()
+    assert [n.event for n in up.delivered] == [Event.TRIGGER, Event.RESOLVE]
+    assert sink.counts() == {("pager", Outcome.DELIVERED): 2}
+
+
+async def test_sink_silence_api_applies_at_once(tmp_path: Path) -> None:
+    clock = Clock()
+    pager = RecordingNotifier("pager", clock)
+    sink = AlertSink(alerts_config(tmp_path / "alerts.db"), {"pager": pager}, "host1", clock=clock)
+    sink.add_silence(Silence("s1", (("check", "web"),), T0, T0 + 600))
+    await sink.consume(result(Status.CRITICAL))
+    assert sink.pending() == {"pager": 0}
+    assert sink.remove_silence("s1") is True
+    await sink.consume(result(Status.CRITICAL))
+    await wait_for(lambda: len(pager.delivered) == 1)
+    await sink.aclose()

@@ -1,8 +1,10 @@
-"""`agentctl`: run checks ad hoc, validate and list configs, run the agent.
+"""`agentctl`: run checks ad hoc, validate and list configs, run the agent, manage its alerting.
 
 Exit codes: `check` exits with the worst status (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN; a usage
 or config error is 3, as for any Nagios plugin). `validate`, `list` and `run` exit 1 on an
-invalid config or a start-up failure, 2 on bad arguments.
+invalid config or a start-up failure, 2 on bad arguments. `alerts`, `silence add|list|expire` and
+`notify-test` (agent/alertctl.py) exit 1 on a user error (one line on stderr) and `notify-test`
+also when the notification was not delivered; 2 on bad arguments.
 
 Each command imports only what it needs: `agentctl check URL` must start fast (see bench/), so
 the modules for the server, the scheduler and unused check types are imported inside commands.
@@ -217,6 +219,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(agent.run())
 
 
+# --- alerts / silence / notify-test (agent/alertctl.py) ---------------------------------------
+
+
+def _alertctl(name: str, args: argparse.Namespace) -> int:
+    from agent import alertctl
+
+    try:
+        code: int = getattr(alertctl, name)(args)
+    except alertctl.UsageError as exc:
+        raise UsageError(str(exc)) from None
+    return code
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    return _alertctl("cmd_alerts", args)
+
+
+def cmd_silence_add(args: argparse.Namespace) -> int:
+    return _alertctl("cmd_silence_add", args)
+
+
+def cmd_silence_list(args: argparse.Namespace) -> int:
+    return _alertctl("cmd_silence_list", args)
+
+
+def cmd_silence_expire(args: argparse.Namespace) -> int:
+    return _alertctl("cmd_silence_expire", args)
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    return _alertctl("cmd_notify_test", args)
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -276,6 +311,42 @@ def build_parser() -> _Parser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["text", "json"])
     p.set_defaults(func=cmd_run, error_code=1)
+
+    p = sub.add_parser("alerts", help="show firing and pending alerts, outbox depth and dead letters")
+    p.add_argument("-c", "--config", required=True, help="config file with an alerts section")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_alerts, error_code=1)
+
+    p = sub.add_parser("silence", help="add, list or expire silences (the agent re-reads them within 10s)")
+    p.set_defaults(error_code=1)
+    silence = p.add_subparsers(dest="silence_command", required=True, metavar="ACTION")
+    s = silence.add_parser("add", help="add a silence and print its id")
+    s.add_argument("-c", "--config", required=True, help="config file with an alerts section")
+    s.add_argument(
+        "--match",
+        action="append",
+        required=True,
+        metavar="KEY=GLOB",
+        help="rule, check, target, severity or tag (repeatable; all must match)",
+    )
+    s.add_argument("--duration", type=_duration_arg, required=True, help="how long, e.g. 2h")
+    s.add_argument("--start", metavar="ISO", help="when it starts (default now; naive times are UTC)")
+    s.add_argument("--comment", required=True, help="why (shown by `silence list`)")
+    s.set_defaults(func=cmd_silence_add, error_code=1)
+    s = silence.add_parser("list", help="list active and future silences")
+    s.add_argument("-c", "--config", required=True, help="config file with an alerts section")
+    s.add_argument("--json", action="store_true", help="print as JSON")
+    s.set_defaults(func=cmd_silence_list, error_code=1)
+    s = silence.add_parser("expire", help="remove a silence now")
+    s.add_argument("-c", "--config", required=True, help="config file with an alerts section")
+    s.add_argument("id", metavar="ID")
+    s.set_defaults(func=cmd_silence_expire, error_code=1)
+    p.subcommands = dict(silence.choices)
+
+    p = sub.add_parser("notify-test", help="send one test notification through a configured notifier")
+    p.add_argument("-c", "--config", required=True, help="config file with notifiers")
+    p.add_argument("route", metavar="ROUTE", help="the notifier's name")
+    p.set_defaults(func=cmd_notify_test, error_code=1)
     parser.subcommands = dict(sub.choices)
     return parser
 

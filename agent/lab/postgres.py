@@ -785,6 +785,7 @@ class PgLab:
         )
         await self._sql(self.primary, "SELECT pg_switch_wal()")
         if checkpoint:
+            await self.wait_standby_slot()
             await self._sql(self.primary, "CHECKPOINT", fetch=False)
         rows = await self._sql(
             self.primary,
@@ -793,6 +794,26 @@ class PgLab:
             (LAGGING_SLOT,),
         )
         return int(rows[0][0])
+
+    async def wait_standby_slot(self, timeout: float = 10.0) -> None:
+        """While the standby streams, wait until its slot on the primary is within 16 MiB of the
+        end of WAL (its flush feedback; paused replay does not matter). A checkpoint after a burst
+        past max_slot_wal_keep_size would otherwise also remove WAL the standby still needs, and
+        lose its slot, on a slow machine. Best effort: returns at once when the standby does not
+        stream (stopped, link cut) and after `timeout` at most; never raises for that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            rows = await self._sql(
+                self.primary,
+                "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn), 0)::bigint, "
+                "EXISTS (SELECT FROM pg_stat_replication r WHERE r.application_name = s.slot_name "
+                "AND r.state = 'streaming') FROM pg_replication_slots s WHERE s.slot_name = %s",
+                (SLOT,),
+            )
+            if not rows or not rows[0][1] or int(rows[0][0]) < 16 * 1024 * 1024:
+                return
+            await asyncio.sleep(0.05)
 
     async def drop_lagging_slot(self) -> None:
         """Drop the `lagging` slot if it exists (its WAL goes at the next checkpoint)."""

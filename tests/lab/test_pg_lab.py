@@ -388,12 +388,7 @@ async def test_slot_behind_retains_wal_then_loses_it_past_max_slot_wal_keep_size
     )
     # The standby's own slot must have caught up before the checkpoint, or the 70 MiB burst
     # (past max_slot_wal_keep_size) takes its WAL too when the machine is slow.
-    await lab.wait_replayed(timeout=20)
-    behind = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) FROM pg_replication_slots "
-    for _ in range(200):
-        if await one(primary, behind + "WHERE slot_name = 'standby1'") < 16 * MiB:
-            break
-        await asyncio.sleep(0.05)
+    await lab.wait_standby_slot()
     await query(lab.primary.superuser_dsn(), "CHECKPOINT")
     rows = await query(primary, slot + "WHERE slot_name = 'lagging'")
     assert rows == [("lost", None)]

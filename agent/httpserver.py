@@ -134,7 +134,7 @@ class HttpServer:
             (b"content-length", str(len(response.body)).encode()),
             (b"server", self._server_header),
         ]
-        if response.status in (405,):
+        if response.status == 405:
             headers.append((b"allow", b"GET, HEAD"))
         data = conn.send(h11.Response(status_code=response.status, headers=headers)) or b""
         if request.method != b"HEAD":

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import pstats
+import re
 import signal
 import socket
 import subprocess
@@ -174,38 +175,37 @@ def wait_until(
         time.sleep(step)
 
 
-def metric_sum(text: str, name: str, match: Callable[[str], bool] | None = None) -> float:
-    """Sum of the samples of `name` in Prometheus text format, optionally only those whose label
-    text (what is between the braces) satisfies `match`."""
-    total = 0.0
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def series(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of exactly `name` in a /metrics page (text format): (labels, value)."""
+    out = []
     for line in text.splitlines():
         if not line.startswith(name):
             continue
         rest = line[len(name) :]
         if rest.startswith("{"):
-            labels, _, value = rest[1:].partition("} ")
+            labels, _, value = rest[1:].rpartition("} ")
         elif rest.startswith(" "):
             labels, value = "", rest[1:]
         else:
             continue  # another metric whose name starts with `name`
-        if match is None or match(labels):
-            total += float(value.split()[0])
-    return total
+        out.append((dict(_LABEL.findall(labels)), float(value.split()[0])))
+    return out
+
+
+def metric_sum(text: str, name: str, match: Callable[[dict[str, str]], bool] | None = None) -> float:
+    """Sum of the samples of `name`, optionally only those whose labels satisfy `match`."""
+    return sum(value for labels, value in series(text, name) if match is None or match(labels))
 
 
 def metric_by_label(text: str, name: str, label: str) -> dict[str, float]:
-    """Samples of `name` summed by the value of one label."""
+    """Samples of `name` summed by the value of one label (samples without it are skipped)."""
     out: dict[str, float] = {}
-    needle = f'{label}="'
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        labels, _, value = line[len(name) + 1 :].partition("} ")
-        start = labels.find(needle)
-        if start < 0:
-            continue
-        key = labels[start + len(needle) :].partition('"')[0]
-        out[key] = out.get(key, 0.0) + float(value.split()[0])
+    for labels, value in series(text, name):
+        if label in labels:
+            out[labels[label]] = out.get(labels[label], 0.0) + value
     return out
 
 

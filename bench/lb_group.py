@@ -335,8 +335,8 @@ class LastRun:
 def last_run(text: str) -> LastRun | None:
     """The check's latest run from a /metrics page, or None before its first run."""
 
-    def mine(labels: str) -> bool:
-        return f'check="{CHECK}"' in labels
+    def mine(labels: dict[str, str]) -> bool:
+        return labels.get("check") == CHECK
 
     if f'mamori_check_last_run_timestamp_seconds{{check="{CHECK}"' not in text:
         return None

@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +66,7 @@ from bench.common import (
     free_port,
     http_get,
     save,
+    series,
     stop_process,
     tail,
     wait_until,
@@ -118,25 +118,6 @@ COLUMNS = [
 
 
 # --- Prometheus text ----------------------------------------------------------------------------
-
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def series(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample of `name` in a /metrics page: (labels, value)."""
-    out = []
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        rest = line[len(name) :]
-        if rest.startswith("{"):
-            labels, _, value = rest[1:].rpartition("} ")
-        elif rest.startswith(" "):
-            labels, value = "", rest[1:]
-        else:
-            continue
-        out.append((dict(_LABEL.findall(labels)), float(value.split()[0])))
-    return out
 
 
 def one(text: str, name: str, **labels: str) -> float | None:

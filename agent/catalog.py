@@ -316,6 +316,9 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "gauge", "cluster standby", "1 if an expected standby streams from the primary, else 0.", "postgres"
     ),
     "mamori_pg_rpo_seconds": _m("gauge", "cluster", "The configured recovery point objective.", "postgres"),
+    "mamori_pg_lag_warning_seconds": _m(
+        "gauge", "cluster", "The configured lag_warning: a standby's delay from which it warns.", "postgres"
+    ),
     "mamori_pg_rpo_exposure_seconds": _m(
         "gauge",
         "cluster",

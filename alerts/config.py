@@ -217,6 +217,7 @@ class Window(Model):
 
 
 class Flap(Model):
+    enabled: bool = True
     window: Duration = 600.0
     max_changes: int = Field(default=4, ge=1, le=1000)
 

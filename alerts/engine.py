@@ -279,7 +279,8 @@ class AlertEngine:
     def _flip(self, alert: AlertRecord, now: float) -> None:
         alert.flips.append(now)
         self._prune_flips(alert, now)
-        if not alert.flapping and len(alert.flips) > self.config.flap.max_changes:
+        flap = self.config.flap
+        if flap.enabled and not alert.flapping and len(alert.flips) > flap.max_changes:
             alert.flapping = alert.flap_notice = True
             log.info("alert %s/%s is flapping: held firing until stable", alert.rule, alert.check)
 

@@ -111,6 +111,7 @@ CLUSTER_SYSID_MISMATCH = "mamori_pg_cluster_sysid_mismatch"
 CLUSTER_TIMELINE_DIVERGENCE = "mamori_pg_cluster_timeline_divergence"
 EXPECTED_STANDBY = "mamori_pg_expected_standby_connected"
 RPO = "mamori_pg_rpo_seconds"
+LAG_WARNING = "mamori_pg_lag_warning_seconds"
 RPO_EXPOSURE = "mamori_pg_rpo_exposure_seconds"
 RPO_STANDBY_GAP = "mamori_pg_rpo_standby_gap_seconds"
 RPO_ARCHIVE_GAP = "mamori_pg_rpo_archive_gap_seconds"
@@ -714,6 +715,7 @@ class PostgresCheck(Check[PostgresConfig]):
                 connected = v.replica is not None and v.replica.streaming
                 out.append(Sample(EXPECTED_STANDBY, float(connected), (*cluster, ("standby", v.name))))
         out.append(Sample(RPO, self._policy.rpo, cluster))
+        out.append(Sample(LAG_WARNING, self._policy.lag_warning, cluster))
         _opt(out, RPO_EXPOSURE, verdict.exposure, cluster)
         _opt(out, RPO_STANDBY_GAP, verdict.standby_gap, cluster)
         _opt(out, RPO_ARCHIVE_GAP, verdict.archive_gap, cluster)

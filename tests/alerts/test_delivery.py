@@ -200,3 +200,94 @@ async def test_a_notifier_that_raises_is_retried_not_fatal(tmp_path: Path) -> No
     assert [n.id for n in pager.delivered] == ["n1"]
     assert (d.errors, dict(d.counts), clock.t - T0) == (1, {Outcome.RETRY: 1, Outcome.DELIVERED: 1}, 0.5)
     store.close()
+
+
+def pd_note(i: int, event: Event, key: str) -> Notification:
+    """A notification as the engine makes it, for the real PagerDuty notifier."""
+    return Notification(
+        f"n{i}",
+        "pager",
+        event,
+        key,
+        "pg_primary_down",
+        Severity.CRITICAL,
+        f"db CRITICAL on {key}: primary_down (connection refused)",
+        details={"check": "db", "target": key, "reason": "primary_down", "agent": "agent1"},
+        created_at=T0,
+    )
+
+
+async def test_real_pagerduty_notifier_5xx_for_minutes_429_bursts_and_a_restart(tmp_path: Path) -> None:
+    """The real notifier and the strict fake on a shared fake clock: 503 for ten minutes, an agent
+    restart in the middle of it, then two bursts of 429 (with and without Retry-After). Every
+    state change reaches PagerDuty exactly once, in order, and the outage costs a dozen attempts,
+    not thousands."""
+    from alerts.notifiers.config import PagerDutyConfig
+    from alerts.notifiers.pagerduty import PagerDutyNotifier
+    from tests.fakes.pagerduty import fake_pagerduty
+
+    clock = Clock()
+    async with fake_pagerduty() as pd:
+        pd.clock = clock
+        pd.fail_for(600, status=503)
+        pd.throttle(3, retry_after=7)  # the first burst meets the first requests after the outage
+        cfg = PagerDutyConfig(type="pagerduty", name="pager", routing_key=pd.routing_key, url=pd.url)
+
+        store = AlertStore(tmp_path / "alerts.db")
+        store.commit([], [pd_note(1, Event.TRIGGER, "k:a"), pd_note(2, Event.TRIGGER, "k:b")])
+        notifier = PagerDutyNotifier(cfg)
+        d = Deliverer("pager", notifier, store, clock, rand=lambda: 0.0)
+        while clock.t < T0 + 200:  # some minutes into the outage...
+            due = await d.step()
+            assert due is not None
+            clock.t = due
+        attempts_before_restart = pd.attempts
+        await notifier.aclose()  # ...the agent restarts, its outbox on disk
+        store.close()
+
+        store = AlertStore(tmp_path / "alerts.db")
+        assert store.pending("pager") == 2
+        # While it was down the alerts moved on: a resolved, b reminded, then resolved.
+        store.commit(
+            [],
+            [
+                pd_note(3, Event.RESOLVE, "k:a"),
+                pd_note(4, Event.REMIND, "k:b"),
+                pd_note(5, Event.RESOLVE, "k:b"),
+            ],
+        )
+        notifier = PagerDutyNotifier(cfg)
+        d = Deliverer("pager", notifier, store, clock, rand=lambda: 0.0)
+        second_burst = False
+        for _ in range(1000):
+            due = await d.step()
+            if due is None:
+                break
+            if len(pd.events) == 2 and not second_burst:
+                pd.throttle(2, retry_after=None)  # a burst without Retry-After: backoff
+                second_burst = True
+            clock.t = max(clock.t, due)
+        await notifier.aclose()
+
+    assert pd.rejected == []
+    assert pd.state_changes == [
+        ("k:a", "triggered"),
+        ("k:b", "triggered"),
+        ("k:a", "resolved"),
+        ("k:b", "resolved"),
+    ]
+    assert [(e["event_action"], e["dedup_key"]) for e in pd.events] == [
+        ("trigger", "k:a"),
+        ("trigger", "k:b"),
+        ("resolve", "k:a"),
+        ("trigger", "k:b"),  # the reminder: appended to b's open incident, not a new one
+        ("resolve", "k:b"),
+    ]
+    # Ten minutes of 503 on the head cost the backoff schedule, not a request per step: 9 before
+    # the restart (at 0, .5, 1.5, … 127.5 s; it happens at 255.5 s), then the fresh process
+    # starts its backoff over.
+    assert attempts_before_restart == 9
+    assert 12 <= pd.attempts <= 30, pd.attempts
+    assert dict(d.counts)[Outcome.DELIVERED] == 5
+    assert store.pending() == 0 and store.dead() == []
+    store.close()

@@ -457,3 +457,15 @@ def test_state_round_trips_and_grouped_but_unsent_triggers_are_forgotten() -> No
     e = engine(config(), clock, states=[again])
     # Its trigger was only grouped when the agent stopped: the next bad result sends it.
     assert events(e.observe(bad())) == [("trigger", KEY)]
+
+
+def test_flap_detection_can_be_turned_off() -> None:
+    clock = Clock()
+    e = engine(config(flap={"enabled": False}), clock)
+    notes: list[Notification] = []
+    for _ in range(20):
+        notes += e.observe(bad())
+        clock.t += 30
+        notes += e.observe(good())
+        clock.t += 30
+    assert [n.event.value for n in notes] == ["trigger", "resolve"] * 20

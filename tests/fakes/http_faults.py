@@ -7,6 +7,9 @@ server plus the faults a test injects.
         fake.hang()                      # requests wait, unanswered, until release() or exit
         await fake.down(); await fake.up()  # connections refused, then served again (same port)
 
+Timed faults read `fake.clock` (default `time.monotonic`); a test that drives a client on a fake
+clock points it at the same clock, so "503 for ten minutes" takes no real time.
+
 Faults are checked in that order before the service's own `serve()` sees the request, so a
 faulted request is never recorded as accepted. Every answer closes its connection, so `down()`
 takes effect at once for a client holding a pooled connection.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -32,6 +35,7 @@ class FakeHttpService:
     def __init__(self) -> None:
         self.port = 0
         self.attempts = 0
+        self.clock: Callable[[], float] = time.monotonic
         self._runner: web.ServerRunner | None = None
         self._site: web.TCPSite | None = None
         self._fail_until = 0.0
@@ -48,7 +52,7 @@ class FakeHttpService:
     # --- faults -------------------------------------------------------------------------------
     def fail_for(self, seconds: float, status: int = 500) -> None:
         """Answer `status` to every request for the next `seconds`."""
-        self._fail_until = time.monotonic() + seconds
+        self._fail_until = self.clock() + seconds
         self._fail_status = status
 
     def throttle(self, n: int, retry_after: float | None = 1.0) -> None:
@@ -93,7 +97,7 @@ class FakeHttpService:
         if self._hanging:
             await self._release.wait()
             response = web.Response(status=503, text="released")
-        elif time.monotonic() < self._fail_until:
+        elif self.clock() < self._fail_until:
             response = self.fault_answer(self._fail_status, None)
         elif self._throttled > 0:
             self._throttled -= 1

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-dev
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,oci,otel]'
 	@touch $(STAMP)
 
 ## run: the agent on the embedded default config (http://127.0.0.1:9630/metrics)
@@ -21,7 +21,7 @@ run: $(STAMP)
 test: $(STAMP) debs lint typecheck unit
 
 # Debian packages the test suite runs for real (installed only when missing).
-TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager
+TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto
 
 debs:
 	@bash .ci/ensure-debs $(TEST_DEBS)

@@ -343,6 +343,25 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "1 if, from this agent's vantage point, the primary is down and a standby is ready; reason: primary_reachable, primary_down_standby_ready, primary_down_standby_not_ready.",
         "postgres",
     ),
+    # fleet: the MQTT exporter's quorum of agents (exporters/fleet.py), check `fleet:<cluster>`
+    "mamori_fleet_agents": _m(
+        "gauge",
+        "cluster",
+        "Live agents reporting on the cluster: a view younger than window_intervals check intervals, status not offline.",
+        "fleet",
+    ),
+    "mamori_fleet_primary_down_votes": _m(
+        "gauge", "cluster", "Live agents whose postgres check sees no primary of the cluster.", "fleet"
+    ),
+    "mamori_fleet_quorum": _m(
+        "gauge",
+        "cluster",
+        "Down votes needed to confirm: the quorum of the live agents, at least min_votes.",
+        "fleet",
+    ),
+    "mamori_fleet_primary_down_confirmed": _m(
+        "gauge", "cluster", "1 if a quorum of the live agents sees the primary down, else 0.", "fleet"
+    ),
     # pg_backup
     "mamori_pg_backup_age_seconds": _m("gauge", "", "Age of the newest base backup.", "pg_backup"),
     "mamori_pg_backup_last_timestamp_seconds": _m(
@@ -418,6 +437,32 @@ AGENT_METRICS: dict[str, MetricSpec] = {
     ),
     "mamori_alert_network_down": _m(
         "gauge", "", "1 while the connectivity guard holds the agent's own network for down.", "alerts"
+    ),
+    "mamori_outbox_depth": _m(
+        "gauge", "sink", "Results in the durable outbox a push exporter has not sent yet.", "exporters"
+    ),
+    "mamori_outbox_oldest_age_seconds": _m(
+        "gauge",
+        "sink",
+        "Age of the oldest result a push exporter has not sent yet (0 when none).",
+        "exporters",
+    ),
+    "mamori_outbox_bytes": _m("gauge", "", "Size of the results stored in the durable outbox.", "exporters"),
+    "mamori_outbox_dropped_total": _m(
+        "counter",
+        "sink reason",
+        "Results a push exporter will never send, by reason: capacity (the outbox cap), expired (older than the service accepts), invalid (the service refused them).",
+        "exporters",
+    ),
+    "mamori_export_sent_total": _m("counter", "sink", "Results a push exporter has delivered.", "exporters"),
+    "mamori_export_samples_skipped_total": _m(
+        "counter",
+        "sink reason",
+        "Samples a push exporter left out of results it sent: non_finite, invalid_name, invalid_dimensions.",
+        "exporters",
+    ),
+    "mamori_export_failures_total": _m(
+        "counter", "sink", "Pushes that failed and are retried (with backoff).", "exporters"
     ),
     "mamori_config_reloads_total": _m(
         "counter", "outcome", "Config reloads (SIGHUP) by outcome: success or failure.", "agent"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from agent import __version__
-from agent.errors import ConfigError
+from agent.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -376,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"agentctl: {exc}", file=sys.stderr)
         code = args.error_code
+    except StartupError as exc:
+        print(f"agentctl: {exc}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     return code

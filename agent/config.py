@@ -81,6 +81,9 @@ class Config:
     # agent without it never imports the alerting modules.
     alerts: Any = None  # alerts.config.AlertsConfig | None
     notifiers: tuple[Any, ...] = ()  # alerts.notifiers.config.NotifierConfig
+    # Push exporters (exporters/): empty when the file has no `exporters:` section.
+    outbox: Any = None  # exporters.config.OutboxConfig | None
+    exporters: tuple[Any, ...] = ()  # each an exporters.<type>.Config
 
     def check(self, name: str) -> CheckConfig:
         for c in self.checks:
@@ -89,7 +92,7 @@ class Config:
         raise KeyError(name)
 
 
-_TOP_LEVEL = {"agent", "checks", "alerts", "notifiers"}
+_TOP_LEVEL = {"agent", "checks", "alerts", "notifiers", "outbox", "exporters"}
 _LEADING_KEY = re.compile(r"^([a-z_]+)[ :]")
 
 
@@ -214,9 +217,73 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
         seen.setdefault(cfg.name, i)
         checks.append(cfg)
     alerts, notifiers = _alerting(doc, file, issues)
+    outbox, exporters = _exporting(doc, file, issues, agent, checks)
     if issues:
         raise ConfigError(issues)
-    return Config(agent=agent, checks=tuple(checks), source=file, alerts=alerts, notifiers=notifiers)
+    return Config(
+        agent=agent,
+        checks=tuple(checks),
+        source=file,
+        alerts=alerts,
+        notifiers=notifiers,
+        outbox=outbox,
+        exporters=exporters,
+    )
+
+
+def _exporting(
+    doc: YamlDoc, file: str, issues: list[ConfigIssue], agent: AgentSection, checks: list[CheckConfig]
+) -> tuple[Any, tuple[Any, ...]]:
+    """The `outbox:` and `exporters:` sections, validated only when present (lazy imports)."""
+    if "exporters" not in doc.data and "outbox" not in doc.data:
+        return None, ()
+    from exporters.config import EXPORTERS, OutboxConfig, validate_exporter
+
+    outbox = OutboxConfig()
+    try:
+        outbox = OutboxConfig.model_validate(doc.data.get("outbox") or {})
+    except ValidationError as exc:
+        issues.extend(_issues_from_validation(exc, doc, file, ("outbox",)))
+    raw_exporters = doc.data.get("exporters") or []
+    if not isinstance(raw_exporters, list):
+        issues.append(
+            ConfigIssue(file, doc.line_of(("exporters",)), "exporters", "expected a list of exporters")
+        )
+        raw_exporters = []
+    exporters: list[Any] = []
+    for i, raw in enumerate(raw_exporters):
+        path: yamldoc.Path = ("exporters", i)
+        if not isinstance(raw, dict):
+            issues.append(ConfigIssue(file, doc.line_of(path), format_path(path), "expected a mapping"))
+            continue
+        type_name = raw.get("type")
+        if type_name not in EXPORTERS:
+            known = ", ".join(sorted(EXPORTERS))
+            where = path + ("type",) if "type" in raw else path
+            what = "required key is missing" if type_name is None else f"unknown exporter type {type_name!r}"
+            issues.append(
+                ConfigIssue(
+                    file, doc.line_of(where), format_path(path + ("type",)), f"{what} (known: {known})"
+                )
+            )
+            continue
+        try:
+            context = {
+                "agent_name": agent.name,
+                "agent_labels": dict(agent.labels),
+                "check_names": [c.name for c in checks],
+            }
+            exporters.append(validate_exporter(raw, context))
+        except ValidationError as exc:
+            issues.extend(_issues_from_validation(exc, doc, file, path))
+    names = [e.name for e in exporters]
+    for name in sorted({n for n in names if names.count(n) > 1 or n == "outbox"}):
+        where = ("exporters", names.index(name), "name")
+        what = "is reserved" if name == "outbox" else "is a duplicate"
+        issues.append(
+            ConfigIssue(file, doc.line_of(where), format_path(where), f"exporter name {name!r} {what}")
+        )
+    return outbox, tuple(exporters)
 
 
 def _alerting(doc: YamlDoc, file: str, issues: list[ConfigIssue]) -> tuple[Any, tuple[Any, ...]]:

@@ -23,3 +23,8 @@ class ConfigError(Exception):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         super().__init__("\n".join(str(i) for i in issues))
         self.issues = issues
+
+
+class StartupError(Exception):
+    """Something the agent needs cannot be set up (a state file's directory is not writable, …):
+    one line for the operator, no traceback."""

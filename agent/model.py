@@ -76,6 +76,8 @@ class Reason(enum.StrEnum):
     AUTH_FAILED = "auth_failed"
     BACKUP_STALE = "backup_stale"
     PITR_WINDOW_SHORT = "pitr_window_short"
+    # fleet (the MQTT exporter's quorum of agents, exporters/fleet.py)
+    PRIMARY_DOWN_CONFIRMED = "primary_down_confirmed"
     # load balancer and its backends (lb)
     LB_MISCONFIGURED = "lb_misconfigured"
     LB_ROUTES_TO_DOWN_BACKEND = "lb_routes_to_down_backend"
@@ -131,6 +133,25 @@ class CheckResult:
             "attempts": self.attempts,
             "samples": [{"name": s.name, "value": s.value, "labels": dict(s.labels)} for s in self.samples],
         }
+
+
+def result_from_json(data: dict[str, Any]) -> CheckResult:
+    """The inverse of `CheckResult.to_json()` (the durable outbox stores results that way)."""
+    return CheckResult(
+        check=str(data["check"]),
+        check_type=str(data["type"]),
+        target=str(data["target"]),
+        status=Status(int(data["status_code"])),
+        started_at=float(data["started_at"]),
+        duration=float(data["duration_seconds"]),
+        samples=tuple(
+            Sample(str(s["name"]), float(s["value"]), tuple((str(k), str(v)) for k, v in s["labels"].items()))
+            for s in data["samples"]
+        ),
+        message=str(data["message"]),
+        reason=Reason(data["reason"]),
+        attempts=int(data["attempts"]),
+    )
 
 
 def worst(statuses: list[Status]) -> Status:

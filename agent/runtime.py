@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from agent import __version__, config
 from agent.config import Config, ConfigError
@@ -41,12 +42,15 @@ class Agent:
         self._env = env
         self._listen = listen or cfg.agent.listen
         self.metrics = AgentMetrics()
+        self._pumps: list[Any] = []  # exporters.base.Pump, one per push exporter
         self.latest = LatestResults()
         prometheus = PrometheusSink(self.latest)
         self.metrics.registry.register(AgentInfoCollector(lambda: self.config.agent, __version__))
         sinks: list[Sink] = [prometheus]
         if cfg.alerts is not None:
             sinks.append(self._alert_sink(cfg))
+        if cfg.exporters:
+            sinks.append(self._export_sink(cfg))
         self.fanout = FanOut(sinks, cfg.agent.queue_size, self.metrics)
         self.scheduler: Scheduler | None = None
         self.server = AgentServer(self.metrics.registry, self.latest, self._is_ready)
@@ -67,6 +71,29 @@ class Agent:
         )
         self.metrics.registry.register(AlertCollector(sink))
         return sink
+
+    def _export_sink(self, cfg: Config) -> Sink:
+        """Push exporters behind the durable outbox (exporters/): imported only when configured."""
+        from agent.errors import StartupError
+        from agent.outbox import Outbox
+        from exporters.base import ExportCollector, ExportContext, OutboxSink, Pump
+        from exporters.config import ExtraMissing, exporter_module
+
+        context = ExportContext(
+            agent=cfg.agent.name,
+            labels=dict(cfg.agent.labels),
+            interval=cfg.agent.interval,
+            publish=lambda result: self.fanout.publish(result),
+        )
+        try:
+            exporters = [exporter_module(e.type).build(e, context) for e in cfg.exporters]
+        except ExtraMissing as exc:
+            raise StartupError(str(exc)) from None
+        outbox = Outbox(cfg.outbox.path, cfg.outbox.max_size, [e.name for e in exporters])
+        pumps = [Pump(e, outbox) for e in exporters]
+        self._pumps = pumps
+        self.metrics.registry.register(ExportCollector(outbox, pumps))
+        return OutboxSink(outbox, pumps)
 
     def _is_ready(self) -> bool:
         return self._running and not self._stop.is_set()
@@ -94,6 +121,8 @@ class Agent:
         self.metrics.start_time.set(time.time())
         self.metrics.last_reload.set(time.time())
         self.fanout.start()
+        for pump in self._pumps:
+            pump.start()
         self.scheduler = Scheduler(self.fanout.publish, self.metrics, self.config.agent.concurrency)
         self.scheduler.apply(self.config.checks)
         self._running = True
@@ -144,6 +173,8 @@ class Agent:
                 log.warning("config reload: agent.%s changed; it takes effect after a restart", field)
         if (new.alerts, new.notifiers) != (old.alerts, old.notifiers):
             log.warning("config reload: alerts/notifiers changed; they take effect after a restart")
+        if (new.outbox, new.exporters) != (old.outbox, old.exporters):
+            log.warning("config reload: outbox/exporters changed; they take effect after a restart")
         self.config = new
         if self.scheduler is not None:
             started, stopped = self.scheduler.apply(new.checks)

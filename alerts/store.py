@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.errors import StartupError
 from alerts.engine import AlertRecord, Silence
 from alerts.model import Event, Notification, Severity
 
@@ -94,14 +95,17 @@ class AlertStore:
 
     def __init__(self, path: Path | str, dead_limit: int = 1000) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dead_limit = dead_limit
-        self._db: sqlite3.Connection | None = sqlite3.connect(str(path), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=2000")  # the CLI may write silences meanwhile
-        self._db.executescript(_SCHEMA)
+        try:
+            if str(path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db: sqlite3.Connection | None = sqlite3.connect(str(path), isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=2000")  # the CLI may write silences meanwhile
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"cannot open the alert state file {path}: {exc}") from None
 
     @property
     def db(self) -> sqlite3.Connection:

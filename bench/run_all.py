@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import cli_cold, http_cpu, lb_group, pg_cluster, rss
+from bench import cli_cold, http_cpu, lb_group, oci, pg_cluster, rss
 from bench.common import REPO, exit_on_sigterm, read_result, save
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -245,6 +245,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
         "One `postgres` check over a primary and its standby (`bench/pg_cluster.py`)",
         _pg_cluster,
     ),
+    (oci.NAME, "OCI Monitoring exporter (`bench/oci.py`)", oci.figures),
 ]
 
 
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             (rss.NAME, rss.run, rss.summary),
             (lb_group.NAME, lb_group.run, lb_group.summary),
             (pg_cluster.NAME, pg_cluster.run, pg_cluster.summary),
+            (oci.NAME, oci.run, oci.summary),
         ]
         for name, run, summary in benches:
             try:

@@ -2,8 +2,9 @@
 
 A real agent runs http (TLS, verified), tcp (TLS), host, lb (the web lab: HAProxy and app servers,
 one backend discovered through the Docker engine fake), docker, postgres (a real primary and
-standby) and pg_backup (a pgBackRest stand-in) checks, so every per-check metric in the catalog
-must show up with exactly its documented labels.
+standby) and pg_backup (a pgBackRest stand-in) checks, and pushes to a real Mosquitto through an
+mqtt exporter with the fleet quorum on (its `fleet:db` result carries `mamori_fleet_*`), so every
+per-check metric in the catalog must show up with exactly its documented labels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent import config
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
 from agent.lab.certs import make_certs, server_context
+from agent.lab.mosquitto import Mosquitto
 from agent.lab.postgres import PgLab
 from agent.lab.web import web_lab
 from agent.runtime import Agent
@@ -60,6 +62,7 @@ async def test_emitted_metrics_match_the_catalog(tmp_path: Path) -> None:
         web_lab(tmp_path / "lab", apps=2) as lab,
         fake_docker(tmp_path) as engine,
         pg_lab() as pg,
+        Mosquitto(tmp_path / "mqtt") as broker,  # the mqtt exporter's fleet emits mamori_fleet_*
     ):
         # A segment archived, so the archiver's ages are known; a fake pgBackRest that has backups.
         await query(pg.primary.superuser_dsn(), "SELECT pg_switch_wal()")
@@ -111,6 +114,9 @@ checks:
   - name: backups
     type: pg_backup
     pgbackrest: {{stanza: demo, command: "{pgbackrest}"}}
+outbox: {{path: {tmp_path / "outbox.db"}}}
+exporters:
+  - {{name: bus, type: mqtt, host: 127.0.0.1, port: {broker.port}, fleet: {{enabled: true}}}}
 notifiers:
   - {{name: hook, type: webhook, url: "{lab.apps[0].url}/hook"}}
 alerts:
@@ -133,10 +139,10 @@ alerts:
                 results = json.loads(body)["results"]
                 # Two runs of `db`: the WAL rate needs a previous run.
                 runs = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
-                if len(results) == 7 and 'mamori_check_runs_total{check="db",status="ok"} 2.0' in runs:
+                if len(results) == 8 and 'mamori_check_runs_total{check="db",status="ok"} 2.0' in runs:
                     break
             assert {r["check"]: r["status"] for r in results} == dict.fromkeys(
-                ("backups", "banner", "containers", "db", "host", "web", "web-lb"), "OK"
+                ("backups", "banner", "containers", "db", "fleet:db", "host", "web", "web-lb"), "OK"
             ), results
             text = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
         finally:

@@ -112,9 +112,11 @@ F = TypeVar("F", bound=FakeHttpService)
 
 
 @asynccontextmanager
-async def serve(fake: F) -> AsyncIterator[F]:
-    """Serve `fake` on 127.0.0.1 at a free port. Leaving releases hung requests and closes all."""
-    runner = web.ServerRunner(web.Server(fake._handle, access_log=None), shutdown_timeout=0.5)
+async def serve(fake: F, *, auto_decompress: bool = True) -> AsyncIterator[F]:
+    """Serve `fake` on 127.0.0.1 at a free port. Leaving releases hung requests and closes all.
+    `auto_decompress=False` hands the fake request bodies as sent (gzip included)."""
+    server = web.Server(fake._handle, access_log=None, auto_decompress=auto_decompress)
+    runner = web.ServerRunner(server, shutdown_timeout=0.5)
     await runner.setup()
     fake._runner = runner
     fake.port = free_port()

@@ -1,0 +1,50 @@
+"""The `outbox:` and `exporters:` config sections, validated at load (agent/config.py).
+
+Exporter types are looked up in `EXPORTERS` and their modules imported only when a config names
+them, so an agent without push exporters never imports aiomqtt, oci or opentelemetry. Each module
+defines `Config` (a pydantic model with `type: Literal[...]`, extending `ExporterBase`) and
+`build(config, context) -> PushExporter`; a module whose optional dependency is missing says so
+with a one-line `ExtraMissing` raised from `build()` (config validation itself never needs it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from agent.types import ByteSize, Model
+
+# type -> module. Each module: `Config`, `build(config, context)`.
+EXPORTERS: dict[str, str] = {
+    "oci": "exporters.oci",
+    "mqtt": "exporters.mqtt",
+    "otel": "exporters.otel",
+}
+
+
+class OutboxConfig(Model):
+    """Where push exporters' results wait until sent, and how much disk that may take."""
+
+    path: Path = Path("/var/lib/mamori/outbox.db")
+    max_size: ByteSize = 256 * 2**20
+
+
+class ExtraMissing(Exception):
+    """An exporter's optional dependency is not installed: one line naming the extra."""
+
+
+def exporter_module(type_name: str) -> ModuleType:
+    """The module implementing `type_name`. Raises KeyError for an unknown type."""
+    return importlib.import_module(EXPORTERS[type_name])
+
+
+def validate_exporter(raw: Any, context: Mapping[str, Any] | None = None) -> Any:
+    """Validate one `exporters:` entry with its type's model. `context` (pydantic validation
+    context) carries `agent_name` and `agent_labels` for rules that depend on them. Raises KeyError
+    (unknown type) or pydantic's ValidationError."""
+    type_name = raw.get("type") if isinstance(raw, dict) else None
+    module = exporter_module(str(type_name))
+    return module.Config.model_validate(raw, context=context)

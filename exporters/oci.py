@@ -1,0 +1,667 @@
+"""Push check results to OCI Monitoring as custom metrics (`type: oci`; extra `mamori[oci]`).
+
+    exporters:
+      - type: oci
+        compartment_id: ocid1.compartment.oc1..aaaa...
+        namespace: mamori
+        region: ap-tokyo-1
+        auth: instance_principal
+
+Each result becomes the samples of `exporters.samples.flatten()` (the series `/metrics` shows),
+one metric stream per (name, dimensions), each datapoint at the time the check ran. Dimensions are
+the sample's labels (`check`, `target`, ...) plus `host` (the agent's name), the agent's labels
+and the static `dimensions` of this config. Everything the service enforces that a config decides
+(namespace, resource group, static dimensions, the 20-dimension limit, the compartment OCID, the
+OCI config file and profile) is checked at load; what only data decides is defended at send time
+(see docs/exporters/oci.md for the rules and for what is dropped and counted).
+
+Delivery: one `PostMetricData` per push with at most 50 streams (the service's limit) and 1 000
+datapoints, taking results from the front of the batch (a single result with more streams goes in
+several requests); `NON_ATOMIC`, so a refused stream never blocks the rest. The SDK runs in a
+worker thread with its own retries and circuit breaker off: the pump (exporters/base.py) retries
+with backoff, and nothing the service accepted is sent again, except after a timeout on a request
+the service did accept (at-least-once, see the docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import hashlib
+import importlib
+import ipaddress
+import logging
+import math
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
+from agent.errors import StartupError
+from agent.types import Duration, secret_value
+from exporters.base import ExportContext, ExporterBase, PushResult
+from exporters.config import ExtraMissing
+from exporters.samples import flatten, unit
+
+if TYPE_CHECKING:
+    from agent.model import CheckResult
+    from agent.outbox import Record
+
+log = logging.getLogger("mamori.exporters.oci")
+
+MAX_STREAMS = 50  # unique metric streams per PostMetricData request
+MAX_DIMENSIONS = 20
+# Datapoints per request: the service documents no limit (nor a body size); this keeps a request
+# after an outage near 250 KB instead of megabytes. A result's own points always go together.
+MAX_DATAPOINTS = 1000
+MAX_KEY = 256  # dimension key, metadata key and value
+MAX_VALUE = 512  # dimension value
+MAX_AGE = 7200.0  # the service refuses datapoints 2 h old or older...
+AGE_MARGIN = 300.0  # ...so we stop trying 5 min before that (queueing, request time, clock skew)
+EMPTY_VALUE = "(empty)"  # the service refuses empty dimension values
+HOST = "host"
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_OCID = re.compile(r"^ocid1\.(compartment|tenancy)\.[a-z0-9]+\.[a-z0-9-]*\.[a-z0-9]+$")
+_NAMESPACE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._$-]*$")
+_DIM_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space
+_REGION = re.compile(r"^[a-z]+(-[a-z]+)+-[0-9]+$")
+_RESERVED_PREFIXES = ("oci_", "oracle_")
+_API_KEY_FIELDS = ("user", "fingerprint", "key_file", "tenancy")
+
+
+def _catalog_labels() -> list[tuple[str, frozenset[str]]]:
+    """Every per-check metric and the dimension keys it brings besides host and agent labels."""
+    return [(name, frozenset((*PER_CHECK_LABELS, *spec.labels))) for name, spec in CHECK_METRICS.items()]
+
+
+def dimension_budget(static: Mapping[str, str], agent_labels: Mapping[str, str]) -> str | None:
+    """Why the dimensions of some catalog metric would exceed the service's 20, or None.
+
+    Sample labels override agent labels of the same name and reach the service once, so the
+    count is of distinct keys, per metric."""
+    base = set(static) | set(agent_labels) | {HOST}
+    worst_name, worst = "", 0
+    for name, keys in _catalog_labels():
+        n = len(base | keys)
+        if n > worst:
+            worst_name, worst = name, n
+    if worst <= MAX_DIMENSIONS:
+        return None
+    return (
+        f"{len(static)} static dimensions + host + {len(agent_labels)} agent labels + the labels of "
+        f"{worst_name} ({', '.join(sorted(dict(_catalog_labels())[worst_name]))}) make {worst} "
+        f"dimensions; OCI Monitoring allows {MAX_DIMENSIONS} per metric stream"
+    )
+
+
+def _check_dimension(key: str, value: str, what: str) -> None:
+    if not key or len(key) > MAX_KEY or not _DIM_KEY.match(key):
+        raise ValueError(f"{what} key {key!r}: 1-{MAX_KEY} printable ASCII characters without spaces")
+    if not value:
+        raise ValueError(f"{what} {key!r}: the value must not be empty")
+    if len(value) > MAX_VALUE:
+        raise ValueError(f"{what} {key!r}: the value is {len(value)} characters; at most {MAX_VALUE}")
+
+
+class Config(ExporterBase):
+    """One OCI Monitoring destination. See docs/exporters/oci.md."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    type: Literal["oci"]
+    name: str = Field(default="oci", pattern=_NAME)
+    batch: int = Field(default=100, ge=1, le=10_000)
+    """Results read from the outbox per push. A request takes the prefix that fits 50 streams and
+    1 000 datapoints, so more than ~200 is never used, and every result read is decoded: with many
+    checks a request holds ~10 results, so a smaller batch wastes less."""
+    compartment_id: str
+    """The compartment (or tenancy) OCID the metrics are posted to."""
+    namespace: str
+    resource_group: str | None = None
+    dimensions: dict[str, str] = {}
+    """Static dimensions added to every stream (e.g. `env: prod`)."""
+    region: str | None = None
+    """e.g. `ap-tokyo-1`; default: the region of the chosen auth (config file, instance, resource)."""
+    endpoint: str | None = None
+    """The ingestion endpoint itself (tests, private endpoints); overrides `region`."""
+    auth: Literal["config_file", "instance_principal", "resource_principal"] = "config_file"
+    config_file: Path = Path("~/.oci/config")
+    profile: str = "DEFAULT"
+    pass_phrase: SecretStr | None = None
+    """The API key's passphrase, if not in the config file (or `pass_phrase_file`)."""
+    federation_endpoint: str | None = None
+    """Instance principals: the Auth Service endpoint (default: the region's); tests point it home."""
+    timeout: Duration = 10.0
+    """Per request (connect and read). A timeout is retried: see the exactly-once caveat."""
+
+    @field_validator("compartment_id")
+    @classmethod
+    def _compartment(cls, value: str) -> str:
+        if not _OCID.match(value):
+            raise ValueError(
+                "not a compartment or tenancy OCID (expected ocid1.compartment.<realm>.<region>.<id> "
+                "or ocid1.tenancy.<realm>.<region>.<id>)"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not _NAMESPACE.match(value):
+            raise ValueError(
+                f"invalid namespace {value!r}: must start with a letter and contain only letters, "
+                "digits and _"
+            )
+        if value.lower().startswith(_RESERVED_PREFIXES):
+            raise ValueError(f"invalid namespace {value!r}: the prefixes oci_ and oracle_ are reserved")
+        return value
+
+    @field_validator("resource_group")
+    @classmethod
+    def _resource_group(cls, value: str | None) -> str | None:
+        if value is not None and not _METRIC_NAME.match(value):
+            raise ValueError(
+                f"invalid resource_group {value!r}: must start with a letter and contain only letters, "
+                "digits, ., _, - and $"
+            )
+        return value
+
+    @field_validator("dimensions")
+    @classmethod
+    def _dimensions(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = {HOST} | set().union(*(keys for _, keys in _catalog_labels()))
+        for key, v in value.items():
+            _check_dimension(key, v, "dimension")
+            if key in reserved:
+                raise ValueError(
+                    f"dimension {key!r} is set by the agent itself (host, check, target and the "
+                    "metrics' labels): choose another name"
+                )
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION.match(value):
+            raise ValueError(f"invalid region {value!r}: expected a region identifier like ap-tokyo-1")
+        return value
+
+    @field_validator("endpoint", "federation_endpoint")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/?#@\s]+/?[^?#@\s]*$", value):
+            raise ValueError(f"invalid URL {value!r}: expected https://host[:port][/path]")
+        parts = urlsplit(value)
+        if parts.scheme != "https" and not _is_loopback(parts.hostname):
+            raise ValueError(f"{value!r} must use https:// (plain http only for a loopback host)")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> Config:
+        given = self.model_fields_set
+        if self.auth != "config_file":
+            for key in ("config_file", "profile", "pass_phrase"):
+                if key in given:
+                    raise ValueError(f"{key}: only used with auth: config_file (auth is {self.auth})")
+        if self.auth != "instance_principal" and "federation_endpoint" in given:
+            raise ValueError("federation_endpoint: only used with auth: instance_principal")
+        if self.auth == "config_file":
+            self._check_config_file()
+        # The agent section, when the loader passes it (agent/config.py), completes the count.
+        context = info.context if isinstance(info.context, Mapping) else {}
+        labels: Mapping[str, str] = context.get("agent_labels") or {}
+        problem = _agent_label_problem(self.dimensions, labels) or dimension_budget(self.dimensions, labels)
+        if problem:
+            raise ValueError(f"dimensions: {problem}")
+        return self
+
+    def _check_config_file(self) -> None:
+        """The file, profile and key that `oci.config.from_file` will need, without the SDK."""
+        path = self.config_file.expanduser()
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with path.open(encoding="utf-8") as f:
+                parser.read_file(f)
+        except OSError as exc:
+            raise ValueError(f"config_file: cannot read {path}: {exc.strerror or exc}") from None
+        except configparser.Error:
+            raise ValueError(f"config_file: {path} is not an OCI config file (INI format)") from None
+        if not (parser.has_section(self.profile) or (self.profile == "DEFAULT" and parser.defaults())):
+            raise ValueError(f"profile: no profile [{self.profile}] in {path}")
+        section = parser[self.profile]
+        missing = [k for k in _API_KEY_FIELDS if not section.get(k)]
+        if missing:
+            raise ValueError(
+                f"profile: [{self.profile}] in {path} lacks {', '.join(missing)} (API key authentication)"
+            )
+        key_file = Path(str(section["key_file"])).expanduser()
+        if not os.access(key_file, os.R_OK):
+            raise ValueError(f"profile: the key_file of [{self.profile}] in {path} is not readable")
+        if self.region is None and self.endpoint is None and not section.get("region"):
+            raise ValueError(f"region: not set here nor in [{self.profile}] of {path}")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _agent_label_problem(static: Mapping[str, str], agent_labels: Mapping[str, str]) -> str | None:
+    if HOST in agent_labels:
+        return "the agent label 'host' collides with the host dimension (the agent's name)"
+    clash = sorted(set(static) & set(agent_labels))
+    if clash:
+        return f"{', '.join(clash)}: both a static dimension and an agent label; keep one"
+    return None
+
+
+# --- the exporter -----------------------------------------------------------------------------
+
+
+def fix_value(value: str) -> str:
+    """A dimension value the service accepts: empty becomes "(empty)"; over 512 characters is cut
+    to 500 plus "~" and 11 hex digits of its SHA-1, so two long values stay two streams."""
+    if not value:
+        return EMPTY_VALUE
+    if len(value) <= MAX_VALUE:
+        return value
+    return value[:500] + "~" + hashlib.sha1(value.encode()).hexdigest()[:11]
+
+
+StreamKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass
+class _Stream:
+    name: str
+    dimensions: dict[str, str]
+    unit: str | None
+    points: list[tuple[float, float]] = field(default_factory=list)  # (timestamp, value)
+    seqs: set[int] = field(default_factory=set)  # outbox records with a point in it
+
+
+class _AuthSetupError(Exception):
+    """Making the SDK client (signer included) failed: no request went out."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass
+class _Failure:
+    """A push that did not go through: what the pump needs and what the operator reads."""
+
+    error: str
+    retry_after: float | None = None
+
+
+class OciExporter:
+    """The `PushExporter` for OCI Monitoring. `clock` is the wall clock the 2-hour window is
+    measured on (a test replaces it). One push at a time (the pump's contract)."""
+
+    def __init__(
+        self, config: Config, context: ExportContext, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.batch = config.batch
+        self.clock = clock
+        base = dict(config.dimensions)
+        base.update((k, fix_value(v)) for k, v in context.labels.items())
+        base[HOST] = fix_value(context.agent)
+        self._base = base  # keys checked at load (static) or by the agent section (labels)
+        self._client: Any = None
+        self._models: Any = None
+        # Samples not sent, by reason (non_finite, invalid_name, invalid_dimensions): they are
+        # part of results that were sent, so the outbox's per-result counters do not show them.
+        self.skipped: Counter[str] = Counter()
+        self.refused_streams = 0  # streams the service refused (failedMetrics)
+        self.requests = 0  # PostMetricData requests answered 200
+        self.datapoints = 0  # datapoints in those requests
+        self._progress: tuple[int, int] | None = None  # (seq, chunks sent) of a record split up
+        self._narrow = False  # after a 400 on several records: one record per request
+        self._warned: set[tuple[str, str]] = set()
+        self._last_problem = ""
+
+    async def start(self) -> None:
+        """Nothing to connect: the client (and, for principals, its token) is made on first push."""
+
+    async def aclose(self) -> None:
+        """Close the SDK's HTTP session. Safe to call twice."""
+        client, self._client = self._client, None
+        if client is not None:
+            session = getattr(client.base_client, "session", None)
+            if session is not None:
+                await asyncio.to_thread(session.close)
+
+    # --- push ------------------------------------------------------------------------------------
+    async def push(self, records: Sequence[Record]) -> PushResult:
+        cutoff = self.clock() - (MAX_AGE - AGE_MARGIN)
+        plan: dict[StreamKey, _Stream] = {}
+        skipped: Counter[str] = Counter()
+        included = expired = with_points = points = 0
+        for record in records:
+            if record.result.started_at <= cutoff:
+                expired += 1
+                included += 1
+                continue
+            streams, skips = self._streams(record.seq, record.result)
+            new = sum(1 for key in streams if key not in plan)
+            size = sum(len(s.points) for s in streams.values())
+            full = len(plan) + new > MAX_STREAMS or (bool(plan) and points + size > MAX_DATAPOINTS)
+            if full or (self._narrow and with_points):
+                if plan:
+                    break
+                if included:  # the expired records before a big one: done with them first
+                    break
+                return await self._push_split(record, streams, skips)
+            skipped.update(skips)
+            for key, stream in streams.items():
+                target = plan.setdefault(key, _Stream(stream.name, stream.dimensions, stream.unit))
+                target.points.extend(stream.points)
+                target.seqs.add(record.seq)
+            included += 1
+            with_points += bool(streams)
+            points += size
+        dropped = {"expired": expired} if expired else {}
+        if expired:
+            log.warning(
+                "exporter %s: %d results older than %.0f min dropped (OCI Monitoring refuses them)",
+                self.name,
+                expired,
+                (MAX_AGE - AGE_MARGIN) / 60,
+            )
+        if not plan:
+            self.skipped.update(skipped)
+            return PushResult(included, dropped=dropped)
+        outcome = await self._send(list(plan.values()))
+        if isinstance(outcome, _Failure):
+            if outcome.error.startswith(("400", "413")) and with_points > 1:
+                self._narrow = True  # find the record the service refuses, keep sending the others
+            return PushResult(0, outcome.error, outcome.retry_after)
+        self._narrow = False
+        self.skipped.update(skipped)  # counted once, when the results they belong to are done
+        if outcome:
+            dropped["invalid"] = len(outcome)
+        return PushResult(included, dropped=dropped)
+
+    async def _push_split(
+        self, record: Record, streams: dict[StreamKey, _Stream], skips: Counter[str]
+    ) -> PushResult:
+        """One result with more streams than a request may carry (e.g. an lb check with many
+        members): several requests. Chunks the service took are remembered, so a retry after a
+        failure part-way does not send them again (lost on restart: at-least-once then)."""
+        chunks = [list(streams.values())[i : i + MAX_STREAMS] for i in range(0, len(streams), MAX_STREAMS)]
+        done = self._progress[1] if self._progress and self._progress[0] == record.seq else 0
+        refused = False
+        for i in range(done, len(chunks)):
+            outcome = await self._send(chunks[i])
+            if isinstance(outcome, _Failure):
+                self._progress = (record.seq, i)
+                return PushResult(0, outcome.error, outcome.retry_after)
+            refused = refused or bool(outcome)
+        self._progress = None
+        self.skipped.update(skips)
+        return PushResult(1, dropped={"invalid": 1} if refused else {})
+
+    def _streams(self, seq: int, result: CheckResult) -> tuple[dict[StreamKey, _Stream], Counter[str]]:
+        """The streams of one result, and the samples left out by reason."""
+        out: dict[StreamKey, _Stream] = {}
+        skips: Counter[str] = Counter()
+        for sample in flatten(result):
+            if not math.isfinite(sample.value):
+                skips[self._skip("non_finite", sample.name, "a NaN or infinite value")] += 1
+                continue
+            if not _METRIC_NAME.match(sample.name):
+                skips[self._skip("invalid_name", sample.name, "a name OCI Monitoring does not accept")] += 1
+                continue
+            dims = dict(self._base)
+            for label, value in sample.labels:
+                dims[label] = fix_value(value)
+            bad_key = any(len(k) > MAX_KEY or not _DIM_KEY.match(k) for k, _ in sample.labels)
+            if len(dims) > MAX_DIMENSIONS or bad_key:
+                why = "over 20 dimensions or an invalid label name"
+                skips[self._skip("invalid_dimensions", sample.name, why)] += 1
+                continue
+            key = (sample.name, tuple(sorted(dims.items())))
+            stream = out.get(key)
+            if stream is None:
+                stream = out[key] = _Stream(sample.name, dims, unit(sample.name))
+            stream.points.append((sample.timestamp, sample.value))
+            stream.seqs.add(seq)
+        return out, skips
+
+    def _skip(self, reason: str, name: str, why: str) -> str:
+        """Log a kind of left-out sample once per metric name; returns `reason`."""
+        if (reason, name) not in self._warned and len(self._warned) < 100:
+            self._warned.add((reason, name))
+            log.warning(
+                "exporter %s: samples of %s not sent: %s (counted, logged once)", self.name, name, why
+            )
+        return reason
+
+    # --- one request -----------------------------------------------------------------------------
+    async def _send(self, streams: list[_Stream]) -> set[int] | _Failure:
+        """POST the streams. Returns the records that had a stream refused (NON_ATOMIC), or why
+        nothing was accepted."""
+        try:
+            response = await asyncio.to_thread(self._post, streams)
+        except Exception as exc:
+            return self._failure(exc)
+        self.requests += 1
+        self.datapoints += sum(len(s.points) for s in streams)
+        if self._last_problem:
+            log.info("exporter %s: OCI Monitoring accepts requests again", self.name)
+            self._last_problem = ""
+        return self._refused(streams, response)
+
+    def _post(self, streams: list[_Stream]) -> Any:
+        """In a worker thread: make the client if needed (principals fetch a token over the
+        network), then one PostMetricData."""
+        if self._client is None:
+            try:
+                self._client = self._make_client()
+            except Exception as exc:
+                raise _AuthSetupError(exc) from exc
+        m = self._models
+        cfg = self.config
+        details = m.PostMetricDataDetails(
+            metric_data=[
+                m.MetricDataDetails(
+                    namespace=cfg.namespace,
+                    compartment_id=cfg.compartment_id,
+                    resource_group=cfg.resource_group,
+                    name=s.name,
+                    dimensions=s.dimensions,
+                    metadata={"unit": s.unit} if s.unit else None,
+                    datapoints=[
+                        m.Datapoint(timestamp=datetime.fromtimestamp(t, UTC), value=v) for t, v in s.points
+                    ],
+                )
+                for s in streams
+            ],
+            batch_atomicity="NON_ATOMIC",
+        )
+        return self._client.post_metric_data(details)
+
+    def _make_client(self) -> Any:
+        oci = _sdk()
+
+        cfg = self.config
+        self._models = oci.monitoring.models
+        no_retry = oci.retry.NoneRetryStrategy()
+        no_breaker = oci.circuit_breaker.NoCircuitBreakerStrategy()
+        sdk_config: dict[str, Any] = {}
+        region = cfg.region
+        signer: Any
+        if cfg.auth == "config_file":
+            sdk_config = oci.config.from_file(str(cfg.config_file.expanduser()), cfg.profile)
+            if cfg.pass_phrase is not None:
+                sdk_config["pass_phrase"] = secret_value(cfg.pass_phrase)
+            region = region or sdk_config.get("region")
+            if region:
+                sdk_config["region"] = region  # validate_config wants one even with an endpoint
+            signer = oci.signer.Signer(
+                tenancy=sdk_config["tenancy"],
+                user=sdk_config["user"],
+                fingerprint=sdk_config["fingerprint"],
+                private_key_file_location=sdk_config["key_file"],
+                pass_phrase=sdk_config.get("pass_phrase"),
+            )
+        elif cfg.auth == "instance_principal":
+            kwargs: dict[str, Any] = {
+                "retry_strategy": no_retry,
+                "federation_client_retry_strategy": no_retry,
+                "federation_client_circuit_breaker_strategy": no_breaker,
+            }
+            if cfg.federation_endpoint:
+                kwargs["federation_endpoint"] = cfg.federation_endpoint
+            signer = oci.auth.signers.InstancePrincipalsSecurityTokenSigner(**kwargs)
+            region = region or signer.region
+        else:
+            signer = oci.auth.signers.get_resource_principals_signer()
+            region = region or getattr(signer, "region", None)
+        endpoint = cfg.endpoint
+        if endpoint is None:
+            if not region:
+                raise ValueError("no region: set `region` (the auth method did not name one)")
+            endpoint = oci.regions.endpoint_for(
+                "monitoring",
+                region=region,
+                service_endpoint_template="https://telemetry-ingestion.{region}.{secondLevelDomain}",
+            )
+        return oci.monitoring.MonitoringClient(
+            sdk_config,
+            signer=signer,
+            service_endpoint=endpoint.rstrip("/"),
+            retry_strategy=no_retry,
+            circuit_breaker_strategy=no_breaker,
+            timeout=(min(cfg.timeout, 10.0), cfg.timeout),
+        )
+
+    def _refused(self, streams: list[_Stream], response: Any) -> set[int]:
+        data = response.data
+        failed = list(getattr(data, "failed_metrics", None) or [])
+        if not failed:
+            return set()
+        by_key = {(s.name, tuple(sorted(s.dimensions.items()))): s for s in streams}
+        seqs: set[int] = set()
+        for item in failed:
+            md = item.metric_data
+            stream = by_key.get((md.name, tuple(sorted((md.dimensions or {}).items())))) if md else None
+            if stream is not None:
+                seqs |= stream.seqs
+        self.refused_streams += len(failed)
+        first = failed[0]
+        log.error(
+            "exporter %s: OCI Monitoring refused %d of %d streams (not retried; e.g. %s: %s; "
+            "opc-request-id %s)",
+            self.name,
+            len(failed),
+            len(streams),
+            first.metric_data.name if first.metric_data else "?",
+            first.message,
+            response.headers.get("opc-request-id", "-"),
+        )
+        return seqs
+
+    def _failure(self, exc: Exception) -> _Failure:
+        oci = _sdk()
+
+        if isinstance(exc, _AuthSetupError):
+            # Before any request went out: the key, the config file, the metadata service or
+            # the resource principal's environment. The client is made again next time.
+            cause = exc.cause
+            first_line = (str(cause).splitlines() or [""])[0][:200]
+            problem = f"cannot authenticate ({self.config.auth}): {type(cause).__name__}: {first_line}"
+            if problem != self._last_problem:
+                self._last_problem = problem
+                log.error("exporter %s: %s; results are kept and retried with backoff", self.name, problem)
+            return _Failure(f"cannot authenticate ({self.config.auth}): {type(cause).__name__}")
+        if isinstance(exc, oci.exceptions.ServiceError):
+            status, code = int(exc.status), str(exc.code)
+            error = f"{status} {code} (opc-request-id {exc.request_id or '-'})"
+            if status == 429 or status >= 500:
+                return _Failure(error, _retry_after(exc.headers))
+            hint = {
+                400: "the request was refused as a whole; it is retried one result at a time and "
+                "dropped as expired after 2 h",
+                401: "check the key, its fingerprint, the user/tenancy OCIDs and the host's clock "
+                "(within 5 min)",
+                404: "check compartment_id and the IAM policy ('use metrics' in that compartment)",
+            }.get(status, "")
+            problem = f"{status} {code}: {exc.message}"
+            if problem != self._last_problem:  # once per distinct problem, at ERROR: it needs a human
+                self._last_problem = problem
+                log.error(
+                    "exporter %s: OCI Monitoring answered %s (opc-request-id %s); results are kept and "
+                    "retried with backoff. %s",
+                    self.name,
+                    problem,
+                    exc.request_id or "-",
+                    hint,
+                )
+            return _Failure(error)
+        if isinstance(exc, oci.exceptions.RequestException | oci.exceptions.ConnectTimeout):
+            inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+            kind = "timeout" if "Timeout" in type(inner).__name__ else "connection failed"
+            return _Failure(f"{kind} ({type(inner).__name__})")
+        # A session token that could not be refreshed, or a bug: say what, keep the results.
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        problem = f"push failed: {type(exc).__name__}: {first_line}"
+        if problem != self._last_problem:
+            self._last_problem = problem
+            log.error("exporter %s: %s; results are kept and retried with backoff", self.name, problem)
+        return _Failure(f"push failed ({type(exc).__name__})")
+
+
+def _sdk() -> Any:
+    """The `oci` package (untyped; imported only when an oci exporter is built)."""
+    return importlib.import_module("oci")
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if any."""
+    value = (headers or {}).get("retry-after") or (headers or {}).get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def build(config: Config, context: ExportContext) -> OciExporter:
+    try:
+        _sdk()
+    except ImportError:
+        raise ExtraMissing("exporter type oci needs the OCI SDK: pip install 'mamori[oci]'") from None
+    problem = _agent_label_problem(config.dimensions, context.labels) or dimension_budget(
+        config.dimensions, context.labels
+    )
+    if problem:
+        raise StartupError(f"exporter {config.name}: {problem}")
+    return OciExporter(config, context)

@@ -1,0 +1,458 @@
+"""The fleet quorum (exporters/fleet.py): the arithmetic on real postgres-shaped results, and three
+real agents (agent.runtime.Agent) with real postgres checks on the real PostgreSQL pair of
+tests/pg.py, talking over a real Mosquitto: one agent partitioned from the primary alone confirms
+nothing; the primary really down is confirmed within three intervals and pages through the
+agents' own alert rules (`check: "fleet:*"`, `reason: [primary_down_confirmed]`); an agent whose
+connection dies (its last will) leaves the quorum at once and rejoins when it reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import pytest
+import pytest_asyncio
+
+from agent import config
+from agent.lab.mosquitto import Mosquitto
+from agent.lab.postgres import LinkProxy, PgLab
+from agent.model import CheckResult, Reason, Sample, Status
+from agent.runtime import Agent
+from exporters import mqtt
+from exporters.base import ExportContext
+from exporters.fleet import Fleet, FleetConfig, View, views_of
+from tests.conftest import free_port
+from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
+from tests.pg import fixture_pg_cluster, fixture_pg_pair  # noqa: F401  (pytest finds them)
+
+INTERVAL = 0.5  # every agent's postgres check and the fleet's tick
+WINDOW = 3 * INTERVAL  # window_intervals: 3 (the default)
+T0 = 1_700_000_000.0
+
+
+# --- the arithmetic --------------------------------------------------------------------------------------
+
+
+def pg_result(reason: str, started_at: float, *, cluster: str = "db", check: str = "db") -> CheckResult:
+    """A postgres check's result as checks/postgres.py shapes it (the samples the fleet reads)."""
+    down = reason.startswith("primary_down")
+    return CheckResult(
+        check=check,
+        check_type="postgres",
+        target="postgres://127.0.0.1:5432,127.0.0.1:5433/postgres",
+        status=Status.CRITICAL if down else Status.OK,
+        started_at=started_at,
+        duration=0.01,
+        samples=(
+            Sample("mamori_pg_up", 0.0 if down else 1.0, (("node", "primary"),)),
+            Sample("mamori_pg_up", 1.0, (("node", "standby"),)),
+            Sample("mamori_pg_failover_ready", 1.0, (("cluster", cluster), ("reason", "ready"))),
+            Sample(
+                "mamori_pg_failover_recommended",
+                float(reason == "primary_down_standby_ready"),
+                (("cluster", cluster), ("reason", reason)),
+            ),
+        ),
+        reason=Reason.PRIMARY_DOWN if down else Reason.OK,
+    )
+
+
+def view(agent: str, down: bool, timestamp: float, interval: float = 1.0) -> bytes:
+    reason = "primary_down_standby_ready" if down else "primary_reachable"
+    (v,) = views_of(pg_result(reason, timestamp), agent, interval)
+    return v.payload("lab")
+
+
+def fleet(**cfg: object) -> Fleet:
+    return Fleet(FleetConfig.model_validate({"enabled": True, **cfg}), "a1", "lab", "mamori", 1.0)
+
+
+def test_a_view_is_what_the_postgres_check_saw() -> None:
+    (v,) = views_of(pg_result("primary_down_standby_not_ready", T0), "a1", 2.0)
+    assert v == View(
+        "a1",
+        "db",
+        "db",
+        T0,
+        2.0,
+        True,
+        "primary_down_standby_not_ready",
+        (("primary", False), ("standby", True)),
+    )
+    assert json.loads(v.payload("lab")) == {
+        "agent": "a1",
+        "site": "lab",
+        "cluster": "db",
+        "check": "db",
+        "timestamp": T0,
+        "interval": 2.0,
+        "primary_down": True,
+        "reason": "primary_down_standby_not_ready",
+        "nodes": {"primary": False, "standby": True},
+    }
+    assert View.parse("a1", "db", v.payload("lab")) == v
+    # Only postgres results with a cluster view make views; the fleet's own results never do.
+    single = CheckResult(
+        "one", "postgres", "x", Status.OK, T0, 0.0, (Sample("mamori_pg_up", 1.0, (("node", "n"),)),)
+    )
+    assert views_of(single, "a1", 1.0) == []
+    own = CheckResult(
+        "fleet:db", "fleet", "x", Status.CRITICAL, T0, 0.0, reason=Reason.PRIMARY_DOWN_CONFIRMED
+    )
+    f = fleet()
+    assert f.observe([own]) is False and f.clusters() == []
+
+
+@pytest.mark.parametrize(
+    ("cfg", "downs", "confirmed", "needed"),
+    [
+        ({}, [True, False, False], False, 2),  # one agent alone: maybe it is the partitioned one
+        ({}, [True, True, False], True, 2),  # a majority of three
+        ({}, [True, True, False, False], False, 3),  # two of four is not a majority
+        ({}, [True], False, 2),  # alone, never (min_votes 2)
+        ({"min_votes": 1}, [True], True, 1),  # ...unless the site has one agent and says so
+        ({"quorum": "all"}, [True, True, False], False, 3),  # one agent that reaches it vetoes
+        ({"quorum": "all"}, [True, True, True], True, 3),
+        ({"quorum": 2}, [True, True, False, False, False], True, 2),
+    ],
+)
+def test_the_quorum(cfg: dict[str, object], downs: list[bool], confirmed: bool, needed: int) -> None:
+    f = fleet(**cfg)
+    for i, down in enumerate(downs):
+        f.receive(f"mamori/lab/a{i + 1}/status", b"online")
+        f.receive(f"mamori/lab/a{i + 1}/fleet/pg/db", view(f"a{i + 1}", down, T0))
+    (r,) = f.results(T0 + 0.5)
+    samples = {s.name: s.value for s in r.samples}
+    assert samples == {
+        "mamori_fleet_agents": len(downs),
+        "mamori_fleet_primary_down_votes": sum(downs),
+        "mamori_fleet_quorum": needed,
+        "mamori_fleet_primary_down_confirmed": float(confirmed),
+    }
+    assert (r.check, r.check_type, r.target) == ("fleet:db", "fleet", "mamori/lab/+/fleet/pg/db")
+    if confirmed:
+        assert (r.status, r.reason) == (Status.CRITICAL, Reason.PRIMARY_DOWN_CONFIRMED)
+        assert r.message.startswith(
+            f"primary of cluster db down, confirmed: {sum(downs)} of {len(downs)} live agents"
+        )
+    else:
+        assert (r.status, r.reason) == (Status.OK, Reason.OK)
+
+
+def test_live_means_heard_from_within_the_window_and_not_offline() -> None:
+    f = fleet()
+    for agent in ("a1", "a2", "a3"):
+        f.receive(f"mamori/lab/{agent}/fleet/pg/db", view(agent, True, T0))
+    assert f.verdict("db", T0 + 1).confirmed and len(f.verdict("db", T0 + 1).live) == 3
+    # a3's last will: it no longer counts, although its view is still fresh.
+    f.receive("mamori/lab/a3/status", b"offline")
+    v = f.verdict("db", T0 + 1)
+    assert (v.live, v.down, v.needed, v.confirmed) == (("a1", "a2"), ("a1", "a2"), 2, True)
+    # a2 falls silent: after 3 of its intervals it is not live either, and a1 alone confirms nothing.
+    f.receive("mamori/lab/a1/fleet/pg/db", view("a1", True, T0 + 3))
+    v = f.verdict("db", T0 + 3.5)
+    assert (v.live, v.confirmed) == (("a1",), False)
+    # a3 back online with a fresh view: counted again.
+    f.receive("mamori/lab/a3/status", b"online")
+    f.receive("mamori/lab/a3/fleet/pg/db", view("a3", True, T0 + 3.2))
+    assert f.verdict("db", T0 + 3.5).live == ("a1", "a3") and f.verdict("db", T0 + 3.5).confirmed
+    # An older view arriving late (a replay) does not replace a newer one.
+    f.receive("mamori/lab/a3/fleet/pg/db", view("a3", False, T0 + 1))
+    assert f.verdict("db", T0 + 3.5).down == ("a1", "a3")
+    # Cleared retained views/statuses are forgotten; garbage is ignored (and logged once).
+    f.receive("mamori/lab/a3/fleet/pg/db", b"")
+    f.receive("mamori/lab/a9/fleet/pg/db", b"{not json")
+    f.receive(
+        "mamori/lab/a9/fleet/pg/db",
+        json.dumps({"timestamp": T0, "interval": 0, "primary_down": True}).encode(),
+    )
+    f.receive("mamori/other/a1/fleet/pg/db", view("x", True, T0 + 3))  # another site: not ours
+    assert f.verdict("db", T0 + 3.5).live == ("a1",)
+    # Long gone: forgotten, and so is the cluster.
+    f.forget(T0 + 1000)
+    assert f.clusters() == [] and f.results(T0 + 1000) == []
+
+
+def test_own_results_become_views_once_with_their_measured_interval() -> None:
+    f = fleet()
+    assert f.observe([pg_result("primary_reachable", T0)])
+    assert f.observe([pg_result("primary_reachable", T0 + 0.5)])
+    ((topic, _, v),) = f.unsent()
+    assert topic == "mamori/lab/a1/fleet/pg/db" and v.interval == 0.5 and v.timestamp == T0 + 0.5
+    assert f.observe([pg_result("primary_reachable", T0 + 0.5)]) is False  # the same run, replayed
+    f.sent(v)
+    assert f.unsent() == []
+    f.reconnected()  # a new connection: publish it again (the broker may have lost it)
+    assert [u[2] for u in f.unsent()] == [v]
+    # Only changes are reported with only_changed.
+    assert len(f.results(T0 + 1, only_changed=True)) == 1
+    assert f.results(T0 + 1, only_changed=True) == []
+    assert len(f.results(T0 + 1)) == 1
+
+
+# --- three agents, a real Postgres pair, a real broker ------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mosquitto]:
+    async with Mosquitto(tmp_path_factory.mktemp("fleet-broker"), users={"agent": "fleet-pw"}) as b:
+        yield b
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_newcomer_judges_only_once_every_retained_view_is_in(broker: Mosquitto) -> None:
+    """Two of five agents see the primary down: a newcomer must never confirm, although the
+    retained views reach it one by one (down ones first), which would be 2 of 2 for a moment."""
+    now = time.time()
+    async with aiomqtt.Client("127.0.0.1", broker.port, username="agent", password="fleet-pw") as other:
+        for i in range(1, 6):
+            payload = view(f"a{i}", i <= 2, now, interval=60.0).replace(b'"site":"lab"', b'"site":"burst"')
+            await other.publish(f"mamori/burst/a{i}/status", b"online", qos=1, retain=True)
+            await other.publish(f"mamori/burst/a{i}/fleet/pg/db", payload, qos=1, retain=True)
+    published: list[CheckResult] = []
+    cfg = mqtt.Config.model_validate(
+        {
+            "name": "bus",
+            "type": "mqtt",
+            "host": "127.0.0.1",
+            "port": broker.port,
+            "username": "agent",
+            "password": "fleet-pw",
+            "fleet": {"enabled": True},
+        }
+    )
+    exporter = mqtt.build(cfg, ExportContext("newcomer", {"site": "burst"}, 0.2, published.append))
+    try:
+        await exporter.start()
+        await wait_for("a verdict", lambda: published, 5)
+        await asyncio.sleep(0.5)  # a few ticks more
+    finally:
+        await exporter.aclose()
+    verdicts = [({s.name: s.value for s in r.samples}, r.status) for r in published]
+    first, _ = verdicts[0]
+    assert first["mamori_fleet_agents"] == 5 and first["mamori_fleet_primary_down_votes"] == 2, verdicts
+    assert all(status == Status.OK for _, status in verdicts), verdicts
+    assert {r.check for r in published} == {"fleet:db"}
+    async with aiomqtt.Client("127.0.0.1", broker.port, username="agent", password="fleet-pw") as other:
+        for i in range(1, 6):  # clear the retained messages
+            await other.publish(f"mamori/burst/a{i}/status", b"", qos=1, retain=True)
+            await other.publish(f"mamori/burst/a{i}/fleet/pg/db", b"", qos=1, retain=True)
+
+
+@dataclass
+class Member:
+    name: str
+    agent: Agent
+    task: asyncio.Task[int]
+    pg_link: LinkProxy | None = None  # its own path to the primary (only agent3's)
+    bus_link: LinkProxy | None = None  # its own path to the broker (only agent3's)
+
+    def fleet(self) -> CheckResult | None:
+        return self.agent.latest.get("fleet:db")
+
+    def status(self) -> tuple[Status, Reason] | None:
+        r = self.fleet()
+        return None if r is None else (r.status, r.reason)
+
+    def samples(self) -> dict[str, float]:
+        r = self.fleet()
+        return {} if r is None else {s.name: s.value for s in r.samples}
+
+
+def agent_yaml(
+    name: str, lab: PgLab, primary_port: int, broker_port: int, pd: FakePagerDuty, directory: Path
+) -> str:
+    return f"""
+agent:
+  name: {name}
+  listen: "127.0.0.1:{free_port()}"
+  labels: {{site: lab}}
+  interval: {INTERVAL}s
+  timeout: 0.4s
+checks:
+  - name: db
+    type: postgres
+    heartbeat: false
+    password: {lab.monitoring_password}
+    nodes:
+      - {{name: primary, host: 127.0.0.1, port: {primary_port}}}
+      - {{name: standby, host: 127.0.0.1, port: {lab.standby.port}}}
+outbox: {{path: {directory / f"{name}-outbox.db"}}}
+exporters:
+  - name: bus
+    type: mqtt
+    host: 127.0.0.1
+    port: {broker_port}
+    username: agent
+    password: fleet-pw
+    reconnect_delay: 0.1s
+    reconnect_max: 0.5s
+    fleet: {{enabled: true, quorum: majority, window_intervals: 3}}
+notifiers:
+  - {{name: pd, type: pagerduty, routing_key: {pd.routing_key}, url: "{pd.url}"}}
+alerts:
+  state_file: {directory / f"{name}-alerts.db"}
+  group_wait: 0s
+  rules:
+    - name: fleet_primary_down
+      check: "fleet:*"
+      status: critical
+      reason: [primary_down_confirmed]
+      severity: critical
+      summary: "{{check}} on {{agent}}: {{reason}} ({{message}})"
+  routes: {{critical: [pd]}}
+"""
+
+
+@contextlib.asynccontextmanager
+async def three_agents(
+    lab: PgLab, broker: Mosquitto, pd: FakePagerDuty, directory: Path
+) -> AsyncIterator[list[Member]]:
+    members: list[Member] = []
+    pg_link = LinkProxy(lab.primary.port)
+    bus_link = LinkProxy(broker.port)
+    try:
+        for i in (1, 2, 3):
+            name = f"agent{i}"
+            partitionable = i == 3
+            text = agent_yaml(
+                name,
+                lab,
+                pg_link.port if partitionable else lab.primary.port,
+                bus_link.port if partitionable else broker.port,
+                pd,
+                directory,
+            )
+            agent = Agent(config.parse(text, f"{name}.yml", env={}), None)
+            member = Member(name, agent, asyncio.create_task(agent.run()))
+            if partitionable:
+                member.pg_link, member.bus_link = pg_link, bus_link
+            members.append(member)
+        yield members
+    finally:
+        for m in members:
+            m.agent.stop()
+        for m in members:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(m.task, 10)
+        await asyncio.to_thread(pg_link.close)
+        await asyncio.to_thread(bus_link.close)
+
+
+async def wait_for(what: str, predicate: Callable[[], object], timeout: float) -> float:
+    began = time.monotonic()
+    while not predicate():
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - began
+
+
+async def watch(members: list[Member], seconds: float) -> list[tuple[str, Status, dict[str, float]]]:
+    """Every fleet verdict the agents hold during `seconds` (polled every 20 ms)."""
+    seen: list[tuple[str, Status, dict[str, float]]] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for m in members:
+            r = m.fleet()
+            if r is not None:
+                seen.append((m.name, r.status, m.samples()))
+        await asyncio.sleep(0.02)
+    return seen
+
+
+def pages(pd: FakePagerDuty, agent: str, action: str) -> list[dict[str, object]]:
+    key = f"mamori:{agent}:fleet_primary_down:fleet:db"
+    return [e for e in pd.events if e.get("dedup_key") == key and e["event_action"] == action]
+
+
+async def retained_status(port: int, agent: str) -> bytes:
+    async with aiomqtt.Client("127.0.0.1", port, username="agent", password="fleet-pw") as c:
+        await c.subscribe(f"mamori/lab/{agent}/status", qos=1)
+        async with asyncio.timeout(2):
+            async for m in c.messages:
+                return m.payload if isinstance(m.payload, bytes) else b""
+    raise AssertionError("no retained status")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_three_agents_confirm_only_what_a_quorum_sees(
+    pg_pair: PgLab, broker: Mosquitto, tmp_path: Path
+) -> None:
+    async with fake_pagerduty() as pd, three_agents(pg_pair, broker, pd, tmp_path) as members:
+        a1, a2, a3 = members
+        assert a3.pg_link is not None and a3.bus_link is not None
+
+        def everywhere(agents: int, votes: int) -> bool:
+            return all(
+                m.samples().get("mamori_fleet_agents") == agents
+                and m.samples().get("mamori_fleet_primary_down_votes") == votes
+                for m in members
+            )
+
+        # Healthy: three live agents, none sees the primary down.
+        await wait_for("three agents reaching the primary", lambda: everywhere(3, 0), 15)
+        assert all(m.status() == (Status.OK, Reason.OK) for m in members)
+
+        # agent3 alone cannot reach the primary (its path is partitioned): one vote, no confirmation.
+        await asyncio.to_thread(a3.pg_link.cut)
+        await wait_for("agent3's vote", lambda: everywhere(3, 1), 5 * INTERVAL)
+        seen = await watch(members, 2 * WINDOW)
+        assert seen and all(status == Status.OK for _, status, _ in seen), seen
+        assert all(
+            s["mamori_fleet_primary_down_confirmed"] == 0 and s["mamori_fleet_quorum"] == 2
+            for _, _, s in seen
+        )
+        assert pd.events == []
+        await asyncio.to_thread(a3.pg_link.restore)
+        await wait_for("agent3 reaching the primary again", lambda: everywhere(3, 0), 5 * INTERVAL)
+
+        # The primary really down: every agent sees it, confirmed within three intervals.
+        await pg_pair.stop_primary()
+        took = await wait_for(
+            "the confirmation on every agent",
+            lambda: all(m.status() == (Status.CRITICAL, Reason.PRIMARY_DOWN_CONFIRMED) for m in members),
+            3 * INTERVAL,
+        )
+        assert took <= 3 * INTERVAL  # (measured here: ~0.4 s)
+        await wait_for("every vote", lambda: everywhere(3, 3), 3 * INTERVAL)  # (2 of 3 confirm already)
+        r = a1.fleet()
+        assert r is not None and r.status == Status.CRITICAL
+        assert r.message.startswith("primary of cluster db down, confirmed: 3 of 3 live agents see it down")
+        # ...and the agents' own alert rule pages on it, through the engine, once per agent.
+        await wait_for(
+            "a page from every agent", lambda: all(pages(pd, m.name, "trigger") for m in members), 5
+        )
+        event = pages(pd, "agent1", "trigger")[0]
+        assert "fleet:db on agent1: primary_down_confirmed" in str(event["payload"])
+
+        # agent3's connection dies uncleanly: its last will takes it out of the quorum at once
+        # (well before its retained view would age out), and two votes of two still confirm.
+        await asyncio.to_thread(a3.bus_link.cut)
+        await asyncio.to_thread(a3.bus_link.reset)
+        left = await wait_for(
+            "agent3 leaving the quorum",
+            lambda: all(m.samples().get("mamori_fleet_agents") == 2 for m in (a1, a2)),
+            WINDOW,
+        )
+        # Aging out would take a full window after agent3's last run (>= 1 s here); the will, ~0 s.
+        assert left < INTERVAL, left
+        assert await retained_status(broker.port, "agent3") == b"offline"
+        assert all(m.status() == (Status.CRITICAL, Reason.PRIMARY_DOWN_CONFIRMED) for m in (a1, a2))
+        # Back on the bus: online again, its views republished, counted again.
+        await asyncio.to_thread(a3.bus_link.restore)
+        await wait_for("agent3 back in the quorum", lambda: everywhere(3, 3), 5)
+        assert await retained_status(broker.port, "agent3") == b"online"
+
+        # The primary back: not confirmed any more, and the pages resolve.
+        await pg_pair.start_primary()
+        await wait_for("the all-clear", lambda: everywhere(3, 0), 10)
+        await wait_for("the pages resolved", lambda: all(pages(pd, m.name, "resolve") for m in members), 5)
+        assert pd.rejected == []
+        assert all(len(pages(pd, m.name, "trigger")) == 1 for m in members), pd.events

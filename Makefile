@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,oci,otel]'
+	@# Wheels of every dependency and the build backend, so tests that build the image's venv
+	@# (tests/deploy) run offline.
+	$(BIN)/python -m pip wheel -qq --disable-pip-version-check -w $(VENV)/wheelhouse '.[oci,otel]' 'setuptools>=77'
 	@touch $(STAMP)
 
 ## run: the agent on the embedded default config (http://127.0.0.1:9630/metrics)
@@ -21,7 +24,7 @@ run: $(STAMP)
 test: $(STAMP) debs lint typecheck unit
 
 # Debian packages the test suite runs for real (installed only when missing).
-TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto
+TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto docker-compose
 
 debs:
 	@bash .ci/ensure-debs $(TEST_DEBS)

@@ -4,7 +4,10 @@ Exit codes: `check` exits with the worst status (0 OK, 1 WARNING, 2 CRITICAL, 3 
 or config error is 3, as for any Nagios plugin). `validate`, `list` and `run` exit 1 on an
 invalid config or a start-up failure, 2 on bad arguments. `alerts`, `silence add|list|expire` and
 `notify-test` (agent/alertctl.py) exit 1 on a user error (one line on stderr) and `notify-test`
-also when the notification was not delivered; 2 on bad arguments.
+also when the notification was not delivered; 2 on bad arguments. `demo` (agent/demo.py) exits 0
+when stopped by Ctrl-C / SIGTERM, 1 when the lab cannot start or no demo runs for `demo fault`,
+3 on an unknown fault or bad arguments. `oci-alarms` (agent/ocialarms.py) exits 1 on a bad alarms
+file, credentials or a service error (one line each), 3 on bad arguments.
 
 Each command imports only what it needs: `agentctl check URL` must start fast (see bench/), so
 the modules for the server, the scheduler and unused check types are imported inside commands.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
@@ -252,6 +256,96 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
     return _alertctl("cmd_notify_test", args)
 
 
+# --- demo (agent/demo.py) ----------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent import demo
+
+    try:
+        if args.demo_command == "faults":
+            return demo.cmd_faults()
+        if args.demo_command == "fault":
+            return demo.cmd_fault(args.fault)
+        return demo.cmd_demo(Path(args.dir) if args.dir else None, args.port, not args.no_prometheus)
+    except demo.DemoError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# --- oci-alarms (agent/ocialarms.py) ---------------------------------------------------------
+
+
+def cmd_oci_alarms(args: argparse.Namespace) -> int:
+    from agent import ocialarms
+
+    try:
+        return ocialarms.command(args, sys.stdout)
+    except ocialarms.UsageError as exc:
+        raise UsageError(str(exc)) from None
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    except ocialarms.AlarmsError as exc:
+        for line in str(exc).splitlines():
+            print(f"agentctl: {line}", file=sys.stderr)
+        return 1
+
+
+def _tps_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: requests per second, e.g. 5")
+    return value
+
+
+def _oci_alarms_parser(sub: Any) -> None:
+    p = sub.add_parser("oci-alarms", help="OCI Monitoring alarms as code: validate, plan, apply, list")
+    p.set_defaults(error_code=UNKNOWN)
+    p.usage_exit_code = UNKNOWN
+    actions = p.add_subparsers(dest="oci_alarms_action", required=True, metavar="ACTION")
+    for name, text in (
+        ("apply", "create or update the file's alarms, by displayName (idempotent)"),
+        ("plan", "what apply would change, field by field; changes nothing"),
+        ("diff", "the same as plan"),
+        ("list", "list the alarms of the compartment(s)"),
+        ("validate", "check the file only, without contacting OCI"),
+    ):
+        s = actions.add_parser(name, help=text)
+        s.usage_exit_code = UNKNOWN
+        s.set_defaults(func=cmd_oci_alarms, error_code=UNKNOWN)
+        s.add_argument("-f", "--file", required=name != "list", help="alarms file (deploy/oci/alarms.yaml)")
+        s.add_argument(
+            "--compartment", metavar="OCID", help="sets ${OCI_COMPARTMENT_ID} (list: the compartment)"
+        )
+        s.add_argument("--topic", metavar="OCID", help="sets ${OCI_TOPIC_ID}")
+        s.add_argument(
+            "--var", action="append", default=[], metavar="NAME=VALUE", help="sets ${NAME} (repeatable)"
+        )
+        if name == "validate":
+            continue
+        s.add_argument("--auth", choices=["config_file", "instance_principal", "resource_principal"])
+        s.add_argument("--config-file", metavar="PATH", help="OCI config file (default ~/.oci/config)")
+        s.add_argument("--profile", metavar="NAME", help="profile in it (default DEFAULT)")
+        where = s.add_mutually_exclusive_group()
+        where.add_argument("--region", help="e.g. ap-tokyo-1 (default: the profile's or the instance's)")
+        where.add_argument(
+            "--endpoint", metavar="URL", help="the Monitoring endpoint itself (private, tests)"
+        )
+        s.add_argument(
+            "--max-tps", type=_tps_arg, default=5.0, help="alarm API calls per second at most (default 5)"
+        )
+        if name != "list":
+            s.add_argument(
+                "--prune", action="store_true", help="delete alarms tagged managed-by=mamori not in the file"
+            )
+        if name == "apply":
+            s.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    p.subcommands = dict(actions.choices)
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -347,6 +441,23 @@ def build_parser() -> _Parser:
     p.add_argument("-c", "--config", required=True, help="config file with notifiers")
     p.add_argument("route", metavar="ROUTE", help="the notifier's name")
     p.set_defaults(func=cmd_notify_test, error_code=1)
+
+    p = sub.add_parser(
+        "demo", help="run the lab and an agent watching it until Ctrl-C; `demo fault NAME` injects faults"
+    )
+    p.add_argument("--dir", metavar="DIR", help="keep configs, logs and data here (default: a temp dir)")
+    p.add_argument("--port", type=int, metavar="PORT", help="the agent's port (default 9630, or a free one)")
+    p.add_argument("--no-prometheus", action="store_true", help="without Prometheus and Alertmanager")
+    p.set_defaults(func=cmd_demo, error_code=1, demo_command=None)
+    p.usage_exit_code = UNKNOWN  # like an unknown fault
+    demo = p.add_subparsers(dest="demo_command", metavar="ACTION")
+    s = demo.add_parser("fault", help="inject a fault into the running demo (see `demo faults`)")
+    s.add_argument("fault", metavar="NAME")
+    s.usage_exit_code = UNKNOWN
+    s = demo.add_parser("faults", help="list the faults")
+    s.usage_exit_code = UNKNOWN
+    p.subcommands = dict(demo.choices)
+    _oci_alarms_parser(sub)
     parser.subcommands = dict(sub.choices)
     return parser
 
@@ -381,6 +492,11 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # `agentctl … | head`: the reader left. Quietly, as cat/ls do; stdout is redirected to
+        # /dev/null so the interpreter's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     return code
 
 

@@ -32,6 +32,7 @@ import yaml
 
 from agent import config
 from agent.lab.postgres import PgLab
+from agent.lab.stack import alertmanager_config as stack_alertmanager_config
 from agent.runtime import Agent
 from tests.conftest import free_port
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
@@ -80,35 +81,20 @@ async def wait_for(what: str, predicate: Callable[[], Any], timeout: float, inte
 
 
 def alertmanager_config(am_yml: str, directory: Path, pd: FakePagerDuty, slack: FakeSlack) -> str:
-    """The deployed config, pointed at the fakes, with short group timings and secrets in `directory`."""
-    doc = yaml.safe_load(am_yml)
-    (directory / "pd-key").write_text(pd.routing_key)
-    (directory / "slack-url").write_text(slack.add_webhook("#mamori-alerts"))
-    (directory / "dms-token").write_text("test-token")
-
-    def shorten(route: dict[str, Any]) -> None:
-        for key, value in (
-            ("group_wait", GROUP_WAIT),
-            ("group_interval", GROUP_INTERVAL),
-            ("repeat_interval", REPEAT_INTERVAL),
-        ):
-            if key in route or route is doc["route"]:
-                route[key] = value
-        for child in route.get("routes", []):
-            shorten(child)
-
-    shorten(doc["route"])
-    for receiver in doc["receivers"]:
-        for pdc in receiver.get("pagerduty_configs", []):
-            pdc["routing_key_file"] = str(directory / "pd-key")
-            pdc["url"] = pd.url
-        for sc in receiver.get("slack_configs", []):
-            sc["api_url_file"] = str(directory / "slack-url")
-        for wh in receiver.get("webhook_configs", []):
-            # The dead-man's switch: a loopback path the PagerDuty fake answers 404 (never leaves).
-            wh["url"] = f"{pd.base_url}/deadmans-switch"
-            wh["http_config"]["authorization"]["credentials_file"] = str(directory / "dms-token")
-    return yaml.safe_dump(doc, sort_keys=False)
+    """The deployed config, pointed at the fakes, with short group timings and secrets in `directory`
+    (the rewrite itself is the lab stack's, agent/lab/stack.py)."""
+    return stack_alertmanager_config(
+        am_yml,
+        directory,
+        pagerduty_url=pd.url,
+        pagerduty_routing_key=pd.routing_key,
+        slack_webhook_url=slack.add_webhook("#mamori-alerts"),
+        # The dead-man's switch: a loopback path the PagerDuty fake answers 404 (never leaves).
+        deadman_url=f"{pd.base_url}/deadmans-switch",
+        group_wait=GROUP_WAIT,
+        group_interval=GROUP_INTERVAL,
+        repeat_interval=REPEAT_INTERVAL,
+    )
 
 
 def agent_yaml(name: str, port: int, lab: PgLab, pd: FakePagerDuty, state: Path) -> str:

@@ -1,0 +1,771 @@
+"""The deploy files: the image, the Compose service, the systemd unit and the example configs.
+
+No Docker engine runs here and no image can be pulled, so the Dockerfile is read and what can
+run without an engine runs for real: its builder's RUN commands (wheel, venv, install with the
+extras Compose builds with), then, from that venv and as uid 10001, its ENTRYPOINT + CMD on
+deploy/examples/dev-compose.yml and its HEALTHCHECK, and `agentctl validate` of every example.
+The builder's pip runs offline (PIP_NO_INDEX) on the wheelhouse `make test` fills when it sets
+up .venv (`.venv/wheelhouse`: every dependency and the build backend), so nothing leaves
+127.0.0.1. The unit is checked by systemd-analyze and
+systemd-sysusers, which need no running systemd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "deploy/docker/Dockerfile"
+WHEELHOUSE = REPO / ".venv" / "wheelhouse"
+COMPOSE = REPO / "deploy/docker/compose.agent.yml"
+UNIT = REPO / "deploy/systemd/mamori-agent.service"
+SYSUSERS = REPO / "deploy/systemd/mamori.sysusers.conf"
+EXAMPLES = sorted((REPO / "deploy/examples").glob("*.yml"))
+PRODUCTION = REPO / "deploy/examples/production.yml"
+DEV = REPO / "deploy/examples/dev-compose.yml"
+
+IMAGE_CONFIG = "/etc/mamori/agent.yml"
+SECRET_REF = re.compile(r"\$\{CREDENTIALS_DIRECTORY:-/run/secrets\}/([A-Za-z0-9_.-]+)")
+
+
+def secrets_read_by(config: Path) -> set[str]:
+    """The secret files a config reads, commented-out keys left out."""
+    lines = config.read_text(encoding="utf-8").splitlines()
+    return {name for line in lines if not line.lstrip().startswith("#") for name in SECRET_REF.findall(line)}
+
+
+# Shapes the notifiers validate at load; the values are never sent anywhere.
+FAKE_SECRETS = {
+    "pagerduty_routing_key": "0123456789abcdef0123456789abcdef",
+    "slack_webhook_url": "https://hooks.slack.com/services/T000/B000/XXXXXXXX",
+    "postgres_password": "not-a-real-password",
+}
+
+
+# --- a small Dockerfile reader ------------------------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+    line: int
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+    def one(self, keyword: str) -> Instruction:
+        found = self.all(keyword)
+        assert len(found) == 1, f"expected one {keyword} in stage {self.name or self.base}, got {len(found)}"
+        return found[0]
+
+
+@dataclass
+class Dockerfile:
+    global_args: dict[str, str]
+    stages: list[Stage]
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    @property
+    def final(self) -> Stage:
+        return self.stages[-1]
+
+
+def parse_dockerfile(text: str) -> Dockerfile:
+    """Instructions with continuation lines joined and comment lines dropped, as Docker does."""
+    logical: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        if raw.lstrip().startswith("#") or (not pending and not raw.strip()):
+            continue
+        if not pending:
+            start = number
+        if raw.rstrip().endswith("\\"):
+            pending.append(raw.rstrip()[:-1])
+            continue
+        pending.append(raw)
+        keyword, _, args = "".join(pending).strip().partition(" ")
+        logical.append(Instruction(keyword.upper(), args.strip(), start))
+        pending = []
+    assert not pending, "the Dockerfile ends inside a continued instruction"
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for ins in logical:
+        if ins.keyword == "FROM":
+            words = ins.args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(words[0], name))
+        elif not stages:
+            assert ins.keyword == "ARG", f"line {ins.line}: only ARG may come before the first FROM"
+            key, _, value = ins.args.partition("=")
+            global_args[key] = _unquote(value)
+        else:
+            stages[-1].instructions.append(ins)
+    return Dockerfile(global_args, stages)
+
+
+def _unquote(value: str) -> str:
+    parts = shlex.split(value)
+    return parts[0] if parts else ""
+
+
+def _expand(value: str, env: Mapping[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m.group(1) or m.group(2), ""), value)
+
+
+def stage_args(stage: Stage) -> dict[str, str]:
+    out = {}
+    for ins in stage.all("ARG"):
+        key, _, value = ins.args.partition("=")
+        out[key] = _unquote(value)
+    return out
+
+
+def stage_env(stage: Stage, env: Mapping[str, str]) -> dict[str, str]:
+    """`env` updated by the stage's ENV instructions, each value expanded as Docker does."""
+    out = dict(env)
+    for ins in stage.all("ENV"):
+        for token in shlex.split(ins.args):
+            key, sep, value = token.partition("=")
+            assert sep, f"line {ins.line}: use ENV KEY=VALUE"
+            out[key] = _expand(value, out)
+    return out
+
+
+def exec_form(ins: Instruction) -> list[str]:
+    value = json.loads(ins.args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), f"line {ins.line}"
+    return [str(v) for v in value]
+
+
+def healthcheck_command(ins: Instruction) -> tuple[list[str], dict[str, str]]:
+    options: dict[str, str] = {}
+    rest = ins.args
+    while rest.startswith("--"):
+        option, _, rest = rest.partition(" ")
+        key, _, value = option[2:].partition("=")
+        options[key] = value
+        rest = rest.lstrip()
+    keyword, _, command = rest.partition(" ")
+    assert keyword == "CMD", f"line {ins.line}: HEALTHCHECK without CMD"
+    command = command.strip()
+    argv = json.loads(command) if command.startswith("[") else ["/bin/sh", "-c", command]
+    return argv, options
+
+
+def dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+
+    def regex(pattern: str) -> re.Pattern[str]:
+        out = ""
+        for part in re.split(r"(\*\*/|\*\*|\*|\?)", pattern.strip("/")):
+            out += {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
+        return re.compile(out + "$")
+
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        rx = regex(pattern.removeprefix("!"))
+        if any(rx.match(p) for p in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def read_dockerignore() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+# --- the Dockerfile -------------------------------------------------------------------------------
+
+
+def test_dockerfile_invariants() -> None:
+    df = parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
+    assert len(df.stages) >= 2, "multi-stage: a builder and the image"
+    builder, final = df.stage("builder"), df.final
+    base = df.global_args["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base), base
+    assert {s.base for s in df.stages} == {"${PYTHON_IMAGE}"}, "both stages on the slim base"
+
+    # The builder builds a wheel of the project and installs it, with $EXTRAS, into a venv.
+    runs = " ".join(i.args for i in builder.all("RUN"))
+    assert "pip wheel" in runs and "--no-deps" in runs
+    assert re.search(r"\$\{EXTRAS[:+}]", runs), "the EXTRAS build arg must reach pip install"
+    assert "EXTRAS" in stage_args(builder) and stage_args(builder)["EXTRAS"] == ""
+
+    # The image: only the builder's venv, no compiler, no build tools, no pip install.
+    final_runs = " ".join(i.args for i in final.all("RUN"))
+    for tool in ("gcc", "g++", "build-essential", "make ", "clang", "-dev ", "pip install", "pip wheel"):
+        assert tool not in final_runs, f"{tool!r} in the image's RUN"
+    assert stage_args(final).get("APT_PACKAGES") == "", "no Debian package unless asked for"
+    copies = final.all("COPY")
+    assert [c.args.split()[0] for c in copies] == ["--from=builder"], "the image copies only from the builder"
+    venv = stage_env(builder, {})["VIRTUAL_ENV"]
+    assert copies[0].args.split()[1:] == [venv, venv]
+
+    # A non-root numeric user that owns the state volume.
+    uid, _, gid = final.one("USER").args.partition(":")
+    assert uid.isdigit() and gid.isdigit() and int(uid) != 0 and int(gid) != 0
+    assert re.search(rf"useradd .*--uid {uid} --gid {gid}", final_runs)
+    assert re.search(rf"groupadd .*--gid {gid}", final_runs)
+    assert re.search(rf"install -d -o {uid} -g {gid} -m 0750 /var/lib/mamori", final_runs)
+    assert json.loads(final.one("VOLUME").args) == ["/var/lib/mamori"]
+    assert final.one("STOPSIGNAL").args == "SIGTERM"
+    env = stage_env(final, {"PATH": "/usr/bin"})
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["PATH"].startswith(f"{venv}/bin:")
+
+    # Entry point, command and health check through agentctl.
+    assert exec_form(final.one("ENTRYPOINT")) == ["agentctl"]
+    assert exec_form(final.one("CMD")) == ["run", "-c", IMAGE_CONFIG]
+    argv, options = healthcheck_command(final.one("HEALTHCHECK"))
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[2].startswith("agentctl check ")
+    assert argv[2].endswith("|| exit 1"), "Docker reserves exit code 2; agentctl check uses 2 and 3"
+    assert {"interval", "timeout", "start-period", "retries"} <= set(options)
+    health_url = env["MAMORI_HEALTHCHECK_URL"]
+    port = final.one("EXPOSE").args
+    assert health_url == f"http://127.0.0.1:{port}/healthz"
+
+    # OCI image-spec labels; the version is the project's.
+    labels = " ".join(i.args for i in final.all("LABEL"))
+    for key in ("title", "description", "source", "documentation", "licenses", "version", "revision"):
+        assert f"org.opencontainers.image.{key}=" in labels
+    version = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    assert stage_args(final)["VERSION"] == version
+
+
+def test_dockerignore_keeps_what_the_builder_copies_and_nothing_big() -> None:
+    patterns = read_dockerignore()
+    builder = parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8")).stage("builder")
+    sources = [src for c in builder.all("COPY") for src in c.args.split()[:-1]]
+    assert sources
+    for src in sources:
+        assert (REPO / src).exists(), src
+        assert not dockerignore_excludes(patterns, src), f"{src} is copied but .dockerignore drops it"
+    assert not dockerignore_excludes(patterns, "agent/cli.py")
+    for dropped in (".venv", ".git", "tests", "bench", "agent/__pycache__/cli.cpython-311.pyc"):
+        assert dockerignore_excludes(patterns, dropped), dropped
+
+
+# --- the image's commands, run for real -----------------------------------------------------------
+
+
+def _run_sh(command: str, env: Mapping[str, str], cwd: Path, timeout: float) -> None:
+    done = subprocess.run(
+        ["/bin/sh", "-c", command], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, (
+        f"{command}\nexited {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    )
+
+
+def compose_build_extras() -> str:
+    """The EXTRAS that `docker compose build` passes: the default of ${MAMORI_EXTRAS-…}."""
+    raw = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]["agent"]["build"]["args"]["EXTRAS"]
+    match = re.fullmatch(r"\$\{MAMORI_EXTRAS:?-([a-z,]*)\}", str(raw))
+    assert match, raw
+    return match.group(1)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temp dir uid 10001 can traverse (pytest's tmp_path is 0700 root)."""
+    path = Path(tempfile.mkdtemp(prefix="mamori-deploy-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def python_for(as_user: list[str]) -> str | None:
+    """A Python 3.11 with venv that the image's user can run, as /usr/local/bin/python is in the
+    image. (This checkout's interpreter may live under /root, mode 0700.)"""
+    candidates = [
+        getattr(sys, "_base_executable", sys.executable),
+        "/usr/local/bin/python3.11",
+        "/usr/bin/python3.11",
+    ]
+    for candidate in candidates:
+        probe = [*as_user, candidate, "-c", "import ensurepip, venv"]
+        if (
+            Path(candidate).exists()
+            and subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+        ):
+            return candidate
+    return None
+
+
+def build_like_the_builder(root: Path, python: str, extras: str) -> tuple[Dockerfile, Path]:
+    """Run the builder stage's COPY and RUN instructions with its paths moved under `root`, with
+    `python` (and a pip of its own) standing in for the base image's interpreter."""
+    df = parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8"))
+    builder = df.stage("builder")
+    moved = {"/opt/mamori": root / "venv", "/wheels": root / "wheels", "/src": root / "src"}
+    for ins in builder.all("RUN"):
+        for path in moved:
+            assert path not in ins.args, f"line {ins.line}: refer to {path} through its variable"
+    base = root / "base-python"
+    subprocess.run([python, "-m", "venv", str(base)], check=True, capture_output=True, timeout=120)
+    base_env = {k: v for k, v in os.environ.items() if k.startswith("PIP_") or k in ("HOME", "LANG")}
+    base_env["PATH"] = f"{base}/bin:/usr/local/bin:/usr/bin:/bin"
+    env = {**base_env, **stage_args(builder), "EXTRAS": extras}
+    env = stage_env(builder, env)
+    for key, value in env.items():
+        env[key] = str(moved[value]) if value in moved else value
+    env.pop("PIP_NO_CACHE_DIR")  # unlike the image build, let pip keep its cache between runs
+    # Offline: the builder's pip takes every wheel (setuptools for the build, the dependencies)
+    # from the wheelhouse `make test` fills when it sets up .venv; a test never reaches an index.
+    assert WHEELHOUSE.is_dir() and any(WHEELHOUSE.glob("setuptools-*.whl")), (
+        f"{WHEELHOUSE} is missing: `make test` (or `make .venv/.installed-dev`) builds it"
+    )
+    env["PIP_NO_INDEX"] = "1"
+    env["PIP_FIND_LINKS"] = str(WHEELHOUSE)
+    workdir = moved[builder.one("WORKDIR").args]
+    workdir.mkdir(parents=True)
+    patterns = read_dockerignore()
+    for ins in builder.all("COPY"):
+        *sources, dest = ins.args.split()
+        target = workdir / dest
+        for src in sources:
+            if (REPO / src).is_dir():
+                shutil.copytree(
+                    REPO / src,
+                    workdir / dest,
+                    ignore=lambda d, names: [
+                        n for n in names if dockerignore_excludes(patterns, str(Path(d, n).relative_to(REPO)))
+                    ],
+                )
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / src, target / Path(src).name)
+    for ins in builder.all("RUN"):
+        _run_sh(ins.args, env, workdir, timeout=600)
+    return df, Path(env["VIRTUAL_ENV"])
+
+
+def write_secrets(directory: Path, owner: int | None = None) -> None:
+    directory.mkdir(mode=0o755)
+    for name, value in FAKE_SECRETS.items():
+        path = directory / name
+        path.write_text(value + "\n", encoding="utf-8")
+        if owner is not None:
+            os.chown(path, owner, owner)
+        path.chmod(0o400)  # as docs/deploy.md says: owned by the agent's uid, mode 0400
+
+
+@pytest.mark.timeout(400)
+def test_image_commands_run_as_uid_10001(shared_tmp: Path) -> None:
+    """Build as the builder does, then run ENTRYPOINT + CMD and HEALTHCHECK as the image's user."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to the image's uid (setpriv)")
+    final = parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8")).final
+    uid, _, gid = final.one("USER").args.partition(":")
+    # The exec happens in a shell already running as the user: setpriv's own exec may reach
+    # files the user could not.
+    as_user = [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "--",
+        "/bin/sh",
+        "-c",
+        'exec "$@"',
+        "sh",
+    ]
+    python = python_for(as_user)
+    if python is None:
+        pytest.skip(f"no Python 3.11 with venv that uid {uid} can run")
+    df, venv = build_like_the_builder(shared_tmp, python, compose_build_extras())
+    image_venv = stage_env(df.stage("builder"), {})["VIRTUAL_ENV"]
+    env = stage_env(final, {"PATH": "/usr/local/bin:/usr/bin:/bin"})
+    env = {k: v.replace(image_venv, str(venv)) for k, v in env.items()}
+    state = shared_tmp / "state"  # the VOLUME, and the user's home
+    state.mkdir(mode=0o750)
+    os.chown(state, int(uid), int(gid))
+    secrets = shared_tmp / "secrets"
+    write_secrets(secrets, owner=int(uid))
+    config = shared_tmp / "agent.yml"  # the read-only mount at /etc/mamori/agent.yml
+    shutil.copy(DEV, config)
+    config.chmod(0o644)
+    port = free_port()
+    env.update(
+        HOME=str(state),
+        MAMORI_LISTEN=f"127.0.0.1:{port}",
+        MAMORI_HEALTHCHECK_URL=f"http://127.0.0.1:{port}/healthz",
+        MAMORI_PROCFS="/proc",  # the host's procfs and root are this machine's own
+        MAMORI_ROOTFS="/",
+        CREDENTIALS_DIRECTORY=str(secrets),
+        STATE_DIRECTORY=str(state),
+    )
+    health_argv, _ = healthcheck_command(final.one("HEALTHCHECK"))
+
+    def healthcheck() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            as_user + health_argv, env=env, cwd=state, capture_output=True, text=True, timeout=15
+        )
+
+    # The examples validate with the image's own venv, as the image's user.
+    for example in EXAMPLES:
+        done = subprocess.run(
+            [*as_user, str(venv / "bin/agentctl"), "validate", str(example)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.strip().endswith("checks)"), done.stdout
+
+    before = healthcheck()
+    assert before.returncode == 1, before.stdout + before.stderr  # nothing listens yet: unhealthy
+    assert "CRITICAL" in before.stdout
+
+    argv = exec_form(final.one("ENTRYPOINT")) + exec_form(final.one("CMD"))
+    argv = [str(config) if a == IMAGE_CONFIG else a for a in argv]
+    program = shutil.which(argv[0], path=env["PATH"])
+    assert program == str(venv / "bin/agentctl")
+    log = (shared_tmp / "agent.log").open("w")
+    agent = subprocess.Popen(
+        as_user + [program, *argv[1:]], env=env, cwd=state, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while (health := healthcheck()).returncode != 0:
+            assert agent.poll() is None, (shared_tmp / "agent.log").read_text()
+            assert time.monotonic() < deadline, health.stdout + (shared_tmp / "agent.log").read_text()
+            time.sleep(0.3)
+        assert health.stdout.startswith("HTTP OK"), health.stdout
+
+        status = Path(f"/proc/{agent.pid}/status").read_text()
+        assert re.search(rf"^Uid:\s+{uid}\s+{uid}\s+{uid}\s+{uid}$", status, re.M), status
+        assert re.search(r"^CapEff:\s+0+$", status, re.M), "no capabilities left"
+        rss_mib = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024  # type: ignore[union-attr]
+        limit = compose_memory_limit_mib()
+        assert rss_mib < limit / 2, f"agent RSS {rss_mib:.0f} MiB vs the compose limit {limit} MiB"
+        assert (state / "alerts.db").stat().st_uid == int(uid)
+
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=20) == 0, (shared_tmp / "agent.log").read_text()
+    finally:
+        if agent.poll() is None:
+            os.kill(agent.pid, signal.SIGKILL)
+            agent.wait()
+        log.close()
+    after = healthcheck()
+    assert after.returncode == 1, after.stdout
+
+
+# --- Compose --------------------------------------------------------------------------------------
+
+
+def compose_service() -> dict[str, Any]:
+    doc = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert list(doc["services"]) == ["agent"], "one service"
+    service: dict[str, Any] = doc["services"]["agent"]
+    return service
+
+
+def compose_memory_limit_mib() -> int:
+    memory = str(compose_service()["deploy"]["resources"]["limits"]["memory"])
+    match = re.fullmatch(r"(\d+)([MG])", memory)
+    assert match, memory
+    return int(match.group(1)) * (1024 if match.group(2) == "G" else 1)
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool, dict[str, Any]]]:
+    """target → (source, read-only, long-syntax options)."""
+    out = {}
+    for volume in service["volumes"]:
+        if isinstance(volume, str):
+            match = re.fullmatch(r"(\$\{[^}]*\}|[^:]+):([^:]+)(?::([^:]+))?", volume)
+            assert match, volume
+            source, target, mode = match.groups()
+            options = mode.split(",") if mode else []
+            out[target] = (source, "ro" in options, {"options": options})
+        else:
+            out[volume["target"]] = (volume["source"], bool(volume.get("read_only")), volume)
+    return out
+
+
+def test_compose_service() -> None:
+    doc = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    service = compose_service()
+    assert service["network_mode"] == "host"
+    assert service["restart"] == "unless-stopped"
+    assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    for forbidden in ("pid", "privileged", "cap_add", "user"):
+        assert forbidden not in service, f"{forbidden} is not needed (see the comments)"
+    assert re.fullmatch(r"\$\{DOCKER_GID:\?.+\}", service["group_add"][0])
+
+    mounts = _mounts(service)
+    assert mounts["/var/run/docker.sock"][:2] == ("/var/run/docker.sock", True)
+    assert mounts["/host/proc"][:2] == ("/proc", True)
+    source, read_only, options = mounts["/host"]
+    assert (source, read_only) == ("/", True) and options["bind"]["propagation"] == "rslave"
+    assert mounts[IMAGE_CONFIG][1], "the config is mounted read-only"
+    assert mounts["/var/lib/mamori"][0] in doc["volumes"], "the state is a named volume"
+    for target, (source, read_only, _) in mounts.items():
+        assert read_only or target == "/var/lib/mamori", f"{source}:{target} is writable"
+
+    # Every secret the production config reads is mounted, from a file.
+    wanted = secrets_read_by(PRODUCTION)
+    assert set(service["secrets"]) == wanted == set(doc["secrets"])
+    for name in wanted:
+        assert doc["secrets"][name]["file"].endswith(f"/{name}")
+
+    limits = service["deploy"]["resources"]["limits"]
+    assert 0 < float(limits["cpus"]) <= 1
+    # ~93 MiB measured with the OCI exporter (docs/deploy.md); twice that and some is the floor.
+    assert 192 <= compose_memory_limit_mib() <= 1024
+    assert int(service["pids_limit"]) >= 64
+    assert service["logging"]["driver"] == "json-file"
+    assert set(service["logging"]["options"]) == {"max-size", "max-file"}
+    assert service["init"] is True
+
+    listen = re.fullmatch(r"\$\{MAMORI_LISTEN:-(.+)\}", service["environment"]["MAMORI_LISTEN"])
+    health = re.fullmatch(
+        r"\$\{MAMORI_HEALTHCHECK_URL:-(.+)\}", service["environment"]["MAMORI_HEALTHCHECK_URL"]
+    )
+    assert listen and health
+    assert health.group(1) == f"http://127.0.0.1:{listen.group(1).rpartition(':')[2]}/healthz"
+    assert service["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+    assert (
+        COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]
+    ).resolve() == DOCKERFILE
+    assert compose_build_extras() == "oci"
+
+
+def test_compose_config_with_docker_compose(shared_tmp: Path) -> None:
+    """`docker-compose config` (Debian's 1.29, no engine needed) when it is installed."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (Debian package docker-compose)")
+    write_secrets(shared_tmp / "secrets")
+    (shared_tmp / "agent.yml").write_text("{}\n", encoding="utf-8")
+    env = {
+        "PATH": os.environ["PATH"],
+        "DOCKER_GID": "999",
+        "MAMORI_SECRETS": str(shared_tmp / "secrets"),
+        "MAMORI_CONFIG": str(shared_tmp / "agent.yml"),
+    }
+    done = subprocess.run(
+        [binary, "-f", str(COMPOSE), "config"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "network_mode: host" in done.stdout
+    missing = subprocess.run(
+        [binary, "-f", str(COMPOSE), "config"],
+        env={k: v for k, v in env.items() if k != "DOCKER_GID"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode != 0 and "DOCKER_GID" in missing.stderr
+
+
+# --- systemd --------------------------------------------------------------------------------------
+
+
+def unit_directives() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in UNIT.read_text(encoding="utf-8").splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_systemd_unit_hardening() -> None:
+    d = unit_directives()
+    assert d["User"] == ["mamori"] and d["Group"] == ["mamori"]
+    assert d["ExecStart"] == ["/opt/mamori/bin/agentctl run -c /etc/mamori/agent.yml"]
+    assert d["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
+    assert d["Restart"] == ["on-failure"]
+    expected = {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "read-only",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "StateDirectory": "mamori",
+        "CapabilityBoundingSet": "",  # the agent opens no raw socket and binds above 1024
+        "AmbientCapabilities": "",
+    }
+    for key, value in expected.items():
+        assert d[key] == [value], key
+    assert "AF_PACKET" not in d["RestrictAddressFamilies"][0]
+    # The examples read MAMORI_PROCFS/MAMORI_ROOTFS; systemd provides the credentials and state dirs.
+    env = dict(kv.split("=", 1) for line in d["Environment"] for kv in line.split())
+    assert env["MAMORI_PROCFS"] == "/proc" and env["MAMORI_ROOTFS"] == "/"
+    credentials = {c.partition(":")[0] for c in d["LoadCredential"]}
+    assert credentials == secrets_read_by(PRODUCTION)
+    memory = d["MemoryMax"][0]
+    assert memory == f"{compose_memory_limit_mib()}M", "the same limit as the container"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
+    # verify wants ExecStart's program to exist: point it at this checkout's agentctl.
+    agentctl = Path(sys.executable).parent / "agentctl"
+    assert agentctl.exists()
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text(encoding="utf-8").replace("/opt/mamori/bin/agentctl", str(agentctl)))
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    # verify exits 0 on unknown keys and bad values too, printing them: any output is a problem.
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    level = re.search(r"Overall exposure level for \S+: ([\d.]+) (\w+)", done.stdout)
+    assert level, done.stdout[-500:]
+    assert float(level.group(1)) <= 2.0, done.stdout
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
+def test_sysusers_snippet_creates_the_unit_user(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    done = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    passwd = (tmp_path / "etc/passwd").read_text(encoding="utf-8").splitlines()
+    user = next(line.split(":") for line in passwd if line.startswith("mamori:"))
+    assert user[5] == "/var/lib/mamori" and user[6] == "/usr/sbin/nologin"
+    assert 0 < int(user[2]) < 1000, "a system user"
+
+
+# --- the example configs ----------------------------------------------------------------------------
+
+
+def validate_example(path: Path, tmp_path: Path) -> Any:
+    """`agentctl validate` as the docs say (systemd's variables), then the loaded config."""
+    from agent.config import load
+
+    secrets, state = tmp_path / "secrets", tmp_path / "state"
+    if not secrets.exists():
+        write_secrets(secrets)
+        state.mkdir()
+    env = {
+        "PATH": os.environ["PATH"],
+        "MAMORI_PROCFS": "/proc",
+        "MAMORI_ROOTFS": "/",
+        "CREDENTIALS_DIRECTORY": str(secrets),
+        "STATE_DIRECTORY": str(state),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "validate", str(path)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"{path}: OK")
+    cfg = load(path, env)
+    # Nothing is written outside the state directory (ProtectSystem=strict, a read-only container).
+    assert cfg.alerts.state_file.parent == state
+    if cfg.outbox is not None:
+        assert Path(cfg.outbox.path).parent == state
+    return cfg
+
+
+def _by_type(cfg: Any, kind: str) -> list[Any]:
+    return [c for c in cfg.checks if c.type == kind]
+
+
+def test_examples_are_the_two_documented_ones() -> None:
+    assert EXAMPLES == [DEV, PRODUCTION]
+
+
+def test_production_example_uses_every_feature(tmp_path: Path) -> None:
+    cfg = validate_example(PRODUCTION, tmp_path)
+    raw = PRODUCTION.read_text(encoding="utf-8")
+    assert cfg.agent.labels["site"]
+    assert cfg.agent.listen == "0.0.0.0:9630", "the container's default; Prometheus scrapes it"
+    lb = _by_type(cfg, "lb")
+    assert lb and lb[0].docker is not None and lb[0].docker.service, "app containers by Docker discovery"
+    assert lb[0].url.startswith("https://")
+    assert _by_type(cfg, "docker")
+    (pg,) = _by_type(cfg, "postgres")
+    assert len(pg.nodes) == 2, "primary + standby"
+    assert pg.rpo == 15 * 60 and pg.password is not None
+    (backup,) = _by_type(cfg, "pg_backup")
+    assert backup.pitr_window == 7 * 86400 and backup.pgbackrest is not None
+    assert len(_by_type(cfg, "host")) == 1
+    assert "${MAMORI_PROCFS:-/host/proc}" in raw and "${MAMORI_ROOTFS:-/host}" in raw
+    (oci,) = [e for e in cfg.exporters if e.type == "oci"]
+    assert oci.auth == "instance_principal"
+    assert re.search(r"^  # - name: bus\n  #   type: mqtt", raw, re.M), "MQTT, commented"
+    assert {n.type for n in cfg.notifiers} == {"pagerduty", "slack"}
+    for key in ("routing_key_file", "webhook_url_file", "password_file"):
+        assert re.search(rf"{key}: \"\$\{{CREDENTIALS_DIRECTORY:-/run/secrets\}}/", raw), key
+    routes = {str(k): v for k, v in cfg.alerts.routes.items()}
+    assert set(routes["critical"]) == {"pagerduty", "slack"} and routes["warning"] == ("slack",)
+    rules = {r.name: r for r in cfg.alerts.rules}
+    confirmed = rules["pg_primary_down_confirmed"]
+    assert confirmed.check == "fleet:*" and [str(r) for r in confirmed.reason] == ["primary_down_confirmed"]
+    recommended = rules["pg_failover_recommended"]
+    assert recommended.sample == "mamori_pg_failover_recommended"
+    assert recommended.labels == {"reason": "primary_down_standby_ready"}
+
+
+def test_dev_example_is_local_only(tmp_path: Path) -> None:
+    cfg = validate_example(DEV, tmp_path)
+    assert cfg.agent.listen.startswith("127.0.0.1:")
+    lb = _by_type(cfg, "lb")
+    assert lb and lb[0].docker is not None, "the app container by Docker discovery"
+    assert lb[0].url.startswith("http://127.0.0.1:")
+    (pg,) = _by_type(cfg, "postgres")
+    assert [n.host for n in pg.nodes] == ["127.0.0.1"] and pg.password is not None
+    assert not cfg.exporters, "no OCI in development"
+    assert [n.type for n in cfg.notifiers] == ["webhook"]
+    assert cfg.notifiers[0].url.startswith("http://127.0.0.1:")
+    assert cfg.alerts.routes and cfg.alerts.rules
+
+
+def test_deploy_docs_links_resolve() -> None:
+    for doc in (REPO / "docs/deploy.md", REPO / "deploy/docker/README.md", REPO / "README.md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+            if "://" not in target:
+                assert (doc.parent / target).exists(), f"{doc.relative_to(REPO)}: {target}"

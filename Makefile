@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit bench docs clean debs
+.PHONY: run test lint typecheck unit bench docs clean debs demo
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/agentctl run
 
+## demo: the lab (Postgres pair, HAProxy + apps, Mosquitto, Prometheus, Alertmanager) and an agent
+## watching it; `.venv/bin/agentctl demo fault NAME` from another terminal; Ctrl-C stops everything
+demo: $(STAMP) debs
+	$(BIN)/agentctl demo
+
 ## test: lint, type check, then the whole test suite
 test: $(STAMP) debs lint typecheck unit
 
 # Debian packages the test suite runs for real (installed only when missing).
-TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto docker-compose
+TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto docker-compose python3.11-venv
 
 debs:
 	@bash .ci/ensure-debs $(TEST_DEBS)

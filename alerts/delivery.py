@@ -24,20 +24,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from agent.retry import RETRY_AFTER_CAP, backoff
 from alerts.model import Delivery, Notification, Notifier, Outcome
 from alerts.store import AlertStore
 
 log = logging.getLogger("mamori.alerts.delivery")
-
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 300.0
-RETRY_AFTER_CAP = 3600.0
-
-
-def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
-    """Delay before attempt `attempts + 1` after `attempts` failed ones (attempts >= 1)."""
-    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempts - 1, 30))
-    return delay * (0.5 + rand() / 2)
 
 
 class Deliverer:

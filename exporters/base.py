@@ -31,19 +31,10 @@ from prometheus_client.registry import Collector
 from agent.catalog import AGENT_METRICS
 from agent.model import CheckResult
 from agent.outbox import Outbox, Record
+from agent.retry import RETRY_AFTER_CAP, backoff
 from agent.types import Model
 
 log = logging.getLogger("mamori.exporters")
-
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 300.0
-RETRY_AFTER_CAP = 3600.0
-
-
-def backoff(attempts: int, rand: Callable[[], float] = random.random) -> float:
-    """Delay after `attempts` failed pushes in a row (>= 1): 1 s doubling to 5 min, times [0.5, 1)."""
-    delay = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempts - 1, 30))
-    return delay * (0.5 + rand() / 2)
 
 
 class ExporterBase(Model):

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from alerts.delivery import Deliverer, backoff
+from agent.retry import backoff
+from alerts.delivery import Deliverer
 from alerts.model import Delivery, Event, Notification, Outcome, Severity
 from alerts.store import AlertStore
 

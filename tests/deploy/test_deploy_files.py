@@ -406,8 +406,8 @@ def test_image_commands_run_as_uid_10001(shared_tmp: Path) -> None:
         "sh",
     ]
     python = python_for(as_user)
-    if python is None:
-        pytest.skip(f"no Python 3.11 with venv that uid {uid} can run")
+    # /usr/bin/python3.11 with venv: `make test` installs python3.11-venv when missing.
+    assert python is not None, f"no Python 3.11 with venv that uid {uid} can run"
     df, venv = build_like_the_builder(shared_tmp, python, compose_build_extras())
     image_venv = stage_env(df.stage("builder"), {})["VIRTUAL_ENV"]
     env = stage_env(final, {"PATH": "/usr/local/bin:/usr/bin:/bin"})
@@ -570,10 +570,9 @@ def test_compose_service() -> None:
 
 
 def test_compose_config_with_docker_compose(shared_tmp: Path) -> None:
-    """`docker-compose config` (Debian's 1.29, no engine needed) when it is installed."""
+    """`docker-compose config` (Debian's 1.29, no engine needed; `make test` installs it)."""
     binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose is not installed (Debian package docker-compose)")
+    assert binary is not None, "docker-compose is not installed (Debian package docker-compose)"
     write_secrets(shared_tmp / "secrets")
     (shared_tmp / "agent.yml").write_text("{}\n", encoding="utf-8")
     env = {

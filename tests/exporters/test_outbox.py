@@ -15,7 +15,8 @@ from agent import config
 from agent.errors import ConfigError, StartupError
 from agent.model import CheckResult, Reason, Sample, Status, result_from_json
 from agent.outbox import Outbox, Record, encode
-from exporters.base import ExportCollector, OutboxSink, Pump, PushResult, backoff
+from agent.retry import backoff
+from exporters.base import ExportCollector, OutboxSink, Pump, PushResult
 
 T0 = 1_700_000_000.0
 

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from agent.model import CheckResult
@@ -37,6 +38,10 @@ class _Lane:
         self.queue: collections.deque[CheckResult] = collections.deque()
         self.capacity = capacity
         self.wakeup = asyncio.Event()
+        self.running = asyncio.Event()  # cleared while `FanOut.swap()` replaces the sink
+        self.running.set()
+        self.between = asyncio.Event()  # set while no result is being consumed
+        self.between.set()
         self.busy = False
         self.task: asyncio.Task[None] | None = None
         self.depth = metrics.queue_depth.labels(sink=sink.name)
@@ -58,9 +63,13 @@ class _Lane:
             while not self.queue:
                 self.wakeup.clear()
                 await self.wakeup.wait()
+            await self.running.wait()
+            if not self.queue:
+                continue
             result = self.queue.popleft()
             self.depth.set(len(self.queue))
             self.busy = True
+            self.between.clear()
             try:
                 await self.sink.consume(result)
             except Exception as exc:
@@ -73,6 +82,7 @@ class _Lane:
                     )
             finally:
                 self.busy = False
+                self.between.set()
 
     @property
     def idle(self) -> bool:
@@ -89,6 +99,23 @@ class FanOut:
         for lane in self._lanes:
             lane.task = asyncio.create_task(lane.work(), name=f"sink:{lane.sink.name}")
         self._started = True
+
+    async def swap(self, name: str, replace: Callable[[Sink], Awaitable[Sink]]) -> None:
+        """Replace the sink called `name` with what `replace(old)` returns, between two results:
+        the lane stops taking results, the one in progress finishes, `replace` runs (it closes
+        the old sink if it must), then the queued results go to the new sink. Nothing is dropped
+        meanwhile beyond the queue's usual drop-oldest. If `replace` raises, the lane keeps the
+        old sink and the exception propagates."""
+        lane = next(lane for lane in self._lanes if lane.sink.name == name)
+        lane.running.clear()
+        try:
+            await lane.between.wait()
+            lane.sink = await replace(lane.sink)
+        finally:
+            lane.running.set()
+
+    def has(self, name: str) -> bool:
+        return any(lane.sink.name == name for lane in self._lanes)
 
     def publish(self, result: CheckResult) -> None:
         """Hand a result to every sink. Never blocks, never raises."""

@@ -5,7 +5,10 @@ Lifecycle:
   `agent.shutdown_timeout` and returns 0. It returns non-zero only if start-up fails (the listen
   address cannot be bound), with a one-line log message.
 - SIGHUP reloads the config file: the new file is validated completely first; if it is invalid the
-  agent keeps running the old config and logs every problem. Unchanged checks keep their state.
+  agent keeps running the old config and logs every problem. Unchanged checks keep their state;
+  a changed `alerts:`/`notifiers:` restarts the agent's own alerting in place (its state is on
+  disk, so nothing is paged twice). `outbox:`/`exporters:` and agent.listen/concurrency/queue_size
+  take effect after a restart (logged).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Agent:
         self._listen = listen or cfg.agent.listen
         self.metrics = AgentMetrics()
         self._pumps: list[Any] = []  # exporters.base.Pump, one per push exporter
+        self._alert_collector: Any = None  # alerts.telemetry.AlertCollector
+        self._reloads: set[asyncio.Task[None]] = set()
         self.latest = LatestResults()
         prometheus = PrometheusSink(self.latest)
         self.metrics.registry.register(AgentInfoCollector(lambda: self.config.agent, __version__))
@@ -69,8 +74,32 @@ class Agent:
             cfg.agent.name,
             check_tags={c.name: c.tags for c in cfg.checks},
         )
-        self.metrics.registry.register(AlertCollector(sink))
+        if self._alert_collector is not None:
+            self.metrics.registry.unregister(self._alert_collector)
+        self._alert_collector = AlertCollector(sink)
+        self.metrics.registry.register(self._alert_collector)
         return sink
+
+    async def _reload_alerting(self, old: Config, new: Config) -> None:
+        """Restart the agent's own alerting on the new `alerts:`/`notifiers:` between two results.
+        Its state is on disk, so this is what an agent restart does to it: firing alerts stay
+        firing (no new page), undelivered notifications are sent, rules that are gone stop."""
+
+        async def replace(current: Sink) -> Sink:
+            await current.aclose()
+            try:
+                sink = self._alert_sink(new)
+            except Exception as exc:  # a state file that cannot be opened, …
+                log.error("config reload: alerting kept on the previous config: %s", exc)
+                sink = self._alert_sink(old)
+            else:
+                log.info("config reload: alerting restarted on the new rules and notifiers (state kept)")
+            start = getattr(sink, "start", None)
+            if start is not None:
+                await start()
+            return sink
+
+        await self.fanout.swap("alerts", replace)
 
     def _export_sink(self, cfg: Config) -> Sink:
         """Push exporters behind the durable outbox (exporters/): imported only when configured."""
@@ -143,6 +172,8 @@ class Agent:
         t0 = time.monotonic()
         try:
             async with asyncio.timeout(deadline):
+                if self._reloads:
+                    await asyncio.gather(*self._reloads, return_exceptions=True)
                 if self.scheduler is not None:
                     await self.scheduler.aclose()
                 await self.fanout.aclose(timeout=max(0.0, deadline - (time.monotonic() - t0) - 0.5))
@@ -171,8 +202,13 @@ class Agent:
         for field in ("listen", "concurrency", "queue_size"):
             if getattr(new.agent, field) != getattr(old.agent, field):
                 log.warning("config reload: agent.%s changed; it takes effect after a restart", field)
-        if (new.alerts, new.notifiers) != (old.alerts, old.notifiers):
-            log.warning("config reload: alerts/notifiers changed; they take effect after a restart")
+        if _alerting(new) != _alerting(old):
+            if old.alerts is not None and new.alerts is not None:
+                task = asyncio.get_running_loop().create_task(self._reload_alerting(old, new))
+                self._reloads.add(task)
+                task.add_done_callback(self._reloads.discard)
+            else:
+                log.warning("config reload: alerts added or removed; it takes effect after a restart")
         if (new.outbox, new.exporters) != (old.outbox, old.exporters):
             log.warning("config reload: outbox/exporters changed; they take effect after a restart")
         self.config = new
@@ -189,3 +225,8 @@ class Agent:
             )
         self.metrics.reloads.labels(outcome="success").inc()
         self.metrics.last_reload.set(time.time())
+
+
+def _alerting(cfg: Config) -> tuple[Any, ...]:
+    """What the agent's own alerting is built from: a change means restarting it."""
+    return (cfg.alerts, cfg.notifiers, tuple((c.name, tuple(c.tags)) for c in cfg.checks))

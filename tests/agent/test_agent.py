@@ -28,8 +28,14 @@ async def aget(url: str) -> tuple[int, str]:
 
 
 async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll `predicate`; a refused connection (the agent not listening yet) counts as not yet."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
+    while True:
+        try:
+            if await predicate():
+                return
+        except OSError:  # urllib's URLError included
+            pass
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)

@@ -1,0 +1,121 @@
+"""SIGHUP with changed `alerts:`/`notifiers:`: the agent's own alerting restarts on the new rules
+between two results, keeping its state — a firing alert is not paged again, a new rule pages, a
+removed rule stops, and a new config that cannot be used leaves the previous alerting running
+(and a later good one is applied)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agent import config
+from agent.runtime import Agent
+from tests.conftest import free_port
+
+
+@asynccontextmanager
+async def recorder() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A webhook receiver on 127.0.0.1: (url, every JSON body received)."""
+    bodies: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        bodies.append(json.loads(await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/hook", bodies
+    finally:
+        await runner.cleanup()
+
+
+def agent_yaml(port: int, url: str, state: Path, rules: str) -> str:
+    return f"""
+agent: {{name: reloader, listen: "127.0.0.1:{port}", interval: 0.2s, timeout: 0.2s}}
+checks:
+  - {{name: closed, type: tcp, host: 127.0.0.1, port: {free_port()}, interval: 0.2s, timeout: 0.2s}}
+notifiers:
+  - {{name: hook, type: webhook, url: "{url}"}}
+alerts:
+  state_file: {state}
+  group_wait: 0s
+  rules:
+{rules}
+  routes: {{critical: [hook], warning: [hook]}}
+"""
+
+
+RULE_DOWN = "    - {name: down, check: closed, status: critical, severity: critical}\n"
+RULE_WARN = "    - {name: also, check: closed, status: critical, severity: warning}\n"
+RULE_THIRD = "    - {name: third, check: closed, status: critical, severity: critical}\n"
+
+
+async def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def events(bodies: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(b["alert"], b["event"]) for b in bodies]
+
+
+async def test_reload_restarts_alerting_with_state(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    path = tmp_path / "agent.yml"
+    async with recorder() as (url, bodies):
+        # The port in the check is picked once: keep the same check across reloads.
+        text = agent_yaml(port, url, tmp_path / "alerts.db", RULE_DOWN)
+        path.write_text(text)
+        agent = Agent(config.load(path, {}), path, {})
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for("the first page", lambda: events(bodies) == [("down", "trigger")])
+
+            # A second rule: it pages; the first, still firing, is not paged again.
+            path.write_text(text.replace(RULE_DOWN, RULE_DOWN + RULE_WARN))
+            agent.reload()
+            await wait_for("the new rule's page", lambda: ("also", "trigger") in events(bodies))
+            await asyncio.sleep(0.6)  # three more runs of the check
+            assert events(bodies) == [("down", "trigger"), ("also", "trigger")]
+
+            # A new config whose state file cannot be opened: alerting stays on the previous one.
+            (tmp_path / "file").write_text("")
+            bad = text.replace(str(tmp_path / "alerts.db"), str(tmp_path / "file" / "alerts.db"))
+            path.write_text(bad.replace(RULE_DOWN, RULE_DOWN + RULE_WARN))
+            agent.reload()
+            await wait_for("the fallback", lambda: "alerting kept on the previous config" in caplog.text)
+            assert "cannot open the alert state file" in caplog.text
+            await asyncio.sleep(0.6)
+            assert events(bodies) == [("down", "trigger"), ("also", "trigger")]
+            # ... and its metrics are still served (a rebuilt sink starts its counters at 0).
+            assert (
+                agent.metrics.registry.get_sample_value(
+                    "mamori_alert_notifications_total", {"route": "hook", "outcome": "delivered"}
+                )
+                is not None
+            )
+
+            # A good config again, with "also" gone and a third rule: only the third pages.
+            path.write_text(text.replace(RULE_DOWN, RULE_DOWN + RULE_THIRD))
+            agent.reload()
+            await wait_for("the third rule's page", lambda: ("third", "trigger") in events(bodies))
+            await asyncio.sleep(0.6)
+            assert events(bodies) == [("down", "trigger"), ("also", "trigger"), ("third", "trigger")]
+        finally:
+            agent.stop()
+            assert await asyncio.wait_for(task, 10) == 0

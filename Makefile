@@ -22,7 +22,8 @@ run: $(STAMP)
 
 ## demo: the lab (Postgres pair, HAProxy + apps, Mosquitto, Prometheus, Alertmanager) and an agent
 ## watching it; `.venv/bin/agentctl demo fault NAME` from another terminal; Ctrl-C stops everything
-demo: $(STAMP) debs
+demo: $(STAMP)
+	@bash .ci/ensure-debs $(TEST_DEBS) mosquitto-clients
 	$(BIN)/agentctl demo
 
 ## test: lint, type check, then the whole test suite

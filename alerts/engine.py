@@ -72,6 +72,7 @@ class AlertRecord:
     reason: str = ""
     message: str = ""
     value: str = ""
+    severity: str = ""  # the rule's, when its trigger was sent (to route a resolve if the rule goes)
 
     @property
     def key(self) -> AlertKey:
@@ -215,6 +216,8 @@ class AlertEngine:
         out = self._flush_groups(now)
         for alert in list(self._alerts.values()):
             rule = self._rules.get(alert.rule)
+            if rule is None and alert.told and alert.rule != NETWORK_DOWN_RULE:
+                out += self._retire(alert, now)
             if rule is not None:
                 before = (alert.told, alert.flapping, alert.notified_at)
                 out += self._reconcile(alert, rule, now)
@@ -341,6 +344,43 @@ class AlertEngine:
             return self._notify(rule, Event.RESOLVE, incident, [alert], now)
         return []
 
+    def _retire(self, alert: AlertRecord, now: float) -> list[Notification]:
+        """The rule of a paged alert is no longer configured (a reload or restart removed it):
+        close its incident once, routed by the severity it was paged with, so it does not stay
+        open forever in PagerDuty or Alertmanager."""
+        incident = alert.incident
+        alert.told, alert.incident, alert.state = False, None, AlertState.RESOLVED
+        alert.pending_since, alert.changed_at = None, now
+        self._dirty.add(alert.key)
+        if incident is None or self._incident_members(incident):
+            return []  # never sent (still grouped), or other members still hold the incident open
+        severity = Severity(alert.severity) if alert.severity else Severity.CRITICAL
+        log.info(
+            "alert %s/%s: its rule was removed; resolving incident %s", alert.rule, alert.check, incident
+        )
+        details = {
+            "check": alert.check,
+            "target": alert.target,
+            "agent": self.agent,
+            "state": "resolved",
+            "reason": "rule_removed",
+            "checks": alert.check,
+        }
+        return [
+            Notification(
+                id=self._new_id(),
+                route=route,
+                event=Event.RESOLVE,
+                dedup_key=incident,
+                alert=alert.rule,
+                severity=severity,
+                summary=f"RESOLVED: rule {alert.rule} was removed ({alert.check} on {alert.target})",
+                details={k: v for k, v in details.items() if v},
+                created_at=now,
+            )
+            for route in self.config.route_names(severity)
+        ]
+
     def _incident_members(self, incident: str) -> list[AlertRecord]:
         return [a for a in self._alerts.values() if a.told and a.incident == incident]
 
@@ -375,6 +415,7 @@ class AlertEngine:
             incident = dedup_key(self.agent, rule.name, members[0].check)
             for m in members:
                 m.incident, m.notified_at, m.flap_notice = incident, now, False
+                m.severity = rule.severity.value
                 self._dirty.add(m.key)
             out += self._notify(rule, Event.TRIGGER, incident, members, now)
         return out

@@ -469,3 +469,28 @@ def test_flap_detection_can_be_turned_off() -> None:
         notes += e.observe(good())
         clock.t += 30
     assert [n.event.value for n in notes] == ["trigger", "resolve"] * 20
+
+
+def test_a_removed_rule_resolves_its_paged_incident_once() -> None:
+    clock = Clock()
+    two = config(
+        rules=[
+            {"name": "down", "check": "*", "status": "critical"},
+            {"name": "slow", "check": "*", "status": "critical", "severity": "warning"},
+        ],
+        routes={"critical": ["pager"], "warning": ["chat"]},
+    )
+    e = engine(two, clock)
+    assert sorted(events(e.observe(bad()))) == [
+        ("trigger", "mamori:host1:down:web"),
+        ("trigger", "mamori:host1:slow:web"),
+    ]
+    # Restart (or reload) without "slow": its incident is closed once, on the route its severity
+    # had; "down" goes on firing without a new page.
+    e2 = engine(config(routes={"critical": ["pager"], "warning": ["chat"]}), clock, states=e.records())
+    clock.t += 1
+    notes = e2.tick()
+    assert [(n.event.value, n.dedup_key, n.route, n.details["reason"]) for n in notes] == [
+        ("resolve", "mamori:host1:slow:web", "chat", "rule_removed")
+    ]
+    assert e2.tick() == [] and e2.observe(bad()) == []

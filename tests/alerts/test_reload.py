@@ -1,7 +1,7 @@
 """SIGHUP with changed `alerts:`/`notifiers:`: the agent's own alerting restarts on the new rules
-between two results, keeping its state — a firing alert is not paged again, a new rule pages, a
-removed rule stops, and a new config that cannot be used leaves the previous alerting running
-(and a later good one is applied)."""
+between two results, keeping its state — a firing alert is not paged again, a new rule pages, the
+incident of a removed rule is resolved, and a new config that cannot be used leaves the previous
+alerting running (and a later good one is applied)."""
 
 from __future__ import annotations
 
@@ -110,12 +110,19 @@ async def test_reload_restarts_alerting_with_state(tmp_path: Path, caplog: pytes
                 is not None
             )
 
-            # A good config again, with "also" gone and a third rule: only the third pages.
+            # A good config again, with "also" gone and a third rule: the third pages, the
+            # incident of the removed rule is closed once, "down" is not paged again.
             path.write_text(text.replace(RULE_DOWN, RULE_DOWN + RULE_THIRD))
             agent.reload()
             await wait_for("the third rule's page", lambda: ("third", "trigger") in events(bodies))
+            await wait_for("the removed rule's resolve", lambda: ("also", "resolve") in events(bodies))
             await asyncio.sleep(0.6)
-            assert events(bodies) == [("down", "trigger"), ("also", "trigger"), ("third", "trigger")]
+            assert sorted(events(bodies)) == [
+                ("also", "resolve"),
+                ("also", "trigger"),
+                ("down", "trigger"),
+                ("third", "trigger"),
+            ]
         finally:
             agent.stop()
             assert await asyncio.wait_for(task, 10) == 0

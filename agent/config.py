@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -140,6 +140,30 @@ def _issues_from_validation(
     return out
 
 
+def _typed_entry(
+    doc: YamlDoc,
+    file: str,
+    path: yamldoc.Path,
+    raw: Any,
+    known: Collection[str],
+    kind: str,
+    issues: list[ConfigIssue],
+) -> str | None:
+    """The `type` of one list entry (a check, an exporter), or None after recording why not:
+    the entry is not a mapping, has no type, or names an unknown one."""
+    if not isinstance(raw, dict):
+        issues.append(ConfigIssue(file, doc.line_of(path), format_path(path), "expected a mapping"))
+        return None
+    type_name = raw.get("type")
+    if type_name in known:
+        return str(type_name)
+    where = path + ("type",) if "type" in raw else path
+    what = "required key is missing" if type_name is None else f"unknown {kind} type {type_name!r}"
+    message = f"{what} (known: {', '.join(sorted(known))})"
+    issues.append(ConfigIssue(file, doc.line_of(where), format_path(path + ("type",)), message))
+    return None
+
+
 def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
     """Validate a whole config document. Raises ConfigError listing every problem found."""
     env = os.environ if env is None else env
@@ -176,19 +200,8 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
     seen: dict[str, int] = {}
     for i, raw in enumerate(checks_raw):
         path: yamldoc.Path = ("checks", i)
-        if not isinstance(raw, dict):
-            issues.append(ConfigIssue(file, doc.line_of(path), format_path(path), "expected a mapping"))
-            continue
-        type_name = raw.get("type")
-        if type_name not in REGISTRY:
-            known = ", ".join(sorted(REGISTRY))
-            where = path + ("type",) if "type" in raw else path
-            what = "required key is missing" if type_name is None else f"unknown check type {type_name!r}"
-            issues.append(
-                ConfigIssue(
-                    file, doc.line_of(where), format_path(path + ("type",)), f"{what} (known: {known})"
-                )
-            )
+        type_name = _typed_entry(doc, file, path, raw, REGISTRY, "check", issues)
+        if type_name is None:
             continue
         values = {"interval": agent.interval, "timeout": agent.timeout, **raw}
         try:
@@ -253,19 +266,8 @@ def _exporting(
     exporters: list[Any] = []
     for i, raw in enumerate(raw_exporters):
         path: yamldoc.Path = ("exporters", i)
-        if not isinstance(raw, dict):
-            issues.append(ConfigIssue(file, doc.line_of(path), format_path(path), "expected a mapping"))
-            continue
-        type_name = raw.get("type")
-        if type_name not in EXPORTERS:
-            known = ", ".join(sorted(EXPORTERS))
-            where = path + ("type",) if "type" in raw else path
-            what = "required key is missing" if type_name is None else f"unknown exporter type {type_name!r}"
-            issues.append(
-                ConfigIssue(
-                    file, doc.line_of(where), format_path(path + ("type",)), f"{what} (known: {known})"
-                )
-            )
+        type_name = _typed_entry(doc, file, path, raw, EXPORTERS, "exporter", issues)
+        if type_name is None:
             continue
         try:
             context = {

@@ -31,7 +31,6 @@ import difflib
 import fnmatch
 import importlib
 import os
-import random
 import re
 import time
 import uuid
@@ -57,7 +56,9 @@ from pydantic.alias_generators import to_camel
 from agent import yamldoc
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
 from agent.errors import ConfigError, ConfigIssue
+from agent.retry import backoff, retry_after_header
 from agent.yamldoc import DocumentError, YamlDoc, format_path
+from exporters.oci_client import NoRegion, monitoring_client, signer_for
 
 MANAGED_TAG = ("managed-by", "mamori")  # a freeform tag on every alarm this command writes
 HOST = "host"  # the dimension the exporter names the agent with (exporters/oci.py)
@@ -693,53 +694,21 @@ def make_client(conn: Connection) -> tuple[Any, str]:
     """A MonitoringClient with the SDK's retries and circuit breaker off, and its endpoint.
     Raises AlarmsError (one line, no secret) when the credentials cannot be set up."""
     oci = _sdk()
-    no_retry = oci.retry.NoneRetryStrategy()
-    no_breaker = oci.circuit_breaker.NoCircuitBreakerStrategy()
-    config: dict[str, Any] = {}
-    region = conn.region
     try:
-        if conn.auth == "config_file":
-            path = str(Path(conn.config_file).expanduser())
-            config = oci.config.from_file(path, conn.profile)
-            region = region or config.get("region")
-            if region:
-                config["region"] = region
-            signer: Any = oci.signer.Signer(
-                tenancy=config["tenancy"],
-                user=config["user"],
-                fingerprint=config["fingerprint"],
-                private_key_file_location=config["key_file"],
-                pass_phrase=config.get("pass_phrase"),
-            )
-        elif conn.auth == "instance_principal":
-            signer = oci.auth.signers.InstancePrincipalsSecurityTokenSigner(
-                retry_strategy=no_retry,
-                federation_client_retry_strategy=no_retry,
-                federation_client_circuit_breaker_strategy=no_breaker,
-            )
-            region = region or signer.region
-        else:
-            signer = oci.auth.signers.get_resource_principals_signer()
-            region = region or getattr(signer, "region", None)
+        signer, config, region = signer_for(
+            oci, conn.auth, config_file=conn.config_file, profile=conn.profile, region=conn.region
+        )
     except Exception as exc:  # the SDK's config, key and metadata errors: one line each
         first = (str(exc).splitlines() or [""])[0][:200]
         raise AlarmsError(f"cannot authenticate ({conn.auth}): {type(exc).__name__}: {first}") from None
-    endpoint = conn.endpoint
-    if endpoint is None:
-        if not region:
-            raise AlarmsError(
-                "no region: give --region (or set region in the profile of the OCI config file)"
-            )
-        endpoint = oci.regions.endpoint_for("monitoring", region=region)
-    client = oci.monitoring.MonitoringClient(
-        config,
-        signer=signer,
-        service_endpoint=endpoint.rstrip("/"),
-        retry_strategy=no_retry,
-        circuit_breaker_strategy=no_breaker,
-        timeout=(min(10.0, conn.timeout), conn.timeout),
-    )
-    return client, endpoint.rstrip("/")
+    try:
+        return monitoring_client(
+            oci, signer, config, region=region, endpoint=conn.endpoint, timeout=conn.timeout, ingestion=False
+        )
+    except NoRegion:
+        raise AlarmsError(
+            "no region: give --region (or set region in the profile of the OCI config file)"
+        ) from None
 
 
 class ApiError(AlarmsError):
@@ -750,14 +719,6 @@ class ApiError(AlarmsError):
         super().__init__(message)
         self.status = status
         self.fatal = fatal
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    value = (headers or {}).get("retry-after") or (headers or {}).get("Retry-After")
-    try:
-        return None if value is None else max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: the backoff is good enough for a command line
 
 
 class AlarmsApi:
@@ -808,7 +769,7 @@ class AlarmsApi:
                 message = (str(exc.message or "").splitlines() or [""])[0][:300]
                 answer = f"{status} {code}: {message} (opc-request-id {exc.request_id or '-'})"
                 if status in RETRY_STATUSES and attempt < self.attempts:
-                    self._wait(attempt, _retry_after(exc.headers))
+                    self._wait(attempt, retry_after_header(exc.headers))
                     continue
                 if status == 401:
                     raise ApiError(
@@ -849,7 +810,7 @@ class AlarmsApi:
         if retry_after is not None:
             delay = min(retry_after, MAX_RETRY_AFTER)
         else:
-            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+            delay = backoff(attempt, base=self.backoff, cap=self.max_backoff)
         self.sleep(delay)
         self._next = max(self._next, self.clock())
 

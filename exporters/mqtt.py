@@ -46,6 +46,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from agent.errors import StartupError
 from agent.model import CheckResult
 from agent.outbox import Record
+from agent.retry import backoff
 from agent.types import Duration, Model, secret_value
 from exporters.base import ExportContext, ExporterBase, PushExporter, PushResult
 from exporters.fleet import Fleet, FleetConfig
@@ -400,9 +401,7 @@ class MqttExporter:
 
     def _delay(self) -> float:
         cfg = self.config
-        steps = max(0, self.failures - 1)
-        delay = min(cfg.reconnect_max, cfg.reconnect_delay * 2.0 ** min(steps, 30))
-        return delay * (0.5 + self._rand() / 2)
+        return backoff(max(1, self.failures), self._rand, base=cfg.reconnect_delay, cap=cfg.reconnect_max)
 
     def _failed(self, error: str) -> None:
         """A connect failed or a connection ended: remember why (push() says it), log it once

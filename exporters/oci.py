@@ -39,7 +39,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -48,9 +47,11 @@ from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validat
 
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
 from agent.errors import StartupError
+from agent.retry import retry_after_header
 from agent.types import Duration, secret_value
 from exporters.base import ExportContext, ExporterBase, PushResult
 from exporters.config import ExtraMissing
+from exporters.oci_client import NoRegion, monitoring_client, signer_for
 from exporters.samples import flatten, unit
 
 if TYPE_CHECKING:
@@ -508,55 +509,28 @@ class OciExporter:
 
         cfg = self.config
         self._models = oci.monitoring.models
-        no_retry = oci.retry.NoneRetryStrategy()
-        no_breaker = oci.circuit_breaker.NoCircuitBreakerStrategy()
-        sdk_config: dict[str, Any] = {}
-        region = cfg.region
-        signer: Any
-        if cfg.auth == "config_file":
-            sdk_config = oci.config.from_file(str(cfg.config_file.expanduser()), cfg.profile)
-            if cfg.pass_phrase is not None:
-                sdk_config["pass_phrase"] = secret_value(cfg.pass_phrase)
-            region = region or sdk_config.get("region")
-            if region:
-                sdk_config["region"] = region  # validate_config wants one even with an endpoint
-            signer = oci.signer.Signer(
-                tenancy=sdk_config["tenancy"],
-                user=sdk_config["user"],
-                fingerprint=sdk_config["fingerprint"],
-                private_key_file_location=sdk_config["key_file"],
-                pass_phrase=sdk_config.get("pass_phrase"),
-            )
-        elif cfg.auth == "instance_principal":
-            kwargs: dict[str, Any] = {
-                "retry_strategy": no_retry,
-                "federation_client_retry_strategy": no_retry,
-                "federation_client_circuit_breaker_strategy": no_breaker,
-            }
-            if cfg.federation_endpoint:
-                kwargs["federation_endpoint"] = cfg.federation_endpoint
-            signer = oci.auth.signers.InstancePrincipalsSecurityTokenSigner(**kwargs)
-            region = region or signer.region
-        else:
-            signer = oci.auth.signers.get_resource_principals_signer()
-            region = region or getattr(signer, "region", None)
-        endpoint = cfg.endpoint
-        if endpoint is None:
-            if not region:
-                raise ValueError("no region: set `region` (the auth method did not name one)")
-            endpoint = oci.regions.endpoint_for(
-                "monitoring",
-                region=region,
-                service_endpoint_template="https://telemetry-ingestion.{region}.{secondLevelDomain}",
-            )
-        return oci.monitoring.MonitoringClient(
-            sdk_config,
-            signer=signer,
-            service_endpoint=endpoint.rstrip("/"),
-            retry_strategy=no_retry,
-            circuit_breaker_strategy=no_breaker,
-            timeout=(min(cfg.timeout, 10.0), cfg.timeout),
+        signer, sdk_config, region = signer_for(
+            oci,
+            cfg.auth,
+            config_file=cfg.config_file,
+            profile=cfg.profile,
+            pass_phrase=secret_value(cfg.pass_phrase) if cfg.pass_phrase is not None else None,
+            region=cfg.region,
+            federation_endpoint=cfg.federation_endpoint,
         )
+        try:
+            client, _ = monitoring_client(
+                oci,
+                signer,
+                sdk_config,
+                region=region,
+                endpoint=cfg.endpoint,
+                timeout=cfg.timeout,
+                ingestion=True,
+            )
+        except NoRegion:
+            raise ValueError("no region: set `region` (the auth method did not name one)") from None
+        return client
 
     def _refused(self, streams: list[_Stream], response: Any) -> set[int]:
         data = response.data
@@ -601,7 +575,7 @@ class OciExporter:
             status, code = int(exc.status), str(exc.code)
             error = f"{status} {code} (opc-request-id {exc.request_id or '-'})"
             if status == 429 or status >= 500:
-                return _Failure(error, _retry_after(exc.headers))
+                return _Failure(error, retry_after_header(exc.headers))
             hint = {
                 400: "the request was refused as a whole; it is retried one result at a time and "
                 "dropped as expired after 2 h",
@@ -637,21 +611,6 @@ class OciExporter:
 def _sdk() -> Any:
     """The `oci` package (untyped; imported only when an oci exporter is built)."""
     return importlib.import_module("oci")
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if any."""
-    value = (headers or {}).get("retry-after") or (headers or {}).get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def build(config: Config, context: ExportContext) -> OciExporter:

@@ -30,14 +30,12 @@ Failures, as the pump (exporters/base.py) sees them:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import importlib
 import logging
 import math
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ from agent import __version__
 from agent.catalog import CHECK_METRICS
 from agent.model import CheckResult, Status
 from agent.outbox import Record
+from agent.retry import parse_retry_after
 from agent.types import Duration
 from exporters.base import ExportContext, ExporterBase, PushResult
 from exporters.config import ExtraMissing
@@ -300,7 +299,7 @@ class _Signal:
         if response is None:
             return _Answer(ok, failure=failure or "the SDK refused to send the request")
         status = int(response.status_code)
-        retry_after = _retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+        retry_after = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
         return _Answer(ok, status, retry_after, bytes(response.content or b""))
 
     def close(self) -> None:
@@ -313,21 +312,6 @@ def _describe(exc: BaseException) -> str:
         if needle in text:
             return f"{type(exc).__name__} ({what})"
     return type(exc).__name__
-
-
-def _retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds from now: delay-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _status_message(body: bytes) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from agent.lab.apps import HEALTH_CHECK_AGENT
 from agent.lab.certs import DEFAULT_DNS_NAME, Leaf
+from agent.lab.ports import accepts
 
 HOST = "127.0.0.1"
 BACKEND = "app"  # the backend every request goes to while the route is intact
@@ -233,7 +234,7 @@ listen stats
         try:
             # Ready when the stats answer as HAProxy's do: HAProxy binds every listener before it
             # serves any, so this also proves the frontend port is HAProxy's, not another process's.
-            while not (await self._stats_answer() and await _accepts(self.port)):
+            while not (await self._stats_answer() and await accepts(self.port)):
                 if proc.returncode is not None:
                     raise HAProxyError(f"haproxy exited with status {proc.returncode}: {self._stderr()}")
                 if loop.time() > deadline:
@@ -381,18 +382,6 @@ listen stats
             if loop.time() - started >= timeout:
                 raise TimeoutError(f"after {timeout:g} s HAProxy sees {last}, not {dict(states)}")
             await asyncio.sleep(0.02)
-
-
-async def _accepts(port: int) -> bool:
-    """Whether 127.0.0.1:port accepts a TCP connection now."""
-    try:
-        _, writer = await asyncio.open_connection(HOST, port)
-    except OSError:
-        return False
-    writer.close()
-    with suppress(OSError):
-        await writer.wait_closed()
-    return True
 
 
 def _dechunk(data: bytes) -> bytes:

@@ -30,6 +30,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from agent.lab.certs import Leaf
+from agent.lab.ports import accepts
 
 HOST = "127.0.0.1"
 _START_TIMEOUT = 5.0  # the broker listens within ~10 ms; this only bounds a broken start
@@ -166,7 +167,7 @@ class Mosquitto:
         deadline = loop.time() + _START_TIMEOUT
         ports = [p for p in (self.port, self.tls_port) if p is not None]
         try:
-            while not all([await _accepts(p) for p in ports]):
+            while not all([await accepts(p) for p in ports]):
                 if proc.returncode is not None:
                     raise MosquittoError(
                         f"mosquitto exited with status {proc.returncode}: {self._log_since(log_offset)}"
@@ -219,14 +220,3 @@ class Mosquitto:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-async def _accepts(port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 0.5)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with suppress(OSError):
-        await writer.wait_closed()
-    return True

@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
+from agent.lab.ports import accepts
+
 if TYPE_CHECKING:  # the labs are imported when started: `agentctl demo fault` stays light
     from agent.lab.mosquitto import Mosquitto
     from agent.lab.postgres import PgLab
@@ -335,7 +337,7 @@ class _Child:
                 )
             proc = self._proc
             deadline = time.monotonic() + _READY_TIMEOUT
-            while not await _accepts(self.port):
+            while not await accepts(self.port):
                 if proc.returncode is not None:
                     break
                 if time.monotonic() > deadline:
@@ -1054,17 +1056,6 @@ async def _switch_wal(dsn: str) -> None:
 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("SELECT pg_switch_wal()")
-
-
-async def _accepts(port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 0.5)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
 
 
 async def _gather(*aws: Any) -> None:

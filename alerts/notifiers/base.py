@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 
+from agent.retry import parse_retry_after
 from alerts.model import Delivery, Outcome
 
 log = logging.getLogger("mamori.notifiers")
@@ -30,24 +29,6 @@ class Answer:
     status: int
     body: str
     retry_after: float | None
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """`Retry-After` as seconds ≥ 0: delta-seconds or an HTTP date; None when absent or garbled."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
 
 
 def one_line(text: str, limit: int = _MAX_DETAIL) -> str:

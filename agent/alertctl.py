@@ -84,7 +84,69 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 # --- alerts ----------------------------------------------------------------------------------
 
 
-def _alert_row(record: AlertRecord, alerts: AlertsConfig, agent: str) -> dict[str, Any]:
+def _span(seconds: float) -> str:
+    from alerts.engine import span
+
+    return span(seconds)
+
+
+def _why(record: AlertRecord, view: _View) -> tuple[str, float | None]:
+    """Why the alert is where it is when that is not obvious — held open by flap detection, or
+    firing but not paged (silence, maintenance, the connectivity guard) — and until when."""
+    from alerts.config import NETWORK_DOWN_RULE
+    from alerts.model import AlertState
+
+    alerts, now = view.alerts, view.now
+    flips = sorted(t for t in record.flips if t > now - alerts.flap.window)
+    if record.flapping and flips:
+        until = flips[-1] + alerts.flap.window
+        changes = f"{len(flips)} state changes in {_span(alerts.flap.window)}"
+        if record.state != AlertState.FIRING:
+            return f"flapping ({changes}): kept open; resolves at {_iso(until)} if no change before", until
+        return f"flapping ({changes}): stable again at {_iso(until)} at the earliest", until
+    if record.state != AlertState.FIRING or record.told or record.rule == NETWORK_DOWN_RULE:
+        return "", None
+    if view.network_down:
+        return "not paged: the agent's network is down (connectivity guard)", None
+    for window in alerts.maintenance:
+        if window.applies_to(record.rule, record.check) and window.active(now):
+            return f"not paged: maintenance window {window.name or '(unnamed)'}", None
+    labels = {"rule": record.rule, "check": record.check, "target": record.target}
+    rule = view.rules.get(record.rule)
+    labels["severity"] = rule.severity.value if rule is not None else ""
+    tags = view.tags.get(record.check, ())
+    for silence in view.silences:
+        if silence.active(now) and silence.matches(labels, tags):
+            return f"not paged: silence {silence.id} until {_iso(silence.ends_at)}", silence.ends_at
+    return "not paged yet (grouping)", None
+
+
+class _View:
+    """What explaining an alert needs besides the alert itself."""
+
+    def __init__(
+        self, cfg: Config, alerts: AlertsConfig, records: list[AlertRecord], silences: list[Silence]
+    ):
+        from alerts.config import NETWORK_DOWN_RULE
+        from alerts.engine import GUARD_CHECK
+        from alerts.model import AlertState
+
+        self.alerts = alerts
+        self.now = time.time()
+        self.rules = {r.name: r for r in alerts.rules}
+        self.tags = {c.name: tuple(c.tags) for c in cfg.checks}
+        self.silences = silences
+        self.network_down = any(
+            r.key == (NETWORK_DOWN_RULE, GUARD_CHECK) and r.state == AlertState.FIRING for r in records
+        )
+
+
+def _shown(record: AlertRecord) -> bool:
+    """Firing and pending alerts, and incidents flap detection keeps open after a recovery."""
+    return record.state.value in ("firing", "pending") or (record.flapping and record.told)
+
+
+def _alert_row(record: AlertRecord, alerts: AlertsConfig, agent: str, view: _View) -> dict[str, Any]:
     from alerts.config import NETWORK_DOWN_RULE
 
     rules = {r.name: r for r in alerts.rules}
@@ -106,14 +168,18 @@ def _alert_row(record: AlertRecord, alerts: AlertsConfig, agent: str) -> dict[st
         }
         summary = rule.summary.format(**fields).strip()
     since = record.pending_since if record.state == "pending" else record.changed_at
+    note, until = _why(record, view)
+    held = record.flapping and record.told and record.state.value != "firing"
     return {
         "rule": record.rule,
         "check": record.check,
-        "state": record.state.value,
+        "state": "held" if held else record.state.value,
         "since": _iso(since),
         "severity": severity,
         "summary": summary,
         "notified": record.told,
+        "note": note,
+        "until": _iso(until) if until is not None else None,
     }
 
 
@@ -128,16 +194,17 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         store = _open_store(alerts)
         try:
             records = store.load_states()
+            silences = store.silences()
             outbox = {route: store.pending(route) for route in sorted(set(configured) | set(store.routes()))}
             dead = int(store.db.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
         except sqlite3.Error as exc:
             raise UsageError(f"cannot read the alert state file {alerts.state_file}: {exc}") from None
         finally:
             store.close()
-        rows = [
-            _alert_row(r, alerts, cfg.agent.name) for r in records if r.state.value in ("firing", "pending")
-        ]
-        rows.sort(key=lambda r: (r["state"] != "firing", r["rule"], r["check"]))
+        view = _View(cfg, alerts, records, silences)
+        rows = [_alert_row(r, alerts, cfg.agent.name, view) for r in records if _shown(r)]
+        order = {"firing": 0, "held": 1, "pending": 2}
+        rows.sort(key=lambda r: (order.get(r["state"], 3), r["rule"], r["check"]))
     else:
         outbox = dict.fromkeys(configured, 0)
     if args.json:
@@ -147,8 +214,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         header = ("RULE", "CHECK", "STATE", "SINCE", "SEVERITY", "SUMMARY")
         keys = ("rule", "check", "state", "since", "severity", "summary")
         _out(_table([header, *[tuple(str(r[k]) for k in keys) for r in rows]]))
+        for r in rows:  # the why, under the table: a summary can be long
+            if r["note"]:
+                _out(f"  {r['rule']}/{r['check']}: {r['note']}")
     else:
-        _out("no firing or pending alerts")
+        _out("no firing, held or pending alerts")
     depth = ", ".join(f"{route}={n}" for route, n in outbox.items()) or "no routes"
     _out(f"\noutbox: {depth}")
     _out(f"dead letters: {dead}")
@@ -298,7 +368,8 @@ async def _send_test(notifier_config: Any, agent: str) -> Any:
         id=uuid.uuid4().hex,
         route=route,
         event=Event.TEST,
-        dedup_key=f"mamori:{agent}:notify_test:{route}",
+        # A key of its own per test: a test never appends to another test's (or a real) incident.
+        dedup_key=f"mamori:{agent}:notify_test:{route}:{uuid.uuid4().hex[:8]}",
         alert="notify_test",
         severity=Severity.INFO,
         summary=f"Mamori test notification from {agent} via {route}",

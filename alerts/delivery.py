@@ -9,7 +9,9 @@ Guarantees:
   service accepting and the row being deleted resends it after restart; the stable `dedup_key`
   makes that harmless for PagerDuty/Alertmanager.
 - RETRY waits `retry_after` when the service gave one (capped at 1 h), else exponential backoff
-  with jitter: base 1 s doubling to a 5 min cap, times a random factor in [0.5, 1).
+  with jitter: base 1 s doubling to a `PAGE_BACKOFF_CAP` of 10 s, times a random factor in
+  [0.5, 1). A page is worth a request every few seconds: an outage of any length is followed by
+  the page within 10 s of the service's recovery (exporters keep the 5 min cap of agent/retry.py).
 - REJECTED is never retried: the row moves to the store's `dead` table and is logged.
 - Memory is bounded: the outbox is read `page_size` rows at a time.
 """
@@ -29,6 +31,8 @@ from alerts.model import Delivery, Notification, Notifier, Outcome
 from alerts.store import AlertStore
 
 log = logging.getLogger("mamori.alerts.delivery")
+
+PAGE_BACKOFF_CAP = 10.0  # seconds: the longest a page waits after its service recovers
 
 
 class Deliverer:
@@ -92,7 +96,7 @@ class Deliverer:
                     if delivery.retry_after is not None:
                         delay = min(max(delivery.retry_after, 0.0), RETRY_AFTER_CAP)
                     else:
-                        delay = backoff(attempts, self.rand)
+                        delay = backoff(attempts, self.rand, cap=PAGE_BACKOFF_CAP)
                     self.store.retry(item.id, attempts, now + delay, delivery.detail)
                     if attempts == 1 or attempts % 10 == 0:  # an outage must not flood the log
                         log.warning(

@@ -46,6 +46,22 @@ SILENCE_KEYS = frozenset({"rule", "check", "target", "severity", "tag"})
 AlertKey = tuple[str, str]  # (rule, check)
 
 
+def span(value: float) -> str:
+    """A duration for messages: 42s, 5m10s, 2h03m."""
+    value = max(0.0, value)
+    if value < 60:
+        return f"{value:.0f}s"
+    minutes = int(value // 60)
+    if minutes < 120:
+        return f"{minutes}m{int(value % 60):02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _identity(alert: AlertRecord, agent: str) -> dict[str, str]:
+    fields = {"check": alert.check, "target": alert.target, "reason": alert.reason, "agent": agent}
+    return {k: v for k, v in fields.items() if v}
+
+
 def dedup_key(agent: str, rule: str, check: str) -> str:
     """Stable for the life of an alert and across restarts: `mamori:<agent>:<rule>:<check>`."""
     return f"mamori:{agent}:{rule}:{check}"
@@ -73,6 +89,10 @@ class AlertRecord:
     message: str = ""
     value: str = ""
     severity: str = ""  # the rule's, when its trigger was sent (to route a resolve if the rule goes)
+    paged_at: float = 0.0  # when the incident's trigger was sent (a resolve says how long it lasted)
+    incident_checks: list[str] = field(default_factory=list)  # the checks that trigger named
+    recovery: str = ""  # the message of the last good result (a resolve says what recovered)
+    identity: dict[str, str] = field(default_factory=dict)  # its incident's trigger's (see Notification)
 
     @property
     def key(self) -> AlertKey:
@@ -89,6 +109,8 @@ class AlertRecord:
         record = cls(**known)
         record.state = AlertState(record.state)
         record.flips = list(record.flips)
+        record.incident_checks = list(record.incident_checks)
+        record.identity = dict(record.identity)
         return record
 
 
@@ -273,6 +295,7 @@ class AlertEngine:
         else:
             alert.good_streak += 1
             alert.bad_streak = 0
+            alert.recovery = result.message
             if alert.state == AlertState.PENDING:
                 alert.state, alert.pending_since, alert.changed_at = AlertState.INACTIVE, None, now
             elif alert.state == AlertState.FIRING and alert.good_streak >= rule.success_threshold:
@@ -374,9 +397,10 @@ class AlertEngine:
                 dedup_key=incident,
                 alert=alert.rule,
                 severity=severity,
-                summary=f"RESOLVED: rule {alert.rule} was removed ({alert.check} on {alert.target})",
+                summary=f"rule {alert.rule} was removed: incident of {alert.check} on {alert.target} closed",
                 details={k: v for k, v in details.items() if v},
                 created_at=now,
+                identity=dict(alert.identity),
             )
             for route in self.config.route_names(severity)
         ]
@@ -416,6 +440,8 @@ class AlertEngine:
             for m in members:
                 m.incident, m.notified_at, m.flap_notice = incident, now, False
                 m.severity = rule.severity.value
+                m.paged_at, m.incident_checks = now, [x.check for x in members]
+                m.identity = _identity(members[0], self.agent)
                 self._dirty.add(m.key)
             out += self._notify(rule, Event.TRIGGER, incident, members, now)
         return out
@@ -463,6 +489,8 @@ class AlertEngine:
         out: list[Notification] = []
         if firing and not record.told and not muted:
             record.told, record.incident, record.notified_at = True, key, now
+            record.paged_at, record.incident_checks = now, [GUARD_CHECK]
+            record.identity = _identity(record, self.agent)
             out = self._notify(rule, Event.TRIGGER, key, [record], now)
         elif (
             firing and record.told and not muted and now - record.notified_at >= self.config.reminder_interval
@@ -482,6 +510,7 @@ class AlertEngine:
         self, rule: AlertRule, event: Event, incident: str, members: list[AlertRecord], now: float
     ) -> list[Notification]:
         first = members[0]
+        identity = first.identity or _identity(first, self.agent)
         fields = {
             "check": first.check,
             "target": first.target,
@@ -490,20 +519,19 @@ class AlertEngine:
             "value": first.value,
             "agent": self.agent,
         }
-        summary = rule.summary.format(**fields).strip()
-        if len(members) > 1:
-            others = ", ".join(m.check for m in members[1:])
-            summary = f"{summary} (+{len(members) - 1} more: {others})"
-        flapping = any(m.flapping for m in members)
         if event == Event.RESOLVE:
-            summary = f"RESOLVED: {summary}"
-        elif flapping:
-            summary = f"FLAPPING: {summary}"
-        details = {k: v for k, v in fields.items() if v}
-        details["state"] = "resolved" if event == Event.RESOLVE else "firing"
-        details["checks"] = ",".join(m.check for m in members)
-        if flapping:
-            details["flapping"] = "true"
+            summary, details = self._recovered(rule, first, now)
+        else:
+            summary = rule.summary.format(**fields).strip()
+            if len(members) > 1:
+                others = ", ".join(m.check for m in members[1:])
+                summary = f"{summary} (+{len(members) - 1} more: {others})"
+            details = {k: v for k, v in fields.items() if v}
+            details["state"] = "firing"
+            details["checks"] = ",".join(m.check for m in members)
+            if any(m.flapping for m in members):
+                summary = f"FLAPPING: {summary}"
+                details["flapping"] = "true"
         return [
             Notification(
                 id=self._new_id(),
@@ -516,6 +544,26 @@ class AlertEngine:
                 details=dict(details),
                 runbook_url=rule.runbook_url,
                 created_at=now,
+                identity=dict(identity),
             )
             for route in self.config.route_names(rule.severity)
         ]
+
+    def _recovered(self, rule: AlertRule, alert: AlertRecord, now: float) -> tuple[str, dict[str, str]]:
+        """A resolve's summary and details: what recovered (every check its trigger named, so a
+        grouped incident resolves under the names it was paged with), for how long it had been
+        paged, and what the check says now — not the failure's fields again."""
+        checks = list(dict.fromkeys([*alert.incident_checks, alert.check]))
+        lasted = f" after {span(now - alert.paged_at)}" if alert.paged_at > 0 else ""
+        if rule.name == NETWORK_DOWN_RULE:
+            summary = f"agent {self.agent}: network back{lasted} ({alert.message})"
+        elif len(checks) == 1:
+            now_says = f": {alert.recovery}" if alert.recovery else ""
+            summary = f"{alert.check} on {alert.target} recovered{lasted}{now_says}"
+        else:
+            summary = f"{len(checks)} checks recovered{lasted}: {', '.join(checks)}"
+        details = {"check": alert.check, "target": alert.target, "agent": self.agent, "state": "resolved"}
+        details["checks"] = ",".join(checks)
+        if alert.paged_at > 0:
+            details["paged_for"] = span(now - alert.paged_at)
+        return summary, {k: v for k, v in details.items() if v}

@@ -49,6 +49,10 @@ class Notification:
     details: dict[str, str] = field(default_factory=dict)  # check, target, reason, value, agent...
     runbook_url: str | None = None
     created_at: float = 0.0  # unix seconds
+    # The trigger's check, target, reason and agent, repeated on its reminders and its resolve: a
+    # service that matches a resolve to its trigger by labels (Alertmanager) needs them unchanged,
+    # even when the reason moved on or another check of a grouped incident recovered last.
+    identity: dict[str, str] = field(default_factory=dict)
 
 
 class Outcome(enum.StrEnum):

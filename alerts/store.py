@@ -55,6 +55,7 @@ def notification_to_json(n: Notification) -> str:
             "details": n.details,
             "runbook_url": n.runbook_url,
             "created_at": n.created_at,
+            "identity": n.identity,
         },
         sort_keys=True,
     )
@@ -73,6 +74,7 @@ def notification_from_json(text: str) -> Notification:
         details=dict(d["details"]),
         runbook_url=d["runbook_url"],
         created_at=float(d["created_at"]),
+        identity=dict(d.get("identity") or {}),  # rows written before identity existed have none
     )
 
 

@@ -4,7 +4,8 @@ Labels are the alert's identity in Alertmanager (`alertname`, `severity` and the
 `label_keys`); every other detail, the summary and the runbook are annotations, so a changing
 measured value never forks the alert. RESOLVE sets `endsAt` = now with the same labels, which
 resolves it. A firing alert without `endsAt` is resolved by Alertmanager itself after its
-`resolve_timeout` (5 m by default) unless re-sent: reminders re-send it.
+`resolve_timeout` (5 m by default) unless re-sent: reminders re-send it. TEST fires with an `endsAt`
+`TEST_LIFETIME` ahead, so Alertmanager routes it like a real alert and then resolves it itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from alerts.model import Delivery, Event, Notification
 from alerts.notifiers.base import HttpNotifier, classify
 from alerts.notifiers.config import AlertmanagerConfig
 from alerts.notifiers.pagerduty import iso8601
+
+TEST_LIFETIME = 300.0  # seconds a test alert stays active (longer than a usual group_wait)
 
 
 class AlertmanagerNotifier(HttpNotifier):
@@ -30,8 +33,10 @@ class AlertmanagerNotifier(HttpNotifier):
     def alerts(self, notification: Notification, now: float | None = None) -> list[dict[str, Any]]:
         """The request body: a list of one postable alert."""
         details = notification.details
+        # The trigger's identity, so its reminders and its resolve carry exactly its labels.
+        identity = {**details, **notification.identity}
         labels = {"alertname": notification.alert, "severity": notification.severity.value}
-        labels.update({key: details[key] for key in self.config.label_keys if details.get(key)})
+        labels.update({key: identity[key] for key in self.config.label_keys if identity.get(key)})
         annotations = {"summary": notification.summary or notification.alert}
         description = [f"{key}: {value}" for key, value in details.items() if key not in labels]
         description += [f"{key}: {labels[key]}" for key in self.config.label_keys if key in labels]
@@ -47,6 +52,8 @@ class AlertmanagerNotifier(HttpNotifier):
             alert["endsAt"] = iso8601(when)
         else:
             alert["startsAt"] = iso8601(notification.created_at or when)
+        if notification.event is Event.TEST:
+            alert["endsAt"] = iso8601(when + TEST_LIFETIME)
         if self.config.generator_url:
             alert["generatorURL"] = self.config.generator_url
         return [alert]

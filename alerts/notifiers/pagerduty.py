@@ -1,15 +1,17 @@
 """PagerDuty Events API v2: one event per notification.
 
-TRIGGER, REMIND and TEST send `trigger` (PagerDuty appends a trigger with an open incident's
+TRIGGER and REMIND send `trigger` (PagerDuty appends a trigger with an open incident's
 `dedup_key` to that incident, so a reminder never opens a second one); RESOLVE sends `resolve`
-with the same key. The routing key travels only in the request body: it is never logged and
-never part of a `Delivery`.
+with the same key. TEST sends a `trigger` and, once it is accepted, the `resolve` of the same key:
+a test proves the route end to end and leaves no incident open. The routing key travels only in
+the request body: it is never logged and never part of a `Delivery`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,6 +84,17 @@ class PagerDutyNotifier(HttpNotifier):
         return body
 
     async def send(self, notification: Notification) -> Delivery:
+        delivery = await self._send_one(notification)
+        if notification.event is not Event.TEST or delivery.outcome is not Outcome.DELIVERED:
+            return delivery
+        resolve = replace(notification, event=Event.RESOLVE)
+        closed = await self._send_one(resolve)
+        if closed.outcome is Outcome.DELIVERED:
+            return Delivery(Outcome.DELIVERED, f"{delivery.detail}, then resolved")
+        detail = f"{delivery.detail}, but its resolve failed ({closed.detail}): resolve it by hand"
+        return Delivery(closed.outcome, detail, closed.retry_after)
+
+    async def _send_one(self, notification: Notification) -> Delivery:
         where = f"pagerduty {notification.event.value} {notification.alert}"
         answer = await self._post(self.config.url, self.event(notification), where)
         secrets = (self.config.routing_key.get_secret_value(),)

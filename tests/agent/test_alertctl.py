@@ -4,7 +4,10 @@ sqlite state file, and the strict PagerDuty and Slack fakes on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +140,7 @@ async def test_alerts_with_no_state_yet(tmp_path: Path) -> None:
     cfg = str(write_config(tmp_path))
     code, out, err = await agentctl("alerts", "-c", cfg)
     assert (code, err) == (0, "")
-    assert out == "no firing or pending alerts\n\noutbox: pd=0\ndead letters: 0\n"
+    assert out == "no firing, held or pending alerts\n\noutbox: pd=0\ndead letters: 0\n"
     assert not (tmp_path / "state" / "alerts.db").exists()  # read-only: not created
     code, out, err = await agentctl("alerts", "-c", cfg, "--json")
     assert json.loads(out) == {"alerts": [], "outbox": {"pd": 0}, "dead_letters": 0}
@@ -184,19 +187,99 @@ async def test_alerts_shows_what_the_engine_wrote(tmp_path: Path) -> None:
     assert data["outbox"] == {"pd": 1} and data["dead_letters"] == 0
 
 
-async def test_notify_test_pagerduty_delivered(tmp_path: Path) -> None:
+def ok(check: str, at: float) -> CheckResult:
+    return CheckResult(check, "http", f"http://127.0.0.1:9/{check}", Status.OK, at, 0.1)
+
+
+async def test_alerts_shows_incidents_held_open_by_flap_detection_and_why(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    config = load(path)
+    assert config.alerts is not None
+    t = [time.time() - 200]
+    sink = AlertSink(config.alerts, {}, "box1", clock=lambda: t[0])
+    for bad in (True, False, True, False, True, False):  # six flips in 3 min: the 5th is flapping
+        await sink.consume(replace(critical("web"), started_at=t[0]) if bad else ok("web", t[0]))
+        t[0] += 30
+    await sink.aclose()
+    [record] = [r for r in AlertSink(config.alerts, {}, "box1").engine.records() if r.check == "web"]
+    assert (record.state.value, record.told, record.flapping) == ("resolved", True, True)
+    last_flip = max(record.flips)
+
+    code, out, err = await agentctl("alerts", "-c", str(path))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[1].split()[:3] == ["web_down", "web", "held"]
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_flip + 600))
+    assert lines[2] == (
+        f"  web_down/web: flapping (6 state changes in 10m00s): kept open; resolves at {until}"
+        " if no change before"
+    )
+    code, out, err = await agentctl("alerts", "-c", str(path), "--json")
+    [row] = json.loads(out)["alerts"]
+    assert (row["state"], row["notified"], row["until"]) == ("held", True, until)
+
+
+async def test_alerts_says_why_a_firing_alert_was_not_paged(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    config = load(path)
+    assert config.alerts is not None
+    code, silence_id, _ = await agentctl(
+        "silence", "add", "-c", str(path), "--match", "check=api", "--duration", "1h", "--comment", "x"
+    )
+    assert code == 0
+    sink = AlertSink(config.alerts, {}, "box1")
+    for _ in range(3):  # api_down's failure_threshold
+        await sink.consume(replace(critical("api"), started_at=time.time()))
+    await sink.aclose()
+    code, out, err = await agentctl("alerts", "-c", str(path), "--json")
+    assert (code, err) == (0, "")
+    [row] = json.loads(out)["alerts"]
+    assert (row["rule"], row["state"], row["notified"]) == ("api_down", "firing", False)
+    assert row["note"] == f"not paged: silence {silence_id.strip()} until {row['until']}"
+
+
+async def test_notify_test_pagerduty_delivered_and_resolved_leaving_nothing_open(tmp_path: Path) -> None:
     async with fake_pagerduty() as pd:
         cfg = write_config(
             tmp_path, [{"name": "pd", "type": "pagerduty", "routing_key": pd.routing_key, "url": pd.url}]
         )
+        runs = [await agentctl("notify-test", "-c", str(cfg), "pd") for _ in range(2)]
+    keys = []
+    for code, out, err in runs:
+        assert (code, err) == (0, "")
+        match = re.fullmatch(
+            r"pd: delivered: pagerduty test notify_test: 202"
+            r" dedup_key=(mamori:box1:notify_test:pd:[0-9a-f]{8}), then resolved\n",
+            out,
+        )
+        assert match, out
+        keys.append(match.group(1))
+        assert pd.routing_key not in out + err
+    assert keys[0] != keys[1]  # a second test is not appended to the first one's incident
+    assert [(e["event_action"], e["dedup_key"]) for e in pd.events] == [
+        ("trigger", keys[0]),
+        ("resolve", keys[0]),
+        ("trigger", keys[1]),
+        ("resolve", keys[1]),
+    ]
+    assert pd.events[0]["payload"]["summary"] == "Mamori test notification from box1 via pd"
+    assert [i.status for i in pd.incidents] == ["resolved", "resolved"]  # nothing left open
+
+
+async def test_notify_test_pagerduty_resolve_refused_says_the_incident_is_open(tmp_path: Path) -> None:
+    async with fake_pagerduty() as pd:
+        cfg = write_config(
+            tmp_path, [{"name": "pd", "type": "pagerduty", "routing_key": pd.routing_key, "url": pd.url}]
+        )
+        pd.fail_after(1, 503)
         code, out, err = await agentctl("notify-test", "-c", str(cfg), "pd")
-    assert (code, err) == (0, "")
-    assert out == "pd: delivered: pagerduty test notify_test: 202 dedup_key=mamori:box1:notify_test:pd\n"
-    [event] = pd.events
-    assert event["event_action"] == "trigger"
-    assert event["dedup_key"] == "mamori:box1:notify_test:pd"
-    assert event["payload"]["summary"] == "Mamori test notification from box1 via pd"
-    assert pd.routing_key not in out + err
+    assert (code, err) == (1, "")
+    assert out.startswith("pd: retry: pagerduty test notify_test: 202 dedup_key=mamori:box1:notify_test:pd:")
+    assert out.endswith(
+        ", but its resolve failed (pagerduty resolve notify_test: 503: Internal Server Error):"
+        " resolve it by hand\n"
+    )
+    assert [i.status for i in pd.incidents] == ["triggered"]
 
 
 async def test_notify_test_pagerduty_rejected(tmp_path: Path) -> None:

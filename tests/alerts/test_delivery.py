@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from agent.retry import backoff
 from alerts.delivery import Deliverer
 from alerts.model import Delivery, Event, Notification, Outcome, Severity
@@ -106,26 +108,29 @@ async def test_5xx_for_minutes_then_429_bursts_every_change_exactly_once_in_orde
     d = Deliverer("pager", pager, store, clock, rand=lambda: 0.0)
     await drive(d, clock)
 
-    # 503s: backoff 0.5, 1, 2, ... 150 (jitter factor 0.5 with rand=0), all on the head.
+    # 503s: backoff 0.5, 1, 2, 4, then the page cap (10 s × the jitter factor 0.5 with rand=0),
+    # all on the head.
     first = [t - T0 for t, nid, outcome in pager.attempts if outcome == Outcome.RETRY and t < T0 + 600]
-    assert first == [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, 63.5, 127.5, 255.5, 405.5, 555.5]
+    assert first == [0.0, 0.5, 1.5, 3.5, 7.5, *(12.5 + 5 * i for i in range(118))]
+    assert first[-1] == 597.5
     assert {nid for t, nid, _ in pager.attempts if t < T0 + 600} == {"n1"}
     # Each state change delivered exactly once, in the order it was made.
     assert [n.id for n in pager.delivered] == ["n1", "n2", "n3", "n4", "n5"]
-    # 429: the Retry-After of 7 s is honoured.
+    # The page follows the recovery at 600 s within the cap; then 429: Retry-After 7 s honoured.
     after = [(t - T0, nid, o.value) for t, nid, o in pager.attempts if t >= T0 + 600]
     assert after == [
-        (705.5, "n1", "delivered"),
-        (705.5, "n2", "retry"),
-        (712.5, "n2", "delivered"),
-        (712.5, "n3", "retry"),
-        (719.5, "n3", "delivered"),
-        (719.5, "n4", "retry"),
-        (726.5, "n4", "delivered"),
-        (726.5, "n5", "retry"),
-        (733.5, "n5", "delivered"),
+        (602.5, "n1", "retry"),
+        (609.5, "n1", "delivered"),
+        (609.5, "n2", "retry"),
+        (616.5, "n2", "delivered"),
+        (616.5, "n3", "retry"),
+        (623.5, "n3", "delivered"),
+        (623.5, "n4", "retry"),
+        (630.5, "n4", "delivered"),
+        (630.5, "n5", "retry"),
+        (637.5, "n5", "delivered"),
     ]
-    assert dict(d.counts) == {Outcome.RETRY: 16, Outcome.DELIVERED: 5}
+    assert dict(d.counts) == {Outcome.RETRY: 128, Outcome.DELIVERED: 5}
     assert store.pending() == 0
     store.close()
 
@@ -284,11 +289,38 @@ async def test_real_pagerduty_notifier_5xx_for_minutes_429_bursts_and_a_restart(
         ("trigger", "k:b"),  # the reminder: appended to b's open incident, not a new one
         ("resolve", "k:b"),
     ]
-    # Ten minutes of 503 on the head cost the backoff schedule, not a request per step: 9 before
-    # the restart (at 0, .5, 1.5, … 127.5 s; it happens at 255.5 s), then the fresh process
-    # starts its backoff over.
-    assert attempts_before_restart == 9
-    assert 12 <= pd.attempts <= 30, pd.attempts
+    # Ten minutes of 503 on the head cost the backoff schedule, not a request per step: with the
+    # page cap of 10 s (5 s at this jitter) 43 before the restart (at 0, .5, 1.5, 3.5, 7.5, 12.5,
+    # 17.5, … 197.5 s), then the fresh process starts its backoff over: about one every 5 s.
+    assert attempts_before_restart == 43
+    assert 120 <= pd.attempts <= 140, pd.attempts
     assert dict(d.counts)[Outcome.DELIVERED] == 5
     assert store.pending() == 0 and store.dead() == []
     store.close()
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.999])
+async def test_a_page_follows_the_services_recovery_within_ten_seconds(tmp_path: Path, jitter: float) -> None:
+    """Two minutes of 503 from PagerDuty: the backoff of a page is capped (10 s), so the trigger
+    reaches PagerDuty at most 10 s after it recovers, not minutes later."""
+    from alerts.delivery import PAGE_BACKOFF_CAP
+    from alerts.notifiers.config import PagerDutyConfig
+    from alerts.notifiers.pagerduty import PagerDutyNotifier
+    from tests.fakes.pagerduty import fake_pagerduty
+
+    clock = Clock()
+    async with fake_pagerduty() as pd:
+        pd.clock = clock
+        pd.fail_for(120, status=503)
+        cfg = PagerDutyConfig(type="pagerduty", name="pager", routing_key=pd.routing_key, url=pd.url)
+        store = AlertStore(tmp_path / "alerts.db")
+        store.commit([], [pd_note(1, Event.TRIGGER, "k:a")])
+        notifier = PagerDutyNotifier(cfg)
+        d = Deliverer("pager", notifier, store, clock, rand=lambda: jitter)
+        while (due := await d.step()) is not None:
+            clock.t = due
+        await notifier.aclose()
+        store.close()
+    assert pd.state_changes == [("k:a", "triggered")]
+    late = clock.t - (T0 + 120)
+    assert 0 <= late <= PAGE_BACKOFF_CAP == 10.0, late

@@ -168,12 +168,12 @@ def test_flapping_target_pages_once_not_twenty_times() -> None:
         clock.t += 30
         notes += e.observe(good())
         clock.t += 30
-    assert [(n.event.value, n.summary.split(":")[0]) for n in notes] == [
-        ("trigger", "web on https"),
-        ("resolve", "RESOLVED"),
-        ("trigger", "web on https"),
-        ("resolve", "RESOLVED"),
-        ("trigger", "FLAPPING"),  # the 5th flip within 10 minutes
+    assert [(n.event.value, n.summary) for n in notes] == [
+        ("trigger", "web on https://web.example: timeout"),
+        ("resolve", "web on https://web.example recovered after 30s"),
+        ("trigger", "web on https://web.example: timeout"),
+        ("resolve", "web on https://web.example recovered after 30s"),
+        ("trigger", "FLAPPING: web on https://web.example: timeout"),  # the 5th flip within 10 minutes
     ]
     assert notes[-1].details["flapping"] == "true"
     assert {n.dedup_key for n in notes} == {KEY}
@@ -376,10 +376,36 @@ def test_grouping_within_group_wait_one_notification_per_route() -> None:
     # The group is one incident: resolved when its last member resolves.
     assert e.observe(good("a")) == []
     assert e.observe(good("c")) == []
-    assert [(n.route, n.event.value, n.dedup_key) for n in e.observe(good("b"))] == [
+    clock.t += 290
+    resolves = e.observe(good("b", message="200 OK in 0.01s"))
+    assert [(n.route, n.event.value, n.dedup_key) for n in resolves] == [
         ("pager", "resolve", "mamori:host1:down:a"),
         ("chat", "resolve", "mamori:host1:down:a"),
     ]
+    # The resolve names the checks its trigger named (not only the last one to recover), says for
+    # how long the incident was open, and repeats none of the failure's fields.
+    assert resolves[0].summary == "3 checks recovered after 4m50s: a, b, c"
+    assert resolves[0].details == {
+        "check": "b",
+        "target": "https://b.example",
+        "agent": "host1",
+        "state": "resolved",
+        "checks": "a,b,c",
+        "paged_for": "4m50s",
+    }
+
+
+def test_resolve_says_what_recovered_not_the_failure_again() -> None:
+    clock = Clock()
+    e = engine(config(), clock)
+    [trigger] = e.observe(bad(message="connect timed out after 5s"))
+    clock.t += 125
+    [resolve] = e.observe(good(message="200 OK, 3 bytes in 0.002s"))
+    assert trigger.summary == "web on https://web.example: timeout connect timed out after 5s"
+    assert resolve.summary == "web on https://web.example recovered after 2m05s: 200 OK, 3 bytes in 0.002s"
+    assert "RESOLVED" not in resolve.summary  # each notifier marks a resolve its own way, once
+    assert not {"reason", "message", "value"} & set(resolve.details)
+    assert resolve.details["state"] == "resolved"
 
 
 def guard_config(**kw: Any) -> AlertsConfig:

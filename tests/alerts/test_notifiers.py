@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import shutil
@@ -698,3 +699,104 @@ def test_docs_config_example_is_valid(tmp_path: Path) -> None:
             item[key] = str(path)
         types.append(type(build(adapter.validate_python(item))).__name__)
     assert types == ["PagerDutyNotifier", "SlackNotifier", "AlertmanagerNotifier", "WebhookNotifier"]
+
+
+def test_slack_resolve_from_the_engine_says_resolved_once_and_what_recovered() -> None:
+    from agent.model import CheckResult, Status
+    from alerts.config import AlertsConfig
+    from alerts.engine import AlertEngine
+    from alerts.notifiers.slack import message
+
+    clock = [1_700_000_000.0]
+    cfg = AlertsConfig.model_validate(
+        {
+            "rules": [{"name": "down", "check": "*", "status": "critical"}],
+            "routes": {"critical": ["chat"]},
+            "group_wait": 0,
+        }
+    )
+    engine = AlertEngine(cfg, "host1", lambda: clock[0])
+
+    def result(status: Status, message: str) -> CheckResult:
+        return CheckResult("api", "http", "https://api", status, clock[0], 0.1, message=message)
+
+    assert [n.event for n in engine.observe(result(Status.CRITICAL, "503"))] == [Event.TRIGGER]
+    clock[0] += 60
+    [resolve] = engine.observe(result(Status.OK, "200 OK"))
+    body = message(resolve)
+    assert body["text"] == "[RESOLVED]: api on https://api recovered after 1m00s: 200 OK"
+    assert body["blocks"][0]["text"]["text"] == "[RESOLVED]: down"
+    shown = json.dumps(body)
+    assert "RESOLVED: RESOLVED" not in shown and "]: RESOLVED" not in shown
+    fields = [f["text"] for f in body["blocks"][1]["fields"]]
+    assert fields == ["*Check*\napi", "*Target*\nhttps://api", "*Agent*\nhost1"]  # no failure fields
+
+
+async def test_alertmanager_real_grouped_incident_resolves_under_its_trigger(alertmanager: str) -> None:
+    """The engine's own notifications to a real Alertmanager: a grouped incident (a, b) whose
+    reason changes while it fires, a reminder, and b recovering last. Reminders and the resolve
+    carry the trigger's labels, so Alertmanager sees one alert, and nothing stays active."""
+    from agent.model import CheckResult, Reason, Status
+    from alerts.config import AlertsConfig
+    from alerts.engine import AlertEngine
+
+    clock = [time.time() - 3600]
+    cfg = AlertsConfig.model_validate(
+        {
+            "rules": [{"name": "grouped_down", "check": "*", "status": "critical"}],
+            "routes": {"critical": ["am"]},
+            "group_wait": "10s",
+            "reminder_interval": "5m",
+        }
+    )
+    engine = AlertEngine(cfg, "host1", lambda: clock[0])
+
+    def result(check: str, status: Status, reason: Reason = Reason.OK) -> CheckResult:
+        return CheckResult(check, "http", f"https://{check}", status, clock[0], 0.1, reason=reason)
+
+    notes = engine.observe(result("a", Status.CRITICAL, Reason.TIMEOUT))
+    notes += engine.observe(result("b", Status.CRITICAL, Reason.REFUSED))
+    clock[0] += 10
+    notes += engine.tick()  # the group's trigger names a
+    clock[0] += 200
+    notes += engine.observe(result("a", Status.CRITICAL, Reason.REFUSED))  # the reason moves on
+    clock[0] += 200
+    notes += engine.tick()  # a reminder
+    notes += engine.observe(result("a", Status.OK))
+    notes += engine.observe(result("b", Status.OK))  # b recovers last: the resolve
+    assert [n.event for n in notes] == [Event.TRIGGER, Event.REMIND, Event.RESOLVE]
+    notifier = AlertmanagerNotifier(AlertmanagerConfig(type="alertmanager", name="am", url=alertmanager))
+    seen = []
+    try:
+        for n in notes:
+            assert (await notifier.send(n)).outcome is Outcome.DELIVERED
+            seen.append(await asyncio.to_thread(am_alerts, alertmanager, "grouped_down"))
+    finally:
+        await notifier.aclose()
+    [[fired], [reminded], after] = seen
+    assert fired["labels"] == {
+        "alertname": "grouped_down",
+        "severity": "critical",
+        "check": "a",
+        "target": "https://a",
+        "reason": "timeout",
+        "agent": "host1",
+    }
+    assert reminded["labels"] == fired["labels"]  # not forked by the new reason
+    assert after == []  # the resolve (made by b) matched the trigger (which named a)
+
+
+async def test_alertmanager_real_test_alert_resolves_itself(alertmanager: str) -> None:
+    from alerts.notifiers.alertmanager import TEST_LIFETIME
+
+    notifier = AlertmanagerNotifier(AlertmanagerConfig(type="alertmanager", name="am", url=alertmanager))
+    try:
+        sent_at = time.time()
+        test = note(Event.TEST, alert="notify_test", dedup_key="mamori:h:notify_test:am:1234abcd")
+        assert (await notifier.send(test)).outcome is Outcome.DELIVERED
+        [alert] = await asyncio.to_thread(am_alerts, alertmanager, "notify_test")
+    finally:
+        await notifier.aclose()
+    assert alert["status"]["state"] == "active"  # routed like a real alert...
+    ends = dt.datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00")).timestamp()
+    assert abs(ends - (sent_at + TEST_LIFETIME)) < 5  # ...and resolved by Alertmanager itself

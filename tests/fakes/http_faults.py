@@ -4,6 +4,7 @@ server plus the faults a test injects.
     async with serve(FakeX()) as fake:
         fake.fail_for(2.0, status=503)   # every request for 2 s answers 503
         fake.throttle(3, retry_after=7)  # the next 3 requests answer 429 with Retry-After: 7
+        fake.fail_after(1, status=503)   # serve the next request, then answer 503 to every one
         fake.hang()                      # requests wait, unanswered, until release() or exit
         await fake.down(); await fake.up()  # connections refused, then served again (same port)
 
@@ -42,6 +43,7 @@ class FakeHttpService:
         self._fail_status = 500
         self._throttled = 0
         self._throttle_retry_after: float | None = None
+        self._served_before_failing: int | None = None
         self._hanging = False
         self._release = asyncio.Event()
 
@@ -59,6 +61,11 @@ class FakeHttpService:
         """Answer the next `n` requests 429, with `Retry-After: <retry_after>` unless None."""
         self._throttled = n
         self._throttle_retry_after = retry_after
+
+    def fail_after(self, n: int, status: int = 500) -> None:
+        """Serve the next `n` requests, then answer `status` to every request after them."""
+        self._served_before_failing = n
+        self._fail_status = status
 
     def hang(self) -> None:
         """Hold every request unanswered until `release()` (or the fake's exit)."""
@@ -97,12 +104,14 @@ class FakeHttpService:
         if self._hanging:
             await self._release.wait()
             response = web.Response(status=503, text="released")
-        elif self.clock() < self._fail_until:
+        elif self.clock() < self._fail_until or self._served_before_failing == 0:
             response = self.fault_answer(self._fail_status, None)
         elif self._throttled > 0:
             self._throttled -= 1
             response = self.fault_answer(429, self._throttle_retry_after)
         else:
+            if self._served_before_failing is not None:
+                self._served_before_failing -= 1
             response = await self.serve(request)
         response.force_close()
         return response

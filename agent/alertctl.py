@@ -52,10 +52,15 @@ def _alerts_config(cfg: Config) -> AlertsConfig:
 
 
 def _open_store(alerts: AlertsConfig) -> AlertStore:
+    from agent.errors import StartupError
     from alerts.store import AlertStore
 
     try:
-        return AlertStore(alerts.state_file, alerts.dead_letter_limit)
+        # Never move the file aside (the agent may be running on it): a damaged or empty file is
+        # reported in one line, and the agent deals with it when it starts (agent/statefile.py).
+        return AlertStore(alerts.state_file, alerts.dead_letter_limit, recover=False, probe=False)
+    except StartupError as exc:
+        raise UsageError(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
         raise UsageError(f"cannot open the alert state file {alerts.state_file}: {exc}") from None
 

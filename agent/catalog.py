@@ -246,6 +246,18 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "Age of the oldest .ready file (WAL waiting to be archived), 0 when none.",
         "postgres",
     ),
+    "mamori_pg_archiver_ready_files_warning": _m(
+        "gauge",
+        "node",
+        "The configured ready_backlog_warning: .ready files from which archiving is failing (archive_failing).",
+        "postgres",
+    ),
+    "mamori_pg_archiver_ready_oldest_age_warning_seconds": _m(
+        "gauge",
+        "node",
+        "The configured (or default) archive_age_warning: the oldest .ready file's age from which archiving is failing (archive_failing).",
+        "postgres",
+    ),
     "mamori_pg_slot_active": _m(
         "gauge", "node slot", "1 if a consumer is connected to the slot.", "postgres"
     ),
@@ -329,7 +341,10 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "gauge", "cluster", "Replication delay of the most up-to-date standby.", "postgres"
     ),
     "mamori_pg_rpo_archive_gap_seconds": _m(
-        "gauge", "cluster", "Age of the oldest WAL segment not yet archived (0 when none waits).", "postgres"
+        "gauge",
+        "cluster",
+        "How far back the commits the archive lacks may reach: the oldest .ready file's age, or, when none waits, the time since the last archived segment (grows on an idle primary without archive_timeout; not a failure).",
+        "postgres",
     ),
     "mamori_pg_failover_ready": _m(
         "gauge",
@@ -433,10 +448,19 @@ AGENT_METRICS: dict[str, MetricSpec] = {
         "alerts",
     ),
     "mamori_alert_outbox_depth": _m(
-        "gauge", "route", "Notifications waiting in the durable outbox, by route.", "alerts"
+        "gauge",
+        "route",
+        "Notifications waiting to be delivered, by route: in the durable outbox, or in memory while the alert state file cannot be written.",
+        "alerts",
     ),
     "mamori_alert_network_down": _m(
         "gauge", "", "1 while the connectivity guard holds the agent's own network for down.", "alerts"
+    ),
+    "mamori_alert_notifications_dropped_total": _m(
+        "counter",
+        "route reason",
+        "Notifications of the agent's own notifier lost before they were stored, by reason: disk_full or write_error (the alert state file could not be written while more than 1000 waited in memory, or when the agent stopped).",
+        "alerts",
     ),
     "mamori_outbox_depth": _m(
         "gauge", "sink", "Results in the durable outbox a push exporter has not sent yet.", "exporters"
@@ -451,7 +475,7 @@ AGENT_METRICS: dict[str, MetricSpec] = {
     "mamori_outbox_dropped_total": _m(
         "counter",
         "sink reason",
-        "Results a push exporter will never send, by reason: capacity (the outbox cap), expired (older than the service accepts), invalid (the service refused them).",
+        "Results a push exporter will never send, by reason: capacity (the outbox cap), expired (older than the service accepts), invalid (the service refused them), disk_full or write_error (the outbox could not store them).",
         "exporters",
     ),
     "mamori_export_sent_total": _m("counter", "sink", "Results a push exporter has delivered.", "exporters"),
@@ -463,6 +487,18 @@ AGENT_METRICS: dict[str, MetricSpec] = {
     ),
     "mamori_export_failures_total": _m(
         "counter", "sink", "Pushes that failed and are retried (with backoff).", "exporters"
+    ),
+    "mamori_durability_degraded": _m(
+        "gauge",
+        "file",
+        "1 while writes to a state file (the alert state file, the outbox) fail, e.g. the disk is full; /ready answers 503 meanwhile.",
+        "agent",
+    ),
+    "mamori_state_file_recovered_total": _m(
+        "counter",
+        "file reason",
+        "State files found damaged or empty (0 bytes) at start-up, moved aside to <name>.damaged-<time> and started empty, since the agent started.",
+        "agent",
     ),
     "mamori_config_reloads_total": _m(
         "counter", "outcome", "Config reloads (SIGHUP) by outcome: success or failure.", "agent"

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 import os
 import re
 import time
@@ -58,7 +57,7 @@ from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
 from agent.errors import ConfigError, ConfigIssue
 from agent.retry import backoff, retry_after_header
 from agent.yamldoc import DocumentError, YamlDoc, format_path
-from exporters.oci_client import NoRegion, monitoring_client, signer_for
+from exporters.oci_client import NoRegion, import_sdk, monitoring_client, signer_for
 
 MANAGED_TAG = ("managed-by", "mamori")  # a freeform tag on every alarm this command writes
 HOST = "host"  # the dimension the exporter names the agent with (exporters/oci.py)
@@ -673,7 +672,7 @@ def load(path: str | Path, env: Mapping[str, str]) -> AlarmsFile:
 
 def _sdk() -> Any:
     try:
-        return importlib.import_module("oci")
+        return import_sdk()
     except ImportError:
         raise AlarmsError("oci-alarms needs the OCI SDK: pip install 'mamori[oci]'") from None
 

@@ -26,7 +26,8 @@ from agent.config import Config, ConfigError
 from agent.pipeline import FanOut, Sink
 from agent.scheduler import Scheduler
 from agent.server import AgentServer
-from agent.telemetry import AgentInfoCollector, AgentMetrics
+from agent.statefile import StateFileHealth
+from agent.telemetry import AgentInfoCollector, AgentMetrics, StateFileCollector
 from exporters.prometheus import LatestResults, PrometheusSink
 
 log = logging.getLogger("mamori.agent")
@@ -41,6 +42,7 @@ class Agent:
         listen: str | None = None,
     ) -> None:
         self.config = cfg
+        self._alerting_config = cfg  # the config the agent's own alerting runs on (see reload)
         self._config_path = config_path
         self._env = env
         self._listen = listen or cfg.agent.listen
@@ -48,9 +50,14 @@ class Agent:
         self._pumps: list[Any] = []  # exporters.base.Pump, one per push exporter
         self._alert_collector: Any = None  # alerts.telemetry.AlertCollector
         self._reloads: set[asyncio.Task[None]] = set()
+        # The health of each state file in use ("alerts", "outbox"): /ready and the metrics
+        # read it. One object per path for the life of the process (a reload keeps its counts).
+        self.state_files: dict[str, StateFileHealth] = {}
+        self._healths: dict[Path, StateFileHealth] = {}
         self.latest = LatestResults()
         prometheus = PrometheusSink(self.latest)
         self.metrics.registry.register(AgentInfoCollector(lambda: self.config.agent, __version__))
+        self.metrics.registry.register(StateFileCollector(lambda: self.state_files.values()))
         sinks: list[Sink] = [prometheus]
         if cfg.alerts is not None:
             sinks.append(self._alert_sink(cfg))
@@ -58,7 +65,7 @@ class Agent:
             sinks.append(self._export_sink(cfg))
         self.fanout = FanOut(sinks, cfg.agent.queue_size, self.metrics)
         self.scheduler: Scheduler | None = None
-        self.server = AgentServer(self.metrics.registry, self.latest, self._is_ready)
+        self.server = AgentServer(self.metrics.registry, self.latest, self._readiness)
         self._stop = asyncio.Event()
         self._running = False
 
@@ -66,14 +73,19 @@ class Agent:
         """The agent's own notifier (alerts/): imported only when the config has `alerts:`."""
         from alerts.notifiers import build
         from alerts.sink import AlertSink
+        from alerts.store import store_health
         from alerts.telemetry import AlertCollector
 
+        path = Path(cfg.alerts.state_file)
+        health = self._healths.setdefault(path, store_health(path))
         sink = AlertSink(
             cfg.alerts,
             {n.name: build(n) for n in cfg.notifiers},
             cfg.agent.name,
             check_tags={c.name: c.tags for c in cfg.checks},
+            health=health,
         )
+        self.state_files["alerts"] = health
         if self._alert_collector is not None:
             self.metrics.registry.unregister(self._alert_collector)
         self._alert_collector = AlertCollector(sink)
@@ -86,11 +98,22 @@ class Agent:
         firing (no new page), undelivered notifications are sent, rules that are gone stop."""
 
         async def replace(current: Sink) -> Sink:
+            flush = getattr(current, "flush", None)
+            if flush is not None and not flush():
+                # Closing it now would lose what waits in memory for the state file (disk full),
+                # and the file could not be opened again: keep alerting as it runs.
+                log.error(
+                    "config reload: alerting kept on the previous config: its state file cannot be"
+                    " written now; send SIGHUP again once it can"
+                )
+                return current
             await current.aclose()
+            self._alerting_config = new
             try:
                 sink = self._alert_sink(new)
             except Exception as exc:  # a state file that cannot be opened, …
                 log.error("config reload: alerting kept on the previous config: %s", exc)
+                self._alerting_config = old
                 sink = self._alert_sink(old)
             else:
                 log.info("config reload: alerting restarted on the new rules and notifiers (state kept)")
@@ -104,7 +127,7 @@ class Agent:
     def _export_sink(self, cfg: Config) -> Sink:
         """Push exporters behind the durable outbox (exporters/): imported only when configured."""
         from agent.errors import StartupError
-        from agent.outbox import Outbox
+        from agent.outbox import Outbox, outbox_health
         from exporters.base import ExportCollector, ExportContext, OutboxSink, Pump
         from exporters.config import ExtraMissing, exporter_module
 
@@ -118,14 +141,24 @@ class Agent:
             exporters = [exporter_module(e.type).build(e, context) for e in cfg.exporters]
         except ExtraMissing as exc:
             raise StartupError(str(exc)) from None
-        outbox = Outbox(cfg.outbox.path, cfg.outbox.max_size, [e.name for e in exporters])
+        health = self._healths.setdefault(cfg.outbox.path, outbox_health(cfg.outbox.path))
+        outbox = Outbox(cfg.outbox.path, cfg.outbox.max_size, [e.name for e in exporters], health)
+        self.state_files["outbox"] = health
         pumps = [Pump(e, outbox) for e in exporters]
         self._pumps = pumps
         self.metrics.registry.register(ExportCollector(outbox, pumps))
         return OutboxSink(outbox, pumps)
 
-    def _is_ready(self) -> bool:
-        return self._running and not self._stop.is_set()
+    def _readiness(self) -> str | None:
+        """None when ready; else why not, in one line (the body of /ready's 503)."""
+        if self._stop.is_set():
+            return "shutting down"
+        if not self._running:
+            return "starting"
+        for health in self.state_files.values():
+            if health.degraded:
+                return f"durability degraded: cannot write the {health.what} {health.path}: {health.error}"
+        return None
 
     def stop(self) -> None:
         """Ask `run()` to shut down. Safe from a signal handler, and to call twice."""
@@ -202,9 +235,10 @@ class Agent:
         for field in ("listen", "concurrency", "queue_size"):
             if getattr(new.agent, field) != getattr(old.agent, field):
                 log.warning("config reload: agent.%s changed; it takes effect after a restart", field)
-        if _alerting(new) != _alerting(old):
-            if old.alerts is not None and new.alerts is not None:
-                task = asyncio.get_running_loop().create_task(self._reload_alerting(old, new))
+        running = self._alerting_config  # what alerting runs on: a failed reload kept the one before
+        if _alerting(new) != _alerting(running):
+            if running.alerts is not None and new.alerts is not None:
+                task = asyncio.get_running_loop().create_task(self._reload_alerting(running, new))
                 self._reloads.add(task)
                 task.add_done_callback(self._reloads.discard)
             else:

@@ -4,7 +4,9 @@
   agent's own metrics (prometheus_client registry) followed by the per-check results.
 - `/healthz` answers 200 while the event loop turns (a liveness probe: if it does not answer,
   restart the agent).
-- `/ready` answers 200 once the scheduler runs and until shutdown begins, else 503.
+- `/ready` answers 200 `ready` once the scheduler runs and until shutdown begins, unless
+  durability is degraded (a state file cannot be written, e.g. the disk is full); otherwise 503
+  with one line saying why (`not ready: durability degraded: cannot write the outbox …`).
 - `/api/v1/results` is the latest result per check as JSON (`?check=NAME` for one).
 """
 
@@ -23,7 +25,10 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class AgentServer:
-    def __init__(self, registry: CollectorRegistry, latest: LatestResults, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, latest: LatestResults, ready: Callable[[], str | None]
+    ) -> None:
+        """`ready()` returns None when ready, else why not (one line)."""
         self._registry = registry
         self._latest = latest
         self._ready = ready
@@ -50,7 +55,8 @@ class AgentServer:
         return Response(200, body, METRICS_CONTENT_TYPE)
 
     def _readyz(self, query: Mapping[str, str]) -> Response:
-        return Response(200, b"ready\n") if self._ready() else Response(503, b"not ready\n")
+        why = self._ready()
+        return Response(200, b"ready\n") if why is None else Response(503, f"not ready: {why}\n".encode())
 
     def _results(self, query: Mapping[str, str]) -> Response:
         name = query.get("check")

@@ -6,14 +6,15 @@ Names and help come from `agent.catalog` so the docs table cannot drift from wha
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.catalog import AGENT_METRICS
+from agent.statefile import RECOVERY_REASONS, StateFileHealth
 
 if TYPE_CHECKING:
     from agent.config import AgentSection
@@ -104,3 +105,25 @@ class AgentInfoCollector(Collector):
         family = GaugeMetricFamily("mamori_agent_info", _help("mamori_agent_info"), labels=list(labels))
         family.add_metric(list(labels.values()), 1.0)
         yield family
+
+
+class StateFileCollector(Collector):
+    """`mamori_durability_degraded` and `mamori_state_file_recovered_total` of the agent's state
+    files, read at scrape time."""
+
+    def __init__(self, files: Callable[[], Iterable[StateFileHealth]]) -> None:
+        self._files = files
+
+    def collect(self) -> Iterator[Metric]:
+        name = "mamori_durability_degraded"
+        degraded = GaugeMetricFamily(name, AGENT_METRICS[name].help, labels=["file"])
+        name = "mamori_state_file_recovered_total"
+        recovered = CounterMetricFamily(
+            name.removesuffix("_total"), AGENT_METRICS[name].help, labels=["file", "reason"]
+        )
+        for health in sorted(self._files(), key=lambda h: str(h.path)):
+            degraded.add_metric([str(health.path)], 1.0 if health.degraded else 0.0)
+            for reason in RECOVERY_REASONS:
+                recovered.add_metric([str(health.path), reason], float(health.recovered[reason]))
+        yield degraded
+        yield recovered

@@ -14,25 +14,45 @@ Guarantees:
   the page within 10 s of the service's recovery (exporters keep the 5 min cap of agent/retry.py).
 - REJECTED is never retried: the row moves to the store's `dead` table and is logged.
 - Memory is bounded: the outbox is read `page_size` rows at a time.
+- Only what is stored is sent (the sink stores before it wakes us). An outcome the store cannot
+  record (disk full) is kept in memory: a delivered or rejected notification is then never sent
+  again — and nothing behind it is sent before its outcome is stored, so a crash cannot resend a
+  trigger after its resolve — while a retry waits out its deadline in memory. The store's health
+  (agent/statefile.py) logs that once and makes `/ready` answer 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from agent.retry import RETRY_AFTER_CAP, backoff
+from agent.statefile import is_environmental
 from alerts.model import Delivery, Notification, Notifier, Outcome
 from alerts.store import AlertStore
 
 log = logging.getLogger("mamori.alerts.delivery")
 
 PAGE_BACKOFF_CAP = 10.0  # seconds: the longest a page waits after its service recovers
+UNSAVED_RETRY = 5.0  # seconds between attempts to record an outcome the store could not
+
+
+@dataclass(frozen=True)
+class _Unsaved:
+    """An outcome of a send that the store could not record yet (see the module docstring)."""
+
+    save: Callable[[], None]  # the store call that failed
+    outcome: Outcome
+    attempts: int = 0  # RETRY: attempts so far
+    due: float = 0.0  # RETRY: when it is next due
 
 
 class Deliverer:
@@ -61,6 +81,8 @@ class Deliverer:
         self.errors = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._unsaved: dict[str, _Unsaved] = {}  # notification id -> outcome not stored yet
+        self._failure_logged: tuple[str, float] | None = None  # (error, when) of the last log
 
     def wake(self) -> None:
         """New notifications are in the outbox. Never blocks."""
@@ -74,13 +96,24 @@ class Deliverer:
                 return None
             for item in page:
                 now = self.clock()
-                if item.next_attempt_at > now:
-                    return item.next_attempt_at
+                attempts, due = item.attempts, item.next_attempt_at
+                unsaved = self._unsaved.get(item.id)
+                if unsaved is not None:
+                    if self._record(item.id, unsaved):
+                        break  # recorded at last: re-read what the store now says of it
+                    if unsaved.outcome is not Outcome.RETRY:
+                        return now + UNSAVED_RETRY  # sent already: never again, nothing behind it yet
+                    attempts, due = unsaved.attempts, unsaved.due
+                if due > now:
+                    return due
                 delivery = await self._send(item.notification)
                 self.counts[delivery.outcome] += 1
                 now = self.clock()
                 if delivery.outcome == Outcome.DELIVERED:
-                    self.store.delivered(item.id)
+                    if not self._record(
+                        item.id, _Unsaved(functools.partial(self.store.delivered, item.id), Outcome.DELIVERED)
+                    ):
+                        return now + UNSAVED_RETRY
                 elif delivery.outcome == Outcome.REJECTED:
                     log.error(
                         "route %s rejected notification %s (%s %s): %s",
@@ -90,14 +123,19 @@ class Deliverer:
                         item.notification.dedup_key,
                         delivery.detail,
                     )
-                    self.store.reject(item, delivery.detail or "rejected", now)
+                    reject = functools.partial(self.store.reject, item, delivery.detail or "rejected", now)
+                    if not self._record(item.id, _Unsaved(reject, Outcome.REJECTED)):
+                        return now + UNSAVED_RETRY
                 else:
-                    attempts = item.attempts + 1
+                    attempts += 1
                     if delivery.retry_after is not None:
                         delay = min(max(delivery.retry_after, 0.0), RETRY_AFTER_CAP)
                     else:
                         delay = backoff(attempts, self.rand, cap=PAGE_BACKOFF_CAP)
-                    self.store.retry(item.id, attempts, now + delay, delivery.detail)
+                    retry = functools.partial(
+                        self.store.retry, item.id, attempts, now + delay, delivery.detail
+                    )
+                    self._record(item.id, _Unsaved(retry, Outcome.RETRY, attempts, now + delay))
                     if attempts == 1 or attempts % 10 == 0:  # an outage must not flood the log
                         log.warning(
                             "route %s: attempt %d failed (%s), retrying in %.1fs",
@@ -107,6 +145,18 @@ class Deliverer:
                             delay,
                         )
                     return now + delay
+
+    def _record(self, notification_id: str, outcome: _Unsaved) -> bool:
+        """Store an outcome; if the store cannot be written (disk full), keep it in memory (False)."""
+        try:
+            outcome.save()
+        except (sqlite3.Error, OSError) as exc:
+            if not is_environmental(exc):
+                raise
+            self._unsaved[notification_id] = outcome  # the store's health has logged it
+            return False
+        self._unsaved.pop(notification_id, None)
+        return True
 
     async def _send(self, notification: Notification) -> Delivery:
         try:
@@ -122,13 +172,24 @@ class Deliverer:
             self._wake.clear()
             try:
                 due = await self.step()
-            except Exception as exc:  # e.g. the disk is full: keep the task alive and retry
+            except Exception as exc:  # e.g. a damaged page: keep the task alive and retry
                 self.errors += 1
-                log.error("route %s: delivery pass failed: %s: %s", self.route, type(exc).__name__, exc)
-                due = self.clock() + 5.0
+                self._log_failure(f"{type(exc).__name__}: {exc}")
+                due = self.clock() + UNSAVED_RETRY
+            else:
+                self._failure_logged = None
             timeout = None if due is None else max(0.0, due - self.clock())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a stop()
+                    await self._wake.wait()
+
+    def _log_failure(self, error: str) -> None:
+        """The first failure, then once a minute or when the error changes."""
+        now = time.monotonic()
+        last = self._failure_logged
+        if last is None or last[0] != error or now - last[1] >= 60:
+            self._failure_logged = (error, now)
+            log.error("route %s: delivery pass failed: %s (retrying every 5s)", self.route, error)
 
     def start(self) -> None:
         if self._task is None:

@@ -257,6 +257,14 @@ class AlertEngine:
         self._dirty.clear()
         return dirty
 
+    def untell(self, incident: str) -> None:
+        """The trigger of `incident` was never stored, so never sent (the sink had to drop it): the
+        world was not told. Its alerts are marked so, and one still firing pages afresh."""
+        for alert in self._alerts.values():
+            if alert.told and alert.incident == incident:
+                alert.told, alert.incident = False, None
+                self._dirty.add(alert.key)
+
     def records(self) -> list[AlertRecord]:
         return list(self._alerts.values())
 

@@ -7,6 +7,10 @@ Guarantees:
 - An outbox row leaves only when delivered (`delivered`) or rejected (`reject`, which moves it to
   `dead` with the reason; `dead` keeps the newest `dead_limit` rows).
 - Reads are paged (`head(route, limit)`), so memory stays bounded however long an outage lasts.
+- A write that fails (disk full, unwritable) raises, after rolling back and reporting to the
+  file's `health` (agent/statefile.py: durability degraded, `/ready` 503). The callers keep what
+  they could not store and retry it (alerts/sink.py, alerts/delivery.py).
+- Opening decides what to do with a damaged, empty or unwritable file (agent/statefile.py).
 
 Every call is a short synchronous statement (well under a millisecond on a local disk with
 `synchronous=NORMAL`), made from the event loop thread; there is no background thread to stop.
@@ -14,14 +18,15 @@ Every call is a short synchronous statement (well under a millisecond on a local
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import StartupError
+from agent.statefile import StateFileHealth, is_environmental, open_state_file
 from alerts.engine import AlertRecord, Silence
 from alerts.model import Event, Notification, Severity
 
@@ -92,22 +97,63 @@ class OutboxItem:
         return self.notification.id
 
 
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+
+
+def store_health(path: Path | str) -> StateFileHealth:
+    """The health of an alert state file (one per file and process: the agent keeps it across
+    reloads of alerting)."""
+    return StateFileHealth(
+        Path(path),
+        "alert state file",
+        "alert changes and their notifications are kept in memory (up to 1000) and stored, then "
+        "sent, once it can be written",
+    )
+
+
 class AlertStore:
     """The alerting sqlite file. Not thread-safe: use it from one thread (the event loop's)."""
 
-    def __init__(self, path: Path | str, dead_limit: int = 1000) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        dead_limit: int = 1000,
+        health: StateFileHealth | None = None,
+        *,
+        recover: bool = True,
+        probe: bool = True,
+    ) -> None:
+        """Open (or create) the file; raises only `StartupError`. A damaged or empty (0-byte)
+        file is moved aside and started empty (`recover`, the agent), or refused (the CLI, which
+        must not move the running agent's file away); an unwritable one is refused (`probe`: a
+        write at opening; the CLI's read-only commands skip it). See agent/statefile.py."""
         self.path = Path(path)
         self.dead_limit = dead_limit
+        self.health = health or store_health(self.path)
+        self._db: sqlite3.Connection | None = open_state_file(
+            self.path,
+            "alert state file",
+            _setup,
+            recover=recover,
+            probe=probe,
+            health=self.health,
+        )
+
+    @contextlib.contextmanager
+    def _writing(self, operation: str) -> Iterator[sqlite3.Connection]:
+        """A write: its failure (disk full, unwritable) is reported to `health`, then raised."""
+        db = self.db
         try:
-            if str(path) != ":memory:":
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db: sqlite3.Connection | None = sqlite3.connect(str(path), isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=2000")  # the CLI may write silences meanwhile
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StartupError(f"cannot open the alert state file {path}: {exc}") from None
+            yield db
+        except BaseException as exc:
+            if db.in_transaction:  # a failed COMMIT may leave it open (sqlite rolls back some)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if is_environmental(exc):
+                self.health.failed(operation, exc)
+            raise
+        self.health.succeeded(operation)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -125,9 +171,8 @@ class AlertStore:
 
     def commit(self, records: Iterable[AlertRecord], notifications: Iterable[Notification]) -> None:
         """Persist alert states and enqueue notifications atomically (one transaction)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing("commit") as db:
+            db.execute("BEGIN IMMEDIATE")
             db.executemany(
                 'INSERT OR REPLACE INTO alerts (rule, "check", data) VALUES (?, ?, ?)',
                 [(r.rule, r.check, json.dumps(r.to_json(), sort_keys=True)) for r in records],
@@ -140,10 +185,7 @@ class AlertStore:
                     for n in notifications
                 ],
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("COMMIT")
 
     def load_states(self) -> list[AlertRecord]:
         rows = self.db.execute('SELECT data FROM alerts ORDER BY rule, "check"').fetchall()
@@ -152,20 +194,22 @@ class AlertStore:
     # -- silences -------------------------------------------------------------------------------
 
     def add_silence(self, silence: Silence) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO silences VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                silence.id,
-                json.dumps([list(m) for m in silence.matchers]),
-                silence.starts_at,
-                silence.ends_at,
-                silence.comment,
-                silence.created_by,
-            ),
-        )
+        with self._writing("silences") as db:
+            db.execute(
+                "INSERT OR REPLACE INTO silences VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    silence.id,
+                    json.dumps([list(m) for m in silence.matchers]),
+                    silence.starts_at,
+                    silence.ends_at,
+                    silence.comment,
+                    silence.created_by,
+                ),
+            )
 
     def remove_silence(self, silence_id: str) -> bool:
-        return self.db.execute("DELETE FROM silences WHERE id = ?", (silence_id,)).rowcount > 0
+        with self._writing("silences") as db:
+            return db.execute("DELETE FROM silences WHERE id = ?", (silence_id,)).rowcount > 0
 
     def silences(self) -> list[Silence]:
         rows = self.db.execute("SELECT * FROM silences ORDER BY starts_at, id").fetchall()
@@ -183,7 +227,8 @@ class AlertStore:
 
     def purge_silences(self, now: float) -> int:
         """Delete silences that have ended. Returns how many."""
-        return self.db.execute("DELETE FROM silences WHERE ends_at <= ?", (now,)).rowcount
+        with self._writing("silences") as db:
+            return db.execute("DELETE FROM silences WHERE ends_at <= ?", (now,)).rowcount
 
     # -- the outbox -----------------------------------------------------------------------------
 
@@ -197,19 +242,20 @@ class AlertStore:
         return [OutboxItem(r[0], notification_from_json(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
 
     def delivered(self, notification_id: str) -> None:
-        self.db.execute("DELETE FROM outbox WHERE id = ?", (notification_id,))
+        with self._writing("deliveries") as db:
+            db.execute("DELETE FROM outbox WHERE id = ?", (notification_id,))
 
     def retry(self, notification_id: str, attempts: int, next_attempt_at: float, error: str) -> None:
-        self.db.execute(
-            "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-            (attempts, next_attempt_at, error[:500], notification_id),
-        )
+        with self._writing("deliveries") as db:
+            db.execute(
+                "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                (attempts, next_attempt_at, error[:500], notification_id),
+            )
 
     def reject(self, item: OutboxItem, reason: str, now: float) -> None:
         """Move a permanently refused notification to `dead` (keeping the newest `dead_limit`)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing("deliveries") as db:
+            db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
             db.execute(
                 "INSERT INTO dead (id, route, payload, reason, attempts, created_at, died_at)"
@@ -228,10 +274,7 @@ class AlertStore:
                 "DELETE FROM dead WHERE seq <= (SELECT MAX(seq) FROM dead) - ?",
                 (self.dead_limit,),
             )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("COMMIT")
 
     def dead(self, limit: int = 100) -> list[tuple[Notification, str]]:
         """The newest dead letters with their reasons, newest first."""

@@ -8,6 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.catalog import AGENT_METRICS
+from agent.statefile import LOSS_REASONS
 from alerts.model import Outcome
 from alerts.sink import AlertSink
 
@@ -34,6 +35,15 @@ class AlertCollector(Collector):
         for route in sorted(self._sink.deliverers):
             depth.add_metric([route], float(pending.get(route, 0)))
         yield depth
+        name = "mamori_alert_notifications_dropped_total"
+        dropped = CounterMetricFamily(
+            name.removesuffix("_total"), AGENT_METRICS[name].help, labels=["route", "reason"]
+        )
+        losses = dict.fromkeys(((r, why) for r in self._sink.deliverers for why in LOSS_REASONS), 0)
+        losses.update(self._sink.dropped)
+        for (route, reason), n in sorted(losses.items()):
+            dropped.add_metric([route, reason], float(n))
+        yield dropped
         down = GaugeMetricFamily("mamori_alert_network_down", AGENT_METRICS["mamori_alert_network_down"].help)
         down.add_metric([], 1.0 if self._sink.engine.network_down else 0.0)
         yield down

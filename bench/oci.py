@@ -1,6 +1,7 @@
 """The OCI Monitoring exporter (`exporters/oci.py`) through the real `oci` SDK against the strict
 fake (tests/fakes/oci_monitoring.py): how full its requests are against the service's limit of
-50 metric streams per request, its CPU per 1 000 datapoints, and the replay of a 10-minute outage.
+50 metric streams per request, its requests per second in steady state against the tenancy's 50
+per second, its CPU per 1 000 datapoints, and the replay of a 10-minute outage.
 
 Set-up, all on 127.0.0.1: the fake runs in a helper process (`python -m bench.oci --serve-fake
 DIR`), so its CPU (JSON parsing, signature checks) is not counted; this process runs the exporter
@@ -9,7 +10,12 @@ figure. Requests are signed with an API key from an `~/.oci/config`-style file, 
 `SERIES` streams = `SERIES / 5` checks, each result giving 5 streams (probe_success, duration,
 status, attempts and one sample), stamped every `INTERVAL` s:
 
-- live: results pushed as they come, one interval at a time (the steady state);
+- steady: `--steady-checks` http-like checks (17 streams a result, as a plain-HTTP `http` check
+  gives; the field report of issue 11) every `--steady-interval` s, each result handed to the
+  real OutboxSink, Outbox and Pump at its check's phase in the interval (as the scheduler spreads
+  them), for `--steady` s of real time; then one result more and the sink closes (the shutdown
+  drain). Requests per second and streams per request;
+- live: one interval's results pushed at once, one interval at a time;
 - backlog: the same number of intervals queued first, then pushed the way the pump does
   (`batch` results at a time, the exporter taking a prefix that fits 50 streams); and the same
   with only 50 series, where several intervals fit one request;
@@ -19,15 +25,20 @@ status, attempts and one sample), stamped every `INTERVAL` s:
 
 No anchor exists for OCI: the figures are absolute, plus the ratio of datapoints per request to
 the 50-stream maximum (1.0 = one datapoint per stream; more = several datapoints per stream).
-The verdict is PASS when the fake accepted every datapoint exactly once.
+The verdict is PASS when the fake accepted every datapoint exactly once and never answered 429
+(its 50 requests a second), and in the steady state every request carried at least 45 streams
+and nothing was left after the shutdown drain. The exporter runs with its defaults, pacing
+included, so the live, backlog and replay times are paced too.
 
     python -m bench.oci [--series 200] [--interval 15] [--outage 600] [--rounds 40]
+                        [--steady 20] [--steady-checks 40] [--steady-interval 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import select
@@ -98,6 +109,9 @@ async def _serve_fake(directory: Path, seconds: float) -> None:
                         "failed_streams": sum(len(p.failed) for p in fake.posts),
                         "errors": len(fake.errors),
                         "attempts": fake.attempts,
+                        "throttled": fake.throttled,
+                        "post_streams": [p.streams for p in fake.posts],
+                        "post_at": [round(p.at, 4) for p in fake.posts],
                     }
                 ),
                 flush=True,
@@ -114,11 +128,11 @@ class FakeProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(b"stats\n")
         self.proc.stdin.flush()
-        data: dict[str, int] = _read_json_line(self.proc, self.proc.stdout, 30, self.log)
+        data: dict[str, Any] = _read_json_line(self.proc, self.proc.stdout, 30, self.log)
         return data
 
 
@@ -183,6 +197,111 @@ def _results(checks: int, timestamps: list[float]) -> list[Any]:
     ]
 
 
+HTTP_SAMPLES = (
+    *(
+        ("probe_http_duration_seconds", (("phase", p),))
+        for p in ("resolve", "connect", "tls", "processing", "transfer")
+    ),
+    ("probe_http_status_code", ()),
+    ("probe_http_version", ()),
+    ("probe_http_redirects", ()),
+    ("probe_http_ssl", ()),
+    ("probe_http_content_length", ()),
+    ("probe_ssl_earliest_cert_expiry", ()),
+    ("probe_tls_version_info", (("version", "TLS 1.3"),)),
+    ("probe_dns_lookup_time_seconds", ()),
+)
+HTTP_STREAMS = 4 + len(HTTP_SAMPLES)  # probe_success, duration, status, attempts + the samples
+
+
+def _http_result(i: int, t: float) -> Any:
+    """The result of a plain-HTTP `http` check: 17 streams, as in the field report of issue 11."""
+    from agent.model import CheckResult, Sample, Status
+
+    return CheckResult(
+        check=f"web-{i:03d}",
+        check_type="http",
+        target=f"https://app-{i:03d}.example.internal/health",
+        status=Status.OK,
+        started_at=t,
+        duration=0.02 + i * 1e-4,
+        samples=tuple(Sample(name, 0.001 * (k + 1), labels) for k, (name, labels) in enumerate(HTTP_SAMPLES)),
+    )
+
+
+async def _steady(
+    args: argparse.Namespace, directory: Path, cfg: Any, context: Any, fake: FakeProcess
+) -> dict[str, Any]:
+    """The steady state through the real OutboxSink, Outbox and Pump (see the module's doc)."""
+    from agent.outbox import Outbox
+    from exporters.base import OutboxSink, Pump
+    from exporters.oci import build
+
+    checks, interval = args.steady_checks, args.steady_interval
+    outbox = Outbox(directory / "outbox-steady.db", 256 * 2**20, [cfg.name])
+    exporter = build(cfg, context)
+    pump = Pump(exporter, outbox)
+    sink = OutboxSink(outbox, [pump])
+    before = fake.stats()
+    loop = asyncio.get_running_loop()
+    pump.start()
+    start = loop.time() + 0.2
+    produced = 0
+    t = 0.0
+    while True:
+        k, i = divmod(produced, checks)
+        t = start + k * interval + i * interval / checks  # each check at its own phase
+        if t >= start + args.steady:
+            break
+        await asyncio.sleep(max(0.0, t - loop.time()))
+        await sink.consume(_http_result(i, time.time()))
+        produced += 1
+    await asyncio.sleep(max(0.0, start + args.steady - loop.time()))
+    window = loop.time() - start
+    in_window, depth = exporter.requests, outbox.depth(cfg.name)
+    during = fake.stats()
+    # One result more, then the agent stops: the shutdown drain must send it without lingering.
+    await sink.consume(_http_result(0, time.time()))
+    produced += 1
+    w0 = time.perf_counter()
+    await sink.aclose()  # stops the pump, drains what waits (at most 3 s), closes
+    flush_s = time.perf_counter() - w0
+    after = fake.stats()
+    n0, n1 = before["posts"], during["posts"]
+    streams = during["post_streams"][n0:n1]
+    at = during["post_at"][n0:n1]
+    ordered = sorted(streams)
+    return {
+        "checks": checks,
+        "interval_s": interval,
+        "streams_per_result": HTTP_STREAMS,
+        "seconds": round(window, 2),
+        "results": produced,
+        "datapoints": produced * HTTP_STREAMS,
+        "requests": in_window,
+        "requests_per_s": round(in_window / window, 2),
+        "max_requests_in_1s": max((bisect.bisect_left(at, a + 1.0) - i for i, a in enumerate(at)), default=0),
+        "streams_per_request_mean": round(sum(streams) / len(streams), 1) if streams else 0.0,
+        "streams_per_request_min": ordered[0] if ordered else 0,
+        "streams_per_request_p10": ordered[len(ordered) // 10] if ordered else 0,
+        "requests_under_45_streams": sum(1 for n in streams if n < 45),
+        "depth_at_end": depth,
+        "shutdown_flush_requests": after["posts"] - n1,
+        "shutdown_flush_s": round(flush_s, 3),
+        "depth_after_close": _depth_after(directory / "outbox-steady.db", cfg.name),
+    }
+
+
+def _depth_after(path: Path, name: str) -> int:
+    from agent.outbox import Outbox
+
+    outbox = Outbox(path, 256 * 2**20, [name])
+    try:
+        return outbox.depth(name)
+    finally:
+        outbox.close()
+
+
 async def _push_all(exporter: Any, records: list[Any], batch: int) -> None:
     """What the pump does with a healthy service: offer `batch` records, drop what was handled."""
     while records:
@@ -242,6 +361,10 @@ async def _measure(args: argparse.Namespace, directory: Path, fake: FakeProcess)
     await _push_all(exporter, records(_results(checks, [now - 3000])[0]), cfg.batch)
     sent = checks * STREAMS_PER_CHECK
     figures: dict[str, Any] = {}
+
+    # steady: results arriving over time through the sink, outbox and pump
+    figures["steady"] = await _steady(args, directory, cfg, context, fake)
+    sent += figures["steady"]["datapoints"]
 
     # live: one interval at a time
     rounds = [_results(checks, [now - 2900 + k * args.interval])[0] for k in range(args.rounds)]
@@ -321,10 +444,28 @@ async def _measure(args: argparse.Namespace, directory: Path, fake: FakeProcess)
     return figures
 
 
-def run(series: int = 200, interval: float = 15.0, outage: float = 600.0, rounds: int = 40) -> dict[str, Any]:
+def run(
+    series: int = 200,
+    interval: float = 15.0,
+    outage: float = 600.0,
+    rounds: int = 40,
+    steady: float = 20.0,
+    steady_checks: int = 40,
+    steady_interval: float = 2.0,
+) -> dict[str, Any]:
+    from exporters.oci import Config
     from tests.fakes.oci_monitoring import ApiKey, ocid, public_pem
 
-    args = argparse.Namespace(series=series, interval=interval, outage=outage, rounds=rounds)
+    cfg_defaults = {k: Config.model_fields[k].default for k in ("linger", "max_requests_per_second")}
+    args = argparse.Namespace(
+        series=series,
+        interval=interval,
+        outage=outage,
+        rounds=rounds,
+        steady=steady,
+        steady_checks=steady_checks,
+        steady_interval=steady_interval,
+    )
     with tempfile.TemporaryDirectory(prefix="mamori-bench-oci-") as tmp:
         directory = Path(tmp)
         key = ApiKey.create(directory / "oci")
@@ -338,7 +479,11 @@ def run(series: int = 200, interval: float = 15.0, outage: float = 600.0, rounds
         with fake_process(directory, lifetime=900) as fake:
             figures = asyncio.run(_measure(args, directory, fake))
             stats = fake.stats()
+    for per_request in ("post_streams", "post_at"):  # used above; too long for the file
+        stats.pop(per_request)
     exact = stats["duplicates"] == 0 and stats["distinct"] == figures["expected_datapoints"]
+    shape = figures["steady"]
+    full = shape["requests_under_45_streams"] == 0 and shape["depth_after_close"] == 0
     return {
         "parameters": {
             "series": series,
@@ -351,7 +496,11 @@ def run(series: int = 200, interval: float = 15.0, outage: float = 600.0, rounds
         },
         **figures,
         "fake": stats,
-        "verdict": verdict(exact and stats["errors"] == 0),
+        "exporter": {
+            "linger": cfg_defaults["linger"],
+            "max_requests_per_second": cfg_defaults["max_requests_per_second"],
+        },
+        "verdict": verdict(exact and full and stats["errors"] == 0 and stats["throttled"] == 0),
     }
 
 
@@ -362,10 +511,15 @@ def _sdk_version() -> str:
 
 
 def summary(r: dict[str, Any]) -> str:
-    live, backlog, replay = r["live"], r["backlog"], r["outage_replay"]
+    live, backlog, replay, steady = r["live"], r["backlog"], r["outage_replay"], r["steady"]
     p = r["parameters"]
     return (
-        f"oci: live {live['datapoints_per_request']:g} datapoints/request "
+        f"oci: steady state of {steady['checks']} checks at {steady['interval_s']:g} s "
+        f"({steady['streams_per_result']} streams a result): {steady['requests_per_s']:g} requests/s "
+        f"(at most {steady['max_requests_in_1s']} in a second), "
+        f"{steady['streams_per_request_mean']:g} streams/request "
+        f"({steady['requests_under_45_streams']} requests under 45); "
+        f"live {live['datapoints_per_request']:g} datapoints/request "
         f"({live['ratio_to_50_streams']:.2f} x the 50-stream limit), "
         f"{live['cpu_ms_per_1000_datapoints']:.1f} ms CPU per 1000 datapoints; backlog "
         f"{backlog['datapoints_per_request']:g}/request ({backlog['ratio_to_50_streams']:.2f} x), "
@@ -382,10 +536,29 @@ def figures(r: dict[str, Any]) -> list[str]:
     """The docs/benchmarks.md section (for bench/run_all.py's SECTIONS)."""
     p, replay = r["parameters"], r["outage_replay"]
     m = r["machine"]
+    steady = r["steady"]
+    cfg = r["exporter"]
     rows = [
         f"_{r['date']} on {m['nproc']} CPUs ({m.get('cpu_model') or 'unknown CPU'}), Python {m['python']}, "
-        f"oci {p['oci_sdk']}._ {p['series']} series ({p['checks']} checks x {p['streams_per_check']} "
-        f"streams) every {p['interval_s']:g} s; the fake in its own process.",
+        f"oci {p['oci_sdk']}._ The exporter's defaults (linger {cfg['linger']:g} s, at most "
+        f"{cfg['max_requests_per_second']:g} requests/s); the fake in its own process.",
+        "",
+        f"Steady state: {steady['checks']} `http` checks ({steady['streams_per_result']} streams a "
+        f"result) every {steady['interval_s']:g} s, through the sink, outbox and pump, for "
+        f"{steady['seconds']:g} s, then one result more and the shutdown: {steady['results']} results, "
+        f"{steady['datapoints']} datapoints.",
+        "",
+        "| requests / s | most in one second | streams / request (mean, p10, min) | requests under 45 "
+        "streams | shutdown drain |",
+        "|---:|---:|---:|---:|---:|",
+        f"| **{steady['requests_per_s']:g}** | {steady['max_requests_in_1s']} | "
+        f"**{steady['streams_per_request_mean']:g}**, {steady['streams_per_request_p10']}, "
+        f"{steady['streams_per_request_min']} | {steady['requests_under_45_streams']} of "
+        f"{steady['requests']} | {steady['shutdown_flush_requests']} request(s), "
+        f"{steady['shutdown_flush_s']:.2f} s, {steady['depth_after_close']} left |",
+        "",
+        f"Batching: {p['series']} series ({p['checks']} checks x {p['streams_per_check']} streams) every "
+        f"{p['interval_s']:g} s.",
         "",
         "| | requests | datapoints / request | × the 50-stream limit | CPU ms / 1 000 datapoints | wall s |",
         "|---|---:|---:|---:|---:|---:|",
@@ -413,7 +586,7 @@ def figures(r: dict[str, Any]) -> list[str]:
         f"**{replay['drain_s']:.2f} s**; peak traced Python memory during the drain "
         f"**{replay['peak_traced_mib']:.1f} MiB** (RSS growth {replay['rss_growth_mib']:g} MiB). "
         f"Fake: {r['fake']['distinct']} distinct datapoints, {r['fake']['duplicates']} duplicates, "
-        f"{r['fake']['errors']} errors: **{r['verdict']}**.",
+        f"{r['fake']['errors']} errors, {r['fake'].get('throttled', 0)} throttled: **{r['verdict']}**.",
     ]
     return rows
 
@@ -428,6 +601,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=40, help="intervals in the live/backlog runs (default 40)"
     )
+    parser.add_argument(
+        "--steady", type=float, default=20.0, help="steady state measured, seconds (default 20)"
+    )
+    parser.add_argument(
+        "--steady-checks", type=int, default=40, help="checks in the steady state (default 40)"
+    )
+    parser.add_argument(
+        "--steady-interval", type=float, default=2.0, help="their interval, seconds (default 2)"
+    )
     parser.add_argument("--serve-fake", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--serve-seconds", type=float, default=900.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -435,7 +617,15 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve_fake(Path(args.serve_fake), args.serve_seconds))
         return 0
     exit_on_sigterm()
-    result = run(args.series, args.interval, args.outage, args.rounds)
+    result = run(
+        args.series,
+        args.interval,
+        args.outage,
+        args.rounds,
+        args.steady,
+        args.steady_checks,
+        args.steady_interval,
+    )
     print(summary(result))
     print(f"  -> {save(NAME, result)}")
     return 0

@@ -140,12 +140,25 @@ class Archiver:
     ready_oldest_age: float | None = None  # None when there is no .ready file
 
     @property
+    def waiting_age(self) -> float | None:
+        """The age of the oldest WAL segment waiting to be archived (`.ready`), in seconds; None
+        when none waits or the backlog is not readable. What `archive_age_*` is judged on."""
+        if not self.enabled or not self.ready_count:
+            return None
+        return self.ready_oldest_age
+
+    @property
     def gap(self) -> float | None:
-        """How old the newest WAL the archive lacks may be, in seconds: the age of the oldest
-        segment waiting to be archived; when none waits, the time since the last segment was
-        archived, because the segment being written reaches the archive only when it is switched
-        (by size or `archive_timeout`) — an archive that got nothing for an hour lacks up to an
-        hour of commits. None when unknown (archiving off, backlog not readable, never archived)."""
+        """The archive's share of the RPO exposure, in seconds: how far back the commits the
+        archive lacks may reach. The age of the oldest segment waiting to be archived; when none
+        waits, the time since the last segment was archived, because the segment being written
+        reaches the archive only when it is switched (by size or `archive_timeout`) — an archive
+        that got nothing for an hour lacks up to an hour of commits. None when unknown (archiving
+        off, backlog not readable, never archived).
+
+        Never a sign of failing archiving on its own: with `archive_timeout = 0` (PostgreSQL's
+        default) it grows without bound on an idle primary whose archiver is healthy. Only the
+        RPO exposure uses it, where a streaming standby's small delay wins (`judge()`)."""
         if not self.enabled or self.ready_count is None:
             return None
         if self.ready_count:
@@ -226,9 +239,9 @@ class Policy:
     lag_warning: float = 60.0
     lag_critical: float = 900.0
     expected_standbys: tuple[str, ...] = ()
-    archive_age_warning: float = 300.0
+    archive_age_warning: float = 300.0  # the oldest .ready segment's age (never the last success's)
     archive_age_critical: float = 900.0
-    ready_backlog_warning: int = 10
+    ready_backlog_warning: int = 10  # .ready segments
     ready_backlog_critical: int = 100
     slot_retained_warning: int | None = 2**30
     slot_retained_critical: int | None = None
@@ -595,6 +608,14 @@ def _archive_gap(primaries: Sequence[NodeState]) -> float | None:
 
 
 def _archive_issues(node: NodeState, policy: Policy) -> list[Issue]:
+    """`archive_failing` means the archiver fails or WAL waits for it, nothing else:
+    - the last attempt failed and none has succeeded since (WARNING);
+    - the `.ready` backlog reached `ready_backlog_warning` / `_critical`;
+    - the oldest `.ready` segment is `archive_age_warning` / `_critical` old.
+    The time since the last archived segment is not judged here: on an idle primary (PostgreSQL's
+    default `archive_timeout = 0`) it grows while nothing waits and nothing fails. It enters the
+    RPO exposure only (`Archiver.gap`). The Prometheus rule `PostgresArchivingFailing` tests the
+    same three conditions on the exported samples and thresholds."""
     a = node.archiver
     if a is None or not a.enabled:
         return []
@@ -603,15 +624,18 @@ def _archive_issues(node: NodeState, policy: Policy) -> list[Issue]:
     if a.failing:
         status = Status.WARNING
         problems.append(f"archiving is failing ({a.failed_count} failures)")
-    if a.ready_count is not None and a.ready_count >= policy.ready_backlog_warning:
-        critical = a.ready_count >= policy.ready_backlog_critical
+    count, age = a.ready_count or 0, a.waiting_age
+    many = count >= policy.ready_backlog_warning
+    old = age is not None and age >= policy.archive_age_warning
+    if many:
+        critical = count >= policy.ready_backlog_critical
         status = max(status, Status.CRITICAL if critical else Status.WARNING)
-        problems.append(f"{a.ready_count} WAL segments wait to be archived")
-    gap = a.gap
-    if gap is not None and gap >= policy.archive_age_warning:
-        critical = gap >= policy.archive_age_critical
+    if old:
+        critical = age is not None and age >= policy.archive_age_critical
         status = max(status, Status.CRITICAL if critical else Status.WARNING)
-        problems.append(f"the oldest is {seconds(gap)} old")
+    if many or old:
+        segments = "1 WAL segment waits" if count == 1 else f"{count} WAL segments wait"
+        problems.append(f"{segments} to be archived" + (f", the oldest for {seconds(age)}" if old else ""))
     if not problems:
         return []
     return [Issue(status, Reason.ARCHIVE_FAILING, f"{node.name}: {', '.join(problems)}")]

@@ -94,6 +94,8 @@ ARCHIVER_FAILED = "mamori_pg_archiver_failed_total"
 ARCHIVER_LAST_AGE = "mamori_pg_archiver_last_archived_age_seconds"
 ARCHIVER_READY = "mamori_pg_archiver_ready_files"
 ARCHIVER_READY_AGE = "mamori_pg_archiver_ready_oldest_age_seconds"
+ARCHIVER_READY_WARNING = "mamori_pg_archiver_ready_files_warning"
+ARCHIVER_READY_AGE_WARNING = "mamori_pg_archiver_ready_oldest_age_warning_seconds"
 SLOT_ACTIVE = "mamori_pg_slot_active"
 SLOT_RETAINED = "mamori_pg_slot_retained_bytes"
 SLOT_WAL_STATUS = "mamori_pg_slot_wal_status"
@@ -690,6 +692,11 @@ class PostgresCheck(Check[PostgresConfig]):
                 _opt(out, ARCHIVER_READY, a.ready_count, node)
                 ready_age = None if a.ready_count is None else (a.ready_oldest_age or 0.0)
                 _opt(out, ARCHIVER_READY_AGE, ready_age, node)
+                # The thresholds of `archive_failing`, so that PostgresArchivingFailing judges
+                # the backlog exactly as this check does (as mamori_pg_lag_warning_seconds does
+                # for lag).
+                out.append(Sample(ARCHIVER_READY_WARNING, float(self._policy.ready_backlog_warning), node))
+                out.append(Sample(ARCHIVER_READY_AGE_WARNING, self._policy.archive_age_warning, node))
 
     def _standby_samples(self, out: list[Sample], s: NodeState, node: tuple[tuple[str, str], ...]) -> None:
         _opt(out, RECEIVE_LSN, s.receive_lsn, node)

@@ -10,7 +10,9 @@ durable outbox, oldest first, and answers with a `PushResult` saying how many of
 front, are done with (sent, or given up on and counted). The pump acks those and retries the rest
 with exponential backoff and jitter (or the service's Retry-After), so an exporter whose service is
 down costs disk (capped, see agent/outbox.py) and no memory, and resumes after a restart where it
-stopped, with the results' original timestamps.
+stopped, with the results' original timestamps — and with its retry schedule: the earliest next
+attempt and the backoff streak are saved with the cursor, so a Retry-After given before a restart
+(kill -9 included) is waited out after it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from agent.catalog import AGENT_METRICS
 from agent.model import CheckResult
 from agent.outbox import Outbox, Record
 from agent.retry import RETRY_AFTER_CAP, backoff
+from agent.statefile import LOSS_REASONS
 from agent.types import Model
 
 log = logging.getLogger("mamori.exporters")
@@ -74,6 +77,10 @@ class PushResult:
 
 
 class PushExporter(Protocol):
+    """Optionally also `linger` (seconds) and `fills(records) -> bool` (would a push of these be
+    full?): the pump then holds back a push that would not be full, up to `linger`, so that more
+    results join it (OCI Monitoring: each push is a request, and requests per tenancy are few)."""
+
     name: str
     batch: int
 
@@ -96,17 +103,25 @@ class Pump:
         outbox: Outbox,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.exporter = exporter
         self.outbox = outbox
         self.clock = clock
         self.rand = rand
+        self.wall = wall  # the retry schedule is saved in unix time: it must survive a restart
         self.failures = 0  # pushes that failed (not handled in full), ever
         self.sent = 0  # results handled and not dropped
-        self.streak = 0  # failed pushes in a row
+        # Failed pushes in a row, and the earliest next attempt (unix time; 0: now): saved in the
+        # outbox with the cursor, so a restart (kill -9 included) keeps the backoff and waits out
+        # a Retry-After given before it. Capped as a Retry-After is, against a clock set back.
+        not_before, self.streak = outbox.schedule(exporter.name)
+        self.not_before = min(not_before, wall() + RETRY_AFTER_CAP)
         self.last_error = ""
+        self._failure_logged: tuple[str, float] | None = None  # (error, when) of the last log
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._held: tuple[int, float] | None = None  # (head seq, since when) of records held back
 
     @property
     def name(self) -> str:
@@ -115,9 +130,31 @@ class Pump:
     def wake(self) -> None:
         self._wake.set()
 
-    async def step(self) -> float | None:
-        """One push. Returns seconds to wait before the next (0: go on; None: nothing to send)."""
+    def _hold(self, records: Sequence[Record]) -> float:
+        """Seconds left to hold `records` back for more to join them (<= 0: push now), counted
+        from when the pump first held back this head record (see `PushExporter`)."""
+        linger = float(getattr(self.exporter, "linger", 0.0))
+        fills = getattr(self.exporter, "fills", None)
+        if linger <= 0 or fills is None or fills(records):
+            self._held = None
+            return 0.0
+        now = self.clock()
+        if self._held is None or self._held[0] != records[0].seq:
+            self._held = (records[0].seq, now)
+        return self._held[1] + linger - now
+
+    async def step(self, hold: bool = False) -> float | None:
+        """One push. Returns seconds to wait before the next (0: go on; None: nothing to send).
+        `hold` (the running pump; never drain()): first wait for the exporter's linger."""
         records = self.outbox.read(self.name, self.exporter.batch)
+        while hold and records and (wait := self._hold(records)) > 0:
+            self._wake.clear()  # no await since the read: a result appended since wakes us
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel (stop()) that
+            # comes with the wake-up, and the pump would then never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            records = self.outbox.read(self.name, self.exporter.batch)
         if not records:
             return None
         try:
@@ -136,6 +173,8 @@ class Pump:
             if self.streak:
                 log.info("exporter %s: delivering again after %d failed attempts", self.name, self.streak)
             self.streak = 0
+            self.not_before = 0.0
+            self.outbox.set_schedule(self.name, 0.0, 0)  # no write unless it changed
             return 0.0
         self.failures += 1
         self.streak += 1
@@ -144,6 +183,8 @@ class Pump:
             delay = min(max(result.retry_after, 0.0), RETRY_AFTER_CAP)
         else:
             delay = backoff(self.streak, self.rand)
+        self.not_before = self.wall() + delay
+        self.outbox.set_schedule(self.name, self.not_before, self.streak)
         if self.streak == 1 or self.streak % 10 == 0:  # an outage must not flood the log
             log.warning(
                 "exporter %s: push failed (%s); %d results waiting, retrying in %.1fs",
@@ -157,13 +198,19 @@ class Pump:
     async def run(self) -> None:
         with contextlib.suppress(Exception):
             await self.exporter.start()
+        wait = self.not_before - self.wall()
+        if wait > 0:  # asked before a restart: a Retry-After or backoff still running
+            log.info("exporter %s: next attempt in %.1fs, as scheduled before the restart", self.name, wait)
+            await self._retry_wait(wait)
         while True:
             self._wake.clear()
             try:
-                delay = await self.step()
-            except Exception as exc:  # e.g. the disk is full: keep the task alive
-                log.error("exporter %s: outbox read failed: %s: %s", self.name, type(exc).__name__, exc)
+                delay = await self.step(hold=True)
+            except Exception as exc:  # e.g. a damaged page: keep the task alive
+                self._log_failure(f"{type(exc).__name__}: {exc}")
                 delay = 5.0
+            else:
+                self._failure_logged = None
             if delay == 0.0:
                 await asyncio.sleep(0)
                 continue
@@ -171,6 +218,15 @@ class Pump:
                 await self._wake.wait()
             else:
                 await self._retry_wait(delay)
+
+    def _log_failure(self, error: str) -> None:
+        """The first failure, then once a minute or when the error changes: a failure every 5 s
+        must not flood the log."""
+        now = time.monotonic()
+        last = self._failure_logged
+        if last is None or last[0] != error or now - last[1] >= 60:
+            self._failure_logged = (error, now)
+            log.error("exporter %s: outbox failed: %s (retrying every 5s)", self.name, error)
 
     async def _retry_wait(self, delay: float) -> None:
         """Wait `delay` before retrying. New results do not cut it short; an exporter that knows
@@ -181,7 +237,10 @@ class Pump:
             await asyncio.sleep(delay)
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), delay)
+            async with asyncio.timeout(delay):  # not wait_for: on 3.11 it can swallow a stop()
+                await event.wait()
+        if event.is_set():
+            self.not_before = 0.0  # the service is back: the schedule no longer applies
         event.clear()
 
     def start(self) -> None:
@@ -189,7 +248,10 @@ class Pump:
             self._task = asyncio.create_task(self.run(), name=f"export:{self.name}")
 
     async def drain(self, timeout: float) -> bool:
-        """Push until nothing is waiting (True) or a push fails or `timeout` passes (False)."""
+        """Push until nothing is waiting (True) or a push fails or `timeout` passes (False).
+        Inside a Retry-After or backoff wait it does not push at all (False unless nothing waits)."""
+        if self.not_before > self.wall():
+            return self.outbox.depth(self.name) == 0
         deadline = self.clock() + timeout
         while self.clock() < deadline:
             if self.outbox.depth(self.name) == 0:
@@ -269,7 +331,8 @@ class ExportCollector(Collector):
             age.add_metric([pump.name], self._outbox.oldest_age(pump.name, now))
             sent.add_metric([pump.name], float(pump.sent))
             failures.add_metric([pump.name], float(pump.failures))
-            counts.setdefault((pump.name, "capacity"), 0)
+            for reason in ("capacity", *LOSS_REASONS):  # the outbox's own reasons: 0 from the start
+                counts.setdefault((pump.name, reason), 0)
         for (sink, reason), n in sorted(counts.items()):
             dropped.add_metric([sink, reason], float(n))
         skipped = counter("mamori_export_samples_skipped_total", ["sink", "reason"])

@@ -16,11 +16,16 @@ OCI config file and profile) is checked at load; what only data decides is defen
 (see docs/exporters/oci.md for the rules and for what is dropped and counted).
 
 Delivery: one `PostMetricData` per push with at most 50 streams (the service's limit) and 1 000
-datapoints, taking results from the front of the batch (a single result with more streams goes in
-several requests); `NON_ATOMIC`, so a refused stream never blocks the rest. The SDK runs in a
-worker thread with its own retries and circuit breaker off: the pump (exporters/base.py) retries
-with backoff, and nothing the service accepted is sent again, except after a timeout on a request
-the service did accept (at-least-once, see the docs).
+datapoints, filled with results from the front of the batch; the result that would cross a limit
+has its first streams in this request and the rest in the next (a result with more than 50
+streams first goes 50 streams a request). `NON_ATOMIC`, so a refused stream never blocks the rest.
+The tenancy allows 50 requests per second for the whole fleet, so requests are made full: the pump
+holds back a push that would not fill one for up to `linger` (`fills()`), and requests start at
+most `max_requests_per_second` apart, a backlog's drain included. The SDK runs in a worker thread
+with its own retries and circuit breaker off: the pump (exporters/base.py) retries with backoff,
+and nothing the service accepted is sent again, except after a timeout on a request the service
+did accept, or a restart between the two requests a result was cut over (at-least-once, see the
+docs).
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import configparser
 import hashlib
-import importlib
 import ipaddress
 import logging
 import math
@@ -36,22 +40,30 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
 from agent.errors import StartupError
 from agent.retry import retry_after_header
-from agent.types import Duration, secret_value
+from agent.types import Duration, parse_duration, secret_value
 from exporters.base import ExportContext, ExporterBase, PushResult
 from exporters.config import ExtraMissing
-from exporters.oci_client import NoRegion, monitoring_client, signer_for
+from exporters.oci_client import NoRegion, import_sdk, monitoring_client, signer_for
 from exporters.samples import flatten, unit
 
 if TYPE_CHECKING:
@@ -71,6 +83,10 @@ MAX_AGE = 7200.0  # the service refuses datapoints 2 h old or older...
 AGE_MARGIN = 300.0  # ...so we stop trying 5 min before that (queueing, request time, clock skew)
 EMPTY_VALUE = "(empty)"  # the service refuses empty dimension values
 HOST = "host"
+TENANCY_TPS = 50  # PostMetricData requests per second per tenancy, for every agent together
+MAX_LINGER = 10.0  # seconds a result may wait for a fuller request, at most
+PACING_WARN_AFTER = 60.0  # paced without a break this long, and falling behind: say so...
+PACING_WARN_EVERY = 600.0  # ...at most this often
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _OCID = re.compile(r"^ocid1\.(compartment|tenancy)\.[a-z0-9]+\.[a-z0-9-]*\.[a-z0-9]+$")
@@ -146,6 +162,10 @@ class Config(ExporterBase):
     """Instance principals: the Auth Service endpoint (default: the region's); tests point it home."""
     timeout: Duration = 10.0
     """Per request (connect and read). A timeout is retried: see the exactly-once caveat."""
+    linger: Annotated[float, BeforeValidator(parse_duration), Field(ge=0)] = 2.0
+    """How long results may wait for more to fill a request (50 streams). 0: send at once."""
+    max_requests_per_second: float = Field(default=10.0, gt=0)
+    """Requests this agent starts per second, at most: the tenancy's 50 are for the whole fleet."""
 
     @field_validator("compartment_id")
     @classmethod
@@ -154,6 +174,26 @@ class Config(ExporterBase):
             raise ValueError(
                 "not a compartment or tenancy OCID (expected ocid1.compartment.<realm>.<region>.<id> "
                 "or ocid1.tenancy.<realm>.<region>.<id>)"
+            )
+        return value
+
+    @field_validator("linger")
+    @classmethod
+    def _linger(cls, value: float) -> float:
+        if value > MAX_LINGER:
+            raise ValueError(
+                f"{value:g}s is too long: at most {MAX_LINGER:g}s (a short wait for a fuller request; "
+                "OCI Monitoring alarms evaluate every minute)"
+            )
+        return value
+
+    @field_validator("max_requests_per_second")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if value > TENANCY_TPS:
+            raise ValueError(
+                f"{value:g} is more than OCI Monitoring allows a whole tenancy ({TENANCY_TPS} requests "
+                "a second, shared by every agent)"
             )
         return value
 
@@ -299,6 +339,39 @@ class _Stream:
     seqs: set[int] = field(default_factory=set)  # outbox records with a point in it
 
 
+@dataclass
+class _Progress:
+    """A result whose streams went out over several requests: those the service took so far
+    (kept in memory only: after a restart the whole result is sent again)."""
+
+    seq: int
+    sent: set[StreamKey] = field(default_factory=set)
+    refused: bool = False  # a stream of it was refused: counted `invalid` when it is done
+
+
+def _add(plan: dict[StreamKey, _Stream], seq: int, streams: Iterable[tuple[StreamKey, _Stream]]) -> None:
+    """Put these streams of result `seq` in the request `plan` (a stream's points are joined)."""
+    for key, stream in streams:
+        target = plan.setdefault(key, _Stream(stream.name, stream.dimensions, stream.unit))
+        target.points.extend(stream.points)
+        target.seqs.add(seq)
+
+
+def _fill(
+    plan: dict[StreamKey, _Stream], seq: int, streams: dict[StreamKey, _Stream], points: int
+) -> set[StreamKey]:
+    """Add to `plan` (holding `points` datapoints) what fits of result `seq`'s `streams`, up to
+    50 streams and 1 000 datapoints; those the plan has already first, as they cost no stream.
+    The keys added."""
+    taken: set[StreamKey] = set()
+    for key, stream in sorted(streams.items(), key=lambda item: item[0] not in plan):
+        if (key in plan or len(plan) < MAX_STREAMS) and points + len(stream.points) <= MAX_DATAPOINTS:
+            _add(plan, seq, [(key, stream)])
+            points += len(stream.points)
+            taken.add(key)
+    return taken
+
+
 class _AuthSetupError(Exception):
     """Making the SDK client (signer included) failed: no request went out."""
 
@@ -317,15 +390,24 @@ class _Failure:
 
 class OciExporter:
     """The `PushExporter` for OCI Monitoring. `clock` is the wall clock the 2-hour window is
-    measured on (a test replaces it). One push at a time (the pump's contract)."""
+    measured on; `monotonic` and `sleep` space the requests (tests replace all three). One push
+    at a time (the pump's contract)."""
 
     def __init__(
-        self, config: Config, context: ExportContext, clock: Callable[[], float] = time.time
+        self,
+        config: Config,
+        context: ExportContext,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.name = config.name
         self.batch = config.batch
+        self.linger = config.linger  # the pump holds back a push that `fills()` says is not full
         self.clock = clock
+        self.monotonic = monotonic
+        self.sleep = sleep
         base = dict(config.dimensions)
         base.update((k, fix_value(v)) for k, v in context.labels.items())
         base[HOST] = fix_value(context.agent)
@@ -338,7 +420,11 @@ class OciExporter:
         self.refused_streams = 0  # streams the service refused (failedMetrics)
         self.requests = 0  # PostMetricData requests answered 200
         self.datapoints = 0  # datapoints in those requests
-        self._progress: tuple[int, int] | None = None  # (seq, chunks sent) of a record split up
+        self._progress: _Progress | None = None  # the head result, when part of it went already
+        self._next_request = -math.inf  # monotonic: the earliest start of the next request
+        self._paced: tuple[float, float] | None = None  # (since, head age then): paced without a break
+        self._paced_warned = -math.inf
+        self._head_age = 0.0  # of the push in progress
         self._narrow = False  # after a 400 on several records: one record per request
         self._warned: set[tuple[str, str]] = set()
         self._last_problem = ""
@@ -355,31 +441,62 @@ class OciExporter:
                 await asyncio.to_thread(session.close)
 
     # --- push ------------------------------------------------------------------------------------
+    def fills(self, records: Sequence[Record]) -> bool:
+        """Whether one request from `records` would be full (50 streams or 1 000 datapoints), so
+        the pump need not hold them back for more (exporters/base.py). Also True when the pump
+        could not offer more, when one of them is expired (dropped at once) and after a request
+        refused as a whole (one result per request then)."""
+        if self._narrow or len(records) >= self.batch:
+            return True
+        cutoff = self.clock() - (MAX_AGE - AGE_MARGIN)
+        keys: set[StreamKey] = set()
+        points = 0
+        for record in records:
+            if record.result.started_at <= cutoff:
+                return True
+            streams, _ = self._remaining(record)
+            keys.update(streams)
+            points += sum(len(s.points) for s in streams.values())
+            if len(keys) >= MAX_STREAMS or points >= MAX_DATAPOINTS:
+                return True
+        return False
+
     async def push(self, records: Sequence[Record]) -> PushResult:
+        head = records[0]
+        if self._progress is not None and head.seq > self._progress.seq:
+            self._progress = None  # that result left the outbox (its size cap)
+        self._head_age = self.clock() - head.result.started_at
         cutoff = self.clock() - (MAX_AGE - AGE_MARGIN)
         plan: dict[StreamKey, _Stream] = {}
         skipped: Counter[str] = Counter()
         included = expired = with_points = points = 0
+        tail: tuple[int, set[StreamKey]] | None = None  # the result cut at the end, its streams here
         for record in records:
             if record.result.started_at <= cutoff:
                 expired += 1
                 included += 1
+                self._done(record.seq)
                 continue
-            streams, skips = self._streams(record.seq, record.result)
+            streams, skips = self._remaining(record)
+            while not included and len(streams) > MAX_STREAMS:
+                # The first result has more streams than a request carries (an lb check with many
+                # members): requests of 50 of them first; the rest goes with the results after it.
+                chunk = dict(list(streams.items())[:MAX_STREAMS])
+                outcome = await self._send(list(chunk.values()))
+                if isinstance(outcome, _Failure):
+                    return PushResult(0, outcome.error, outcome.retry_after)
+                self._took(record.seq, set(chunk), bool(outcome))
+                streams = {key: s for key, s in streams.items() if key not in chunk}
             new = sum(1 for key in streams if key not in plan)
             size = sum(len(s.points) for s in streams.values())
             full = len(plan) + new > MAX_STREAMS or (bool(plan) and points + size > MAX_DATAPOINTS)
             if full or (self._narrow and with_points):
-                if plan:
-                    break
-                if included:  # the expired records before a big one: done with them first
-                    break
-                return await self._push_split(record, streams, skips)
+                if plan and not self._narrow:  # fill the request with the first streams of this one
+                    taken = _fill(plan, record.seq, streams, points)
+                    tail = (record.seq, taken) if taken else None
+                break  # (the expired records before a big one: done with them first)
             skipped.update(skips)
-            for key, stream in streams.items():
-                target = plan.setdefault(key, _Stream(stream.name, stream.dimensions, stream.unit))
-                target.points.extend(stream.points)
-                target.seqs.add(record.seq)
+            _add(plan, record.seq, streams.items())
             included += 1
             with_points += bool(streams)
             points += size
@@ -396,33 +513,40 @@ class OciExporter:
             return PushResult(included, dropped=dropped)
         outcome = await self._send(list(plan.values()))
         if isinstance(outcome, _Failure):
-            if outcome.error.startswith(("400", "413")) and with_points > 1:
+            if outcome.error.startswith(("400", "413")) and with_points + (tail is not None) > 1:
                 self._narrow = True  # find the record the service refuses, keep sending the others
             return PushResult(0, outcome.error, outcome.retry_after)
         self._narrow = False
         self.skipped.update(skipped)  # counted once, when the results they belong to are done
-        if outcome:
-            dropped["invalid"] = len(outcome)
+        invalid = sum(self._done(r.seq) or r.seq in outcome for r in records[:included])
+        if tail is not None:
+            self._took(tail[0], tail[1], tail[0] in outcome)
+        if invalid:
+            dropped["invalid"] = invalid
         return PushResult(included, dropped=dropped)
 
-    async def _push_split(
-        self, record: Record, streams: dict[StreamKey, _Stream], skips: Counter[str]
-    ) -> PushResult:
-        """One result with more streams than a request may carry (e.g. an lb check with many
-        members): several requests. Chunks the service took are remembered, so a retry after a
-        failure part-way does not send them again (lost on restart: at-least-once then)."""
-        chunks = [list(streams.values())[i : i + MAX_STREAMS] for i in range(0, len(streams), MAX_STREAMS)]
-        done = self._progress[1] if self._progress and self._progress[0] == record.seq else 0
-        refused = False
-        for i in range(done, len(chunks)):
-            outcome = await self._send(chunks[i])
-            if isinstance(outcome, _Failure):
-                self._progress = (record.seq, i)
-                return PushResult(0, outcome.error, outcome.retry_after)
-            refused = refused or bool(outcome)
+    def _remaining(self, record: Record) -> tuple[dict[StreamKey, _Stream], Counter[str]]:
+        """The streams of a result that no earlier request carried, and its samples left out."""
+        streams, skips = self._streams(record.seq, record.result)
+        progress = self._progress
+        if progress is not None and progress.seq == record.seq:
+            streams = {k: v for k, v in streams.items() if k not in progress.sent}
+        return streams, skips
+
+    def _took(self, seq: int, keys: set[StreamKey], refused: bool) -> None:
+        """The service took `keys` of result `seq` (and refused some of them if `refused`)."""
+        if self._progress is None or self._progress.seq != seq:
+            self._progress = _Progress(seq)
+        self._progress.sent |= keys
+        self._progress.refused |= refused
+
+    def _done(self, seq: int) -> bool:
+        """Result `seq` is done with: forget what went of it. Whether a stream of it was refused."""
+        progress = self._progress
+        if progress is None or progress.seq != seq:
+            return False
         self._progress = None
-        self.skipped.update(skips)
-        return PushResult(1, dropped={"invalid": 1} if refused else {})
+        return progress.refused
 
     def _streams(self, seq: int, result: CheckResult) -> tuple[dict[StreamKey, _Stream], Counter[str]]:
         """The streams of one result, and the samples left out by reason."""
@@ -461,9 +585,41 @@ class OciExporter:
         return reason
 
     # --- one request -----------------------------------------------------------------------------
+    async def _pace(self) -> None:
+        """Start requests at least 1/max_requests_per_second apart, failed ones included: the
+        tenancy's 50 a second are shared by every agent. Says so (WARNING, at most every 10 min)
+        when requests have waited for their turn for a minute while the oldest result got older:
+        results arrive faster than the rate lets them out."""
+        now = self.monotonic()
+        if now >= self._next_request:
+            self._paced = None
+        else:
+            if self._paced is None:
+                self._paced = (now, self._head_age)
+            since, age = self._paced
+            if now - since >= PACING_WARN_AFTER:
+                if self._head_age > age and now - self._paced_warned >= PACING_WARN_EVERY:
+                    self._paced_warned = now
+                    log.warning(
+                        "exporter %s: sending at max_requests_per_second (%g) for %.0f s and the "
+                        "oldest waiting result got older (%.0f s): results arrive faster than that "
+                        "many requests of 50 streams carry; raise max_requests_per_second (the "
+                        "tenancy allows %d for all agents together)",
+                        self.name,
+                        self.config.max_requests_per_second,
+                        now - since,
+                        self._head_age,
+                        TENANCY_TPS,
+                    )
+                self._paced = (now, self._head_age)
+            await self.sleep(self._next_request - now)
+            now = max(self.monotonic(), self._next_request)
+        self._next_request = now + 1.0 / self.config.max_requests_per_second
+
     async def _send(self, streams: list[_Stream]) -> set[int] | _Failure:
-        """POST the streams. Returns the records that had a stream refused (NON_ATOMIC), or why
-        nothing was accepted."""
+        """POST the streams, in turn (`_pace`). Returns the records that had a stream refused
+        (NON_ATOMIC), or why nothing was accepted."""
+        await self._pace()
         try:
             response = await asyncio.to_thread(self._post, streams)
         except Exception as exc:
@@ -610,7 +766,7 @@ class OciExporter:
 
 def _sdk() -> Any:
     """The `oci` package (untyped; imported only when an oci exporter is built)."""
-    return importlib.import_module("oci")
+    return import_sdk()
 
 
 def build(config: Config, context: ExportContext) -> OciExporter:

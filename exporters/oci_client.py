@@ -2,15 +2,32 @@
 telemetry-ingestion endpoint) and for `agentctl oci-alarms` (agent/ocialarms.py, on telemetry):
 a signer for the chosen auth, the region from config or the signer, and the SDK's own retries
 and circuit breaker off — the callers retry in their own way (the pump; the alarms reconciler).
-The `oci` module is passed in: callers import it lazily (it is an optional extra)."""
+The `oci` module is passed in: callers import it lazily (it is an optional extra), through
+`import_sdk()`."""
 
 from __future__ import annotations
 
+import importlib
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 Auth = Literal["config_file", "instance_principal", "resource_principal"]
 INGESTION_TEMPLATE = "https://telemetry-ingestion.{region}.{secondLevelDomain}"
+
+
+def import_sdk() -> Any:
+    """The `oci` package (untyped). Raises ImportError when the extra is not installed.
+
+    Importing it logs, at INFO, "Default Auth client Circuit breaker strategy enabled"
+    (oci/circuit_breaker/__init__.py, oci 2.189): the SDK's default for the federation client of
+    instance principals, read from OCI_SDK_AUTH_CLIENT_CIRCUIT_BREAKER_ENABLED at import. It is
+    not ours: `signer_for` gives that client NoCircuitBreakerStrategy and `monitoring_client`
+    gives the service client one too, so the line would only mislead an operator at every start.
+    That logger says nothing else above DEBUG, so it is kept to warnings; setting the variable
+    instead would still log "... disabled" and change a process-wide SDK default."""
+    logging.getLogger("oci.circuit_breaker").setLevel(logging.WARNING)
+    return importlib.import_module("oci")
 
 
 class NoRegion(ValueError):

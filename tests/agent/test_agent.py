@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import urllib.request
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import config
 from agent.runtime import Agent
-from tests.conftest import free_port
+from tests.conftest import SmallFs, free_port
 
 
 def get(url: str) -> tuple[int, str]:
@@ -119,3 +121,91 @@ async def test_agent_reports_a_port_in_use_in_one_line(port: int, caplog: pytest
         cfg = config.parse(f"agent:\n  listen: 127.0.0.1:{port}\n", "t.yml", env={})
         assert await Agent(cfg, None).run() == 1
     assert any(f"cannot listen on 127.0.0.1:{port}" in r.getMessage() for r in caplog.records)
+
+
+async def test_ready_and_a_metric_say_durability_is_degraded_while_the_disk_is_full(
+    port: int, small_fs: SmallFs
+) -> None:
+    """Issue 11, item 9: results lost to a full disk are drops with a reason (not sink errors),
+    `/ready` answers 503 naming the file, `mamori_durability_degraded{file}` is 1; all of it
+    clears when there is space again. Also the alert state file (item 1)."""
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    target = server.sockets[0].getsockname()[1]
+    alerts, outbox = small_fs.path / "alerts.db", small_fs.path / "outbox.db"
+    cfg = config.parse(
+        f"""
+agent: {{listen: "127.0.0.1:{port}", shutdown_timeout: 3s}}
+checks:
+  - {{name: app, type: tcp, host: 127.0.0.1, port: {target}, interval: 200ms, timeout: 200ms}}
+outbox: {{path: {outbox}}}
+exporters:
+  - {{name: bus, type: mqtt, host: 127.0.0.1, port: {free_port()}}}
+notifiers:
+  - {{name: hook, type: webhook, url: "http://127.0.0.1:{free_port()}/hook"}}
+alerts:
+  state_file: {alerts}
+  rules: [{{name: down, check: "*", status: critical}}]
+  routes: {{critical: [hook]}}
+  group_wait: 0s
+""",
+        "test.yml",
+        env={},
+    )
+    agent = Agent(cfg, None)
+    task = asyncio.create_task(agent.run())
+    base = f"http://127.0.0.1:{port}"
+
+    async def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = (await aget(f"{base}/metrics"))[1]
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+
+    def degraded(path: Path) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return ("mamori_durability_degraded", (("file", str(path)),))
+
+    disk_full = ("mamori_outbox_dropped_total", (("reason", "disk_full"), ("sink", "bus")))
+    try:
+        await wait_for(lambda: _is(aget(f"{base}/ready"), (200, "ready\n")))
+        before = await samples()
+        assert before[degraded(alerts)] == before[degraded(outbox)] == 0
+        small_fs.fill()
+        expected = (
+            503,
+            f"not ready: durability degraded: cannot write the outbox {outbox}: database or disk is full\n",
+        )
+        await wait_for(lambda: _is(aget(f"{base}/ready"), expected))
+        server.close()  # the check fails: its alert cannot be stored either
+        await server.wait_closed()
+        expected = (
+            503,
+            f"not ready: durability degraded: cannot write the alert state file {alerts}: "
+            "database or disk is full\n",
+        )
+        await wait_for(lambda: _is(aget(f"{base}/ready"), expected))
+        during = await samples()
+        assert during[degraded(alerts)] == during[degraded(outbox)] == 1
+        assert during[disk_full] >= 1
+        assert during[("mamori_sink_errors_total", (("sink", "outbox"),))] == 0
+        assert during[("mamori_sink_errors_total", (("sink", "alerts"),))] == 0
+        assert during[("mamori_alert_outbox_depth", (("route", "hook"),))] == 1  # kept in memory
+
+        small_fs.free()
+        await wait_for(lambda: _is(aget(f"{base}/ready"), (200, "ready\n")))
+        after = await samples()
+        assert after[degraded(alerts)] == after[degraded(outbox)] == 0
+        assert after[disk_full] == during[disk_full] or after[disk_full] > during[disk_full]
+        assert after[("mamori_outbox_bytes", ())] > 0  # new results stored again
+    finally:
+        agent.stop()
+        assert await asyncio.wait_for(task, 10) == 0
+        server.close()
+    store = sqlite3.connect(alerts)  # the trigger made during the spell was stored once there was space
+    assert store.execute("SELECT count(*) FROM outbox WHERE route = 'hook'").fetchone()[0] == 1
+    store.close()
+
+
+async def _is(answer: Awaitable[tuple[int, str]], expected: tuple[int, str]) -> bool:
+    return await answer == expected

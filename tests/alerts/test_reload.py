@@ -17,7 +17,7 @@ from aiohttp import web
 
 from agent import config
 from agent.runtime import Agent
-from tests.conftest import free_port
+from tests.conftest import SmallFs, free_port
 
 
 @asynccontextmanager
@@ -99,7 +99,7 @@ async def test_reload_restarts_alerting_with_state(tmp_path: Path, caplog: pytes
             path.write_text(bad.replace(RULE_DOWN, RULE_DOWN + RULE_WARN))
             agent.reload()
             await wait_for("the fallback", lambda: "alerting kept on the previous config" in caplog.text)
-            assert "cannot open the alert state file" in caplog.text
+            assert "cannot create the directory of the alert state file" in caplog.text
             await asyncio.sleep(0.6)
             assert events(bodies) == [("down", "trigger"), ("also", "trigger")]
             # ... and its metrics are still served (a rebuilt sink starts its counters at 0).
@@ -123,6 +123,40 @@ async def test_reload_restarts_alerting_with_state(tmp_path: Path, caplog: pytes
                 ("down", "trigger"),
                 ("third", "trigger"),
             ]
+        finally:
+            agent.stop()
+            assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_reload_while_the_state_file_cannot_be_written_keeps_alerting_running(
+    tmp_path: Path, small_fs: SmallFs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SIGHUP while the disk under alerts.db is full must not close alerting (what waits in
+    memory would be lost, and the file could not be opened again): it is kept as it runs, pages
+    what waited once there is space, and a SIGHUP after that applies the new rules."""
+    port = free_port()
+    path = tmp_path / "agent.yml"
+    async with recorder() as (url, bodies):
+        text = agent_yaml(port, url, small_fs.path / "alerts.db", RULE_DOWN)
+        path.write_text(text)
+        agent = Agent(config.load(path, {}), path, {})
+        task = asyncio.create_task(agent.run())
+        try:
+            await wait_for("the first page", lambda: events(bodies) == [("down", "trigger")])
+            small_fs.fill()
+            await wait_for("the state file failing", lambda: agent.state_files["alerts"].degraded)
+            path.write_text(text.replace(RULE_DOWN, RULE_DOWN + RULE_WARN))
+            agent.reload()
+            await wait_for(
+                "the reload kept", lambda: "cannot be written now; send SIGHUP again" in caplog.text
+            )
+            await asyncio.sleep(0.6)
+            assert events(bodies) == [("down", "trigger")]
+            small_fs.free()
+            await wait_for("writable again", lambda: not agent.state_files["alerts"].degraded)
+            agent.reload()
+            await wait_for("the new rule's page", lambda: ("also", "trigger") in events(bodies))
+            assert events(bodies) == [("down", "trigger"), ("also", "trigger")]
         finally:
             agent.stop()
             assert await asyncio.wait_for(task, 10) == 0

@@ -41,6 +41,7 @@ from checks.pg_cluster import (
     RECOMMENDED_REASONS,
     Archiver,
     Heartbeat,
+    Issue,
     Memory,
     NodeState,
     Policy,
@@ -48,6 +49,7 @@ from checks.pg_cluster import (
     Replica,
     Slot,
     Verdict,
+    _archive_issues,
     judge,
 )
 from checks.postgres import PostgresCheck, PostgresConfig, failure
@@ -332,10 +334,65 @@ def test_rpo_exposure_is_the_smaller_gap() -> None:
     assert (v.archive_gap, v.exposure) == (None, 10.0)
     assert verdict(primary(archiver=off, replicas=()), down("pg2")).exposure is None
     # Nothing waits to be archived, but nothing was archived for 20 minutes: the segment being
-    # written (no archive_timeout) holds 20 minutes of commits the archive does not have.
+    # written (no archive_timeout) holds 20 minutes of commits the archive does not have. With
+    # the standby down too, that is the exposure — but archiving itself is not failing.
     quiet = Archiver(enabled=True, ready_count=0, last_archived_age=1200.0)
     v = verdict(primary(archiver=quiet, replicas=()), down("pg2"))
     assert (v.archive_gap, v.exposure, v.reason) == (1200.0, 1200.0, Reason.RPO_EXCEEDED)
+    assert Reason.ARCHIVE_FAILING not in {i.reason for i in v.issues}
+
+
+# `archive_failing` is the archiver failing or WAL waiting for it, on the policy's thresholds
+# (backlog 10 / 100 files, oldest .ready 300 s / 900 s): never the time since the last archived
+# segment, which grows on an idle primary (PostgreSQL's default archive_timeout = 0).
+IDLE_FOR = 7200.0  # two hours since the last archived segment, nothing waiting, nothing failed
+
+
+@pytest.mark.parametrize(
+    ("archiver", "status", "text"),
+    [
+        # idle: a healthy archiver with nothing to do, however long
+        (Archiver(enabled=True, archived_count=3, ready_count=0, last_archived_age=IDLE_FOR),
+         Status.OK, None),
+        (Archiver(enabled=True, archived_count=3, ready_count=0, last_archived_age=300.0),
+         Status.OK, None),
+        (Archiver(enabled=True, ready_count=None, last_archived_age=IDLE_FOR),  # no pg_monitor
+         Status.OK, None),
+        (Archiver(enabled=True, ready_count=0, last_archived_age=None), Status.OK, None),  # never
+        (Archiver(enabled=False, failing=True, ready_count=500), Status.OK, None),  # archive_mode off
+        # failing
+        (Archiver(enabled=True, failing=True, failed_count=4, ready_count=1, ready_oldest_age=2.0),
+         Status.WARNING, "pg1: archiving is failing (4 failures)"),
+        (Archiver(enabled=True, failing=True, ready_count=None, last_archived_age=IDLE_FOR),
+         Status.WARNING, "pg1: archiving is failing (0 failures)"),
+        # backlog
+        (Archiver(enabled=True, ready_count=9, ready_oldest_age=20.0, last_archived_age=IDLE_FOR),
+         Status.OK, None),
+        (Archiver(enabled=True, ready_count=10, ready_oldest_age=20.0),
+         Status.WARNING, "pg1: 10 WAL segments wait to be archived"),
+        (Archiver(enabled=True, ready_count=100, ready_oldest_age=20.0),
+         Status.CRITICAL, "pg1: 100 WAL segments wait to be archived"),
+        # old .ready
+        (Archiver(enabled=True, ready_count=1, ready_oldest_age=299.0, last_archived_age=IDLE_FOR),
+         Status.OK, None),
+        (Archiver(enabled=True, ready_count=1, ready_oldest_age=300.0),
+         Status.WARNING, "pg1: 1 WAL segment waits to be archived, the oldest for 5m00s"),
+        (Archiver(enabled=True, ready_count=2, ready_oldest_age=900.0),
+         Status.CRITICAL, "pg1: 2 WAL segments wait to be archived, the oldest for 15m00s"),
+        # all at once: the worst decides, every problem is said
+        (Archiver(enabled=True, failing=True, failed_count=9, ready_count=12, ready_oldest_age=1000.0),
+         Status.CRITICAL,
+         "pg1: archiving is failing (9 failures), "
+         "12 WAL segments wait to be archived, the oldest for 16m40s"),
+    ],
+)  # fmt: skip
+def test_archive_issues(archiver: Archiver, status: Status, text: str | None) -> None:
+    policy = Policy(cluster="main", cluster_view=True, archive_age_warning=300.0, archive_age_critical=900.0)
+    issues = _archive_issues(primary(archiver=archiver), policy)
+    if text is None:
+        assert issues == [] and status is Status.OK
+    else:
+        assert issues == [Issue(status, Reason.ARCHIVE_FAILING, text)]
 
 
 @pytest.mark.parametrize(
@@ -345,18 +402,27 @@ def test_rpo_exposure_is_the_smaller_gap() -> None:
          Status.WARNING, "pg1: archiving is failing (4 failures)"),
         (Archiver(enabled=True, ready_count=10, ready_oldest_age=20.0),
          Status.WARNING, "pg1: 10 WAL segments wait to be archived"),
-        (Archiver(enabled=True, ready_count=100, ready_oldest_age=20.0),
-         Status.CRITICAL, "pg1: 100 WAL segments wait to be archived"),
         (Archiver(enabled=True, ready_count=2, ready_oldest_age=301.0),
-         Status.WARNING, "pg1: the oldest is 5m01s old"),
-        (Archiver(enabled=True, failing=True, ready_count=None),
-         Status.WARNING, "pg1: archiving is failing (0 failures)"),
+         Status.WARNING, "pg1: 2 WAL segments wait to be archived, the oldest for 5m01s"),
     ],
 )  # fmt: skip
 def test_archiving(archiver: Archiver, status: Status, text: str) -> None:
     v = verdict(primary(archiver=archiver), standby())
     assert (v.status, v.reason, v.message) == (status, Reason.ARCHIVE_FAILING, text)
     assert v.ready  # archiving does not stop a failover
+
+
+def test_an_idle_primary_with_a_streaming_standby_is_ok() -> None:
+    """Issue 11 item 2: nothing written but the heartbeat, archive_timeout = 0, hours after the
+    last archived segment: OK. The archive gap is still exported (it is the RPO exposure's
+    archive half), but a streaming standby's delay is the exposure."""
+    idle = Archiver(enabled=True, archived_count=3, ready_count=0, last_archived_age=IDLE_FOR)
+    v = verdict(primary(archiver=idle), standby(heartbeat=Heartbeat(0.004)))
+    assert (v.status, v.reason, v.issues) == (Status.OK, Reason.OK, ())
+    assert (v.archive_gap, v.standby_gap, v.exposure) == (IDLE_FOR, 0.004, 0.004)
+    # A single-node check (no cluster view, no RPO verdict) is OK too.
+    alone = Policy(cluster="main", cluster_view=False)
+    assert verdict(primary(archiver=idle, replicas=()), policy=alone).status is Status.OK
 
 
 def test_archiving_is_judged_on_primaries_only() -> None:

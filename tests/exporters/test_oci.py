@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
+import itertools
 import json
 import logging
 import math
+import re
 import sys
 import time
 import urllib.request
@@ -25,7 +27,7 @@ from agent import config
 from agent.errors import StartupError
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.outbox import Outbox, Record
-from exporters.base import ExportContext, Pump, PushResult
+from exporters.base import ExportContext, OutboxSink, Pump, PushResult
 from exporters.config import ExtraMissing, validate_exporter
 from exporters.oci import AGE_MARGIN, MAX_AGE, Config, OciExporter, build, fix_value
 from exporters.samples import flatten
@@ -47,13 +49,18 @@ BASE_STREAMS = 4  # probe_success, probe_duration_seconds, mamori_check_status, 
 
 
 class Clock:
-    """A wall clock a test moves by hand (the pump, the exporter and the fake all read it)."""
+    """A clock a test moves by hand (the pump, the exporter and the fake all read it); `sleep`
+    moves it too (the exporter's pacing)."""
 
     def __init__(self, t: float) -> None:
         self.t = t
 
     def __call__(self) -> float:
         return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
 
 
 def result(check: str, t: float, *samples: Sample, status: Status = Status.OK) -> CheckResult:
@@ -94,8 +101,12 @@ class Env:
         return Config.model_validate(raw)
 
     def exporter(self, clock: Callable[[], float] = time.time, **over: Any) -> OciExporter:
+        """Requests are paced on `clock` when it is a Clock (the fake sees that rate), else on a
+        clock of their own: no test sleeps for the pacing."""
         exporter = build(self.config(**over), CONTEXT)
         exporter.clock = clock
+        pace = clock if isinstance(clock, Clock) else Clock(0.0)
+        exporter.monotonic, exporter.sleep = pace, pace.sleep
         return exporter
 
     def outbox(self, name: str = "oci") -> Outbox:
@@ -319,6 +330,24 @@ DIMS_15 = "{" + ", ".join(f"d{i}: v" for i in range(15)) + "}"
             "oci.yml:7: exporters[0].endpoint_url: unknown key",
         ),
         ("    timeout: 5s\n", "oci.yml:3: exporters[0].namespace: required key is missing"),
+        (
+            "    namespace: m\n    linger: 30s\n",
+            "oci.yml:7: exporters[0].linger: 30s is too long: at most 10s (a short wait for a fuller "
+            "request; OCI Monitoring alarms evaluate every minute)",
+        ),
+        (
+            "    namespace: m\n    linger: -1\n",
+            "oci.yml:7: exporters[0].linger: Input should be greater than or equal to 0",
+        ),
+        (
+            "    namespace: m\n    max_requests_per_second: 60\n",
+            "oci.yml:7: exporters[0].max_requests_per_second: 60 is more than OCI Monitoring allows a "
+            "whole tenancy (50 requests a second, shared by every agent)",
+        ),
+        (
+            "    namespace: m\n    max_requests_per_second: 0\n",
+            "oci.yml:7: exporters[0].max_requests_per_second: Input should be greater than 0",
+        ),
     ],
 )
 def test_config_rules_are_enforced_at_load_with_file_line_and_path(
@@ -366,6 +395,16 @@ def test_a_valid_config_loads_and_defaults_are_sensible(key: ApiKey) -> None:
         10.0,
     )
     assert oci.endpoint == "http://127.0.0.1:9"  # a trailing slash would make //20180401/metrics
+    assert (oci.linger, oci.max_requests_per_second) == (2.0, 10.0)
+
+
+def test_every_config_key_is_in_the_docs_table() -> None:
+    doc = (Path(__file__).parents[2] / "docs/exporters/oci.md").read_text()
+    table = doc.split("## Configuration", 1)[1].split("###", 1)[0]
+    documented = {
+        key for cell in re.findall(r"^\| ([^|]+) \|", table, re.M) for key in re.findall(r"`(\w+)`", cell)
+    }
+    assert set(Config.model_fields) - {"type"} <= documented
 
 
 def test_plain_http_only_to_loopback_and_a_missing_default_profile(key: ApiKey) -> None:
@@ -488,7 +527,7 @@ def test_the_client_has_no_sdk_retries_no_circuit_breaker_and_the_regional_endpo
 # --- batching ----------------------------------------------------------------------------------
 
 
-async def test_a_request_carries_at_most_50_streams_and_takes_whole_results(tmp_path: Path) -> None:
+async def test_a_request_carries_at_most_50_streams_taking_results_in_outbox_order(tmp_path: Path) -> None:
     async with oci_env(tmp_path) as env:
         now = float(int(time.time()))
         outbox = env.outbox()
@@ -539,12 +578,203 @@ async def test_one_result_with_more_than_50_streams_is_split_and_resumed_without
         assert (first.handled, first.error.split(" (")[0]) == (0, "500 InternalServerError")
         assert len(env.fake.points) == 50
         second = await exporter.push(big)  # the pump retries the same records
-        assert second == PushResult(1)
-        third = await exporter.push(big[1:])
         await exporter.aclose()
-    assert third == PushResult(1)
-    assert [p.streams for p in env.fake.posts] == [50, 50, 20, BASE_STREAMS]
+    # The last 20 streams of the big result share their request with the next result.
+    assert second == PushResult(2)
+    assert [p.streams for p in env.fake.posts] == [50, 50, 20 + BASE_STREAMS]
     assert env.fake.duplicates() == [] and len(env.fake.points) == 120 + BASE_STREAMS
+
+
+# --- steady state: fuller requests (linger), paced requests ---------------------------------------
+
+HTTP_SAMPLES = 13  # a plain-HTTP http check: 5 phases, status, version... (17 streams a result)
+
+
+def http_result(check: str, t: float, *, status: Status = Status.OK) -> CheckResult:
+    samples = tuple(Sample(f"probe_http_sample_{k}_seconds", k / 1000) for k in range(HTTP_SAMPLES))
+    return result(check, t, *samples, status=status)
+
+
+class Running:
+    """A started Pump behind the real OutboxSink, on a fake clock, and a way to let it settle:
+    `settle()` returns once the pump waits for new results (held back or idle), not mid-push."""
+
+    def __init__(self, env: Env, clock: Clock, **over: Any) -> None:
+        self.clock = clock
+        self.outbox = env.outbox()
+        self.exporter = env.exporter(clock, **over)
+        self.pump = Pump(self.exporter, self.outbox, clock=clock, rand=lambda: 0.0)
+        self.sink = OutboxSink(self.outbox, [self.pump])
+        self.idle = asyncio.Event()  # no push in progress
+        self.idle.set()
+        push = self.exporter.push
+
+        async def watched(records: Any) -> PushResult:
+            self.idle.clear()
+            try:
+                return await push(records)
+            finally:
+                self.idle.set()
+
+        self.exporter.push = watched  # type: ignore[method-assign]
+        self.pump.start()
+
+    async def consume(self, r: CheckResult) -> None:
+        await self.sink.consume(r)
+        await self.settle()
+
+    async def settle(self) -> None:
+        while True:
+            for _ in range(20):  # after a push the pump reads again, then holds or pushes at once
+                await asyncio.sleep(0)
+            if self.idle.is_set():
+                return
+            await self.idle.wait()
+
+    async def close(self) -> float:
+        """The shutdown drain; its real duration."""
+        t0 = time.monotonic()
+        await self.sink.aclose()
+        return time.monotonic() - t0
+
+
+async def test_steady_state_40_checks_at_2s_send_full_requests_at_a_third_of_the_rate(
+    tmp_path: Path,
+) -> None:
+    """40 http checks (17 streams a result) every 2 s, each at its phase: before, one request per
+    result (20/s, 17 streams); now 50 streams a request (6.8/s), nothing lost or sent twice, and
+    the shutdown drain sends the rest at once."""
+    async with oci_env(tmp_path) as env:
+        t0 = float(int(time.time()))
+        clock = Clock(t0)
+        env.fake.clock = env.fake.wall = clock
+        run = Running(env, clock)
+        for k in range(10):
+            for i in range(40):
+                clock.t = max(clock.t, t0 + 2 * k + i * 0.05)
+                await run.consume(http_result(f"web-{i:02}", clock.t))
+        steady = list(env.fake.posts)
+        seconds = clock.t - t0
+        await run.consume(http_result("late", clock.t))  # 17 streams: held back for more...
+        assert len(env.fake.posts) == len(steady)
+        assert await run.close() < 1.0  # ...but not when the agent stops: sent at once
+    assert len(steady) == 400 * 17 // 50 == 136  # was 400 (one a result)
+    assert len(steady) / seconds < 7.0  # requests per second, for the 20 results a second
+    assert [p.streams for p in env.fake.posts] == [50] * 136 + [17]  # every steady one full
+    assert env.fake.duplicates() == [] and len(env.fake.points) == 401 * 17
+    assert run.outbox.dropped == {} and run.pump.sent == 401
+
+
+async def test_a_result_arriving_as_the_agent_stops_is_flushed_and_the_pump_stops(tmp_path: Path) -> None:
+    """The pump holds a result back; another arrives (waking it) in the same turn as the stop:
+    the stop is not lost (asyncio.wait_for would swallow it on 3.11 and hang the shutdown), and
+    the drain sends both at once."""
+    async with oci_env(tmp_path) as env:
+        clock = Clock(float(int(time.time())))
+        env.fake.clock = env.fake.wall = clock
+        run = Running(env, clock)
+        await run.consume(http_result("a", clock.t))
+        assert env.fake.posts == []  # held back
+        await run.sink.consume(http_result("b", clock.t))  # wakes the pump; no await in between
+        assert await asyncio.wait_for(run.close(), 5) < 1.0
+    assert [p.streams for p in env.fake.posts] == [34]
+    assert env.fake.duplicates() == [] and run.pump.sent == 2
+
+
+async def test_a_backlog_drains_at_once_paced_under_max_requests_per_second_and_a_lone_tail_lingers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """5 minutes of 40 checks at 15 s waiting when the service comes back: the pump does not
+    linger over a backlog, requests start at least 1/rate apart (fake time), every one but the
+    last carries 50 streams; the last, alone, waits for the linger, then goes."""
+    async with oci_env(tmp_path) as env:
+        t0 = float(int(time.time()))
+        clock = Clock(t0)
+        env.fake.clock = env.fake.wall = clock
+        run = Running(env, clock, max_requests_per_second=4, linger="1500ms")
+        backlog = [result(f"c{i:02}", t0 - 300 + 15 * k, dns_sample()) for k in range(20) for i in range(40)]
+        backlog.append(result("late", t0))  # 4 streams more: a tail that does not fill a request
+        with caplog.at_level(logging.WARNING, "mamori.exporters.oci"):
+            run.outbox.append(backlog)
+            run.pump.wake()
+            await run.settle()
+            drained = clock.t - t0
+            assert run.outbox.depth("oci") == 1  # the tail, held back
+            clock.t += 1.0
+            run.pump.wake()
+            await run.settle()
+            assert run.outbox.depth("oci") == 1  # 1.0 s of 1.5
+            clock.t += 0.6
+            run.pump.wake()
+            await run.settle()
+            assert run.outbox.depth("oci") == 0
+        await run.close()
+    posts = env.fake.posts
+    assert [p.streams for p in posts] == [50] * 80 + [BASE_STREAMS]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(posts)]
+    assert min(gaps[:-1]) >= 0.25 - 1e-9  # 4 a second at most
+    assert drained == pytest.approx(79 * 0.25)  # at the rate, not lingering between requests
+    assert (
+        env.fake.throttled == 0
+        and env.fake.duplicates() == []
+        and len(env.fake.points) == 4000 + BASE_STREAMS
+    )
+    assert not caplog.records  # catching up: no "falling behind" warning
+
+
+async def test_pacing_that_cannot_keep_up_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with oci_env(tmp_path) as env:
+        t0 = float(int(time.time()))
+        clock = Clock(t0)
+        env.fake.clock = env.fake.wall = clock
+        exporter = env.exporter(clock, max_requests_per_second=1)
+        with caplog.at_level(logging.WARNING, "mamori.exporters.oci"):
+            for n in range(150):  # a result every 0.5 s, sent one request a second
+                assert (await exporter.push([Record(n, result(f"c{n % 5}", t0 + n / 2))])).handled == 1
+        await exporter.aclose()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "sending at max_requests_per_second (1) for 60 s and the oldest waiting result got older" in line
+    assert "raise max_requests_per_second (the tenancy allows 50 for all agents together)" in line
+    assert env.fake.throttled == 0 and len(env.fake.posts) == 150
+
+
+async def test_a_result_cut_at_the_end_of_a_request_is_finished_next_and_counted_once(
+    tmp_path: Path,
+) -> None:
+    """Results of 17 streams: a request takes two and 16 streams of the third; the next one
+    starts with its last stream. A stream refused in either part counts its result once."""
+    async with oci_env(tmp_path) as env:
+        now = float(int(time.time()))
+        outbox = env.outbox()
+        outbox.append(
+            [
+                http_result("a", now),
+                http_result("b", now),
+                http_result("ahead", now + 1200),  # the service refuses its streams (20 min ahead)
+                http_result("c", now),
+            ]
+        )
+        exporter = env.exporter()
+        pump = Pump(exporter, outbox)
+        assert await drain(pump, Clock(now)) == [0.0, 0.0]
+        await exporter.aclose()
+    assert [(p.streams, len(p.failed)) for p in env.fake.posts] == [(50, 16), (18, 1)]
+    assert outbox.dropped == {("oci", "invalid"): 1}
+    assert pump.sent == 3 and exporter.refused_streams == 17
+    assert env.fake.duplicates() == [] and len(env.fake.points) == 3 * 17
+
+
+def test_fills_counts_streams_not_results(key: ApiKey) -> None:
+    raw = {"type": "oci", "compartment_id": "ocid1.tenancy.oc1..aaaa", "namespace": "m"}
+    exporter = build(Config.model_validate(raw | {"config_file": str(key.config_file)}), CONTEXT)
+    now = time.time()
+    assert exporter.linger == 2.0 and exporter.config.max_requests_per_second == 10
+    assert not exporter.fills(records(*(http_result(f"c{i}", now) for i in range(2))))  # 34 streams
+    assert exporter.fills(records(*(http_result(f"c{i}", now) for i in range(3))))  # 51
+    assert not exporter.fills(records(*(result(f"c{i}", now) for i in range(12))))  # 48
+    assert exporter.fills(records(result("old", now - MAX_AGE)))  # expired: dropped at once
 
 
 # --- refusals and failures ---------------------------------------------------------------------
@@ -988,3 +1218,53 @@ checks:
     sent = [s for s in families["mamori_export_sent"].samples if s.labels == {"sink": "oci"}]
     assert len(depth) == 1 and depth[0].value >= 0
     assert len(sent) == 1 and sent[0].value >= 1
+
+
+async def test_the_agent_does_not_log_the_sdks_circuit_breaker_line_at_start(tmp_path: Path) -> None:
+    """`import oci` logs "Default Auth client Circuit breaker strategy enabled" at INFO (a default
+    of the SDK that the exporter's clients do not use): `agentctl run`, at its default log level,
+    starts the exporter, sends, stops, and that line is not in its log."""
+    control = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import logging; logging.basicConfig(level=logging.INFO); import oci",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, plain = await control.communicate()
+    assert "Circuit breaker strategy enabled" in plain.decode()  # what the SDK does on its own
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    async with oci_env(tmp_path) as env:
+        path = tmp_path / "agent.yml"
+        path.write_text(
+            f"""agent: {{name: agent-1, listen: "127.0.0.1:{free_port()}", interval: 500ms, timeout: 400ms}}
+outbox: {{path: {tmp_path / "outbox.db"}}}
+exporters:
+  - {{type: oci, compartment_id: {env.compartment}, namespace: mamori, config_file: {env.key.config_file},
+     endpoint: {env.fake.base_url}, linger: 0s}}
+checks:
+  - {{name: port, type: tcp, host: 127.0.0.1, port: {server.sockets[0].getsockname()[1]}}}
+"""
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "run", "-c", str(path), stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not env.fake.points:
+                assert time.monotonic() < deadline and proc.returncode is None, "nothing reached the fake"
+                await asyncio.sleep(0.05)
+            proc.terminate()
+            _, err = await asyncio.wait_for(proc.communicate(), 15)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            server.close()
+            await server.wait_closed()
+    log = err.decode()
+    assert proc.returncode == 0 and "stopped" in log, log
+    assert "ircuit breaker" not in log and "Traceback" not in log, log

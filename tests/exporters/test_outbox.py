@@ -233,7 +233,11 @@ async def test_outbox_sink_wakes_pumps_and_the_collector_reports(tmp_path: Path)
         families = {m.name: m for m in ExportCollector(box, [pump]).collect()}
         assert families["mamori_export_sent"].samples[0].value == 3
         assert families["mamori_outbox_depth"].samples[0].value == 0
-        assert {s.labels["reason"] for s in families["mamori_outbox_dropped"].samples} == {"capacity"}
+        assert {s.labels["reason"] for s in families["mamori_outbox_dropped"].samples} == {
+            "capacity",
+            "disk_full",
+            "write_error",
+        }
     finally:
         await sink.aclose()
         await sink.aclose()
@@ -242,7 +246,10 @@ async def test_outbox_sink_wakes_pumps_and_the_collector_reports(tmp_path: Path)
 
 def test_an_unusable_outbox_path_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    with pytest.raises(StartupError, match=r"^cannot open the outbox .*/file/o.db: "):
+    with pytest.raises(
+        StartupError,
+        match=r"^cannot create the directory of the outbox .*/file/o.db: .*/file or a parent is not a",
+    ):
         Outbox(tmp_path / "file" / "o.db", 10**6, ["a"])
 
 

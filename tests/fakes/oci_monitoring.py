@@ -29,8 +29,13 @@ What it checks, in the order the real service does (authentication before the bo
   value and, if given, an integer `count` > 0. Under NON_ATOMIC a bad stream comes back in
   `failedMetrics` (HTTP 200) and the rest is accepted; under ATOMIC the whole request is 400.
 
+The fake is one tenancy: past `max_tps` (50) PostMetricData requests in the last second (by its
+`clock`), a request is answered 429 `TooManyRequests` (counted in `throttled`), as the real
+service throttles a tenancy's 50 TPS.
+
 Every answer carries `opc-request-id`; errors are `{"code", "message"}` JSON. Accepted datapoints
-are recorded one by one (`points`) so a test can assert exactly-once per (stream, timestamp).
+are recorded one by one (`points`) so a test can assert exactly-once per (stream, timestamp), and
+accepted requests (`posts`) with their stream count and arrival time (by `clock`).
 Faults (500 for a while, 429 with Retry-After, held requests) come from tests/fakes/http_faults.py;
 `fail_after(n, status)` fails one request after n more, `date_clock` skews the clock the `date`
 header is checked against. `wall` (the datapoint window) and `clock` (timed faults) may be a
@@ -47,7 +52,7 @@ import math
 import re
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -71,6 +76,7 @@ MAX_DIMENSIONS = 20
 MAX_PAST = timedelta(hours=2)
 MAX_FUTURE = timedelta(minutes=10)
 MAX_SKEW = 300.0
+MAX_TPS = 50  # PostMetricData requests per second per tenancy
 SIGNED_HEADERS = ("date", "(request-target)", "host", "content-length", "content-type", "x-content-sha256")
 
 _NAMESPACE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -263,6 +269,7 @@ class Post:
     atomicity: str
     status: int
     failed: list[dict[str, Any]] = field(default_factory=list)
+    at: float = 0.0  # when it arrived, by the fake's `clock`
 
 
 class _Invalid(Exception):
@@ -293,6 +300,9 @@ class FakeOciMonitoring(FakeHttpService):
         self.points: list[Point] = []
         self.posts: list[Post] = []
         self.unauthenticated = 0  # requests answered 401
+        self.max_tps = MAX_TPS
+        self.throttled = 0  # requests answered 429 for going past max_tps
+        self._recent: deque[float] = deque()  # arrival of the requests in the last second
         self.errors: list[tuple[int, str, str]] = []  # (status, code, message) of 4xx answers
 
     def register(self, key_id: str, public_key: PublicKey) -> None:
@@ -335,12 +345,19 @@ class FakeOciMonitoring(FakeHttpService):
         return _error(status, code, message)
 
     async def serve(self, request: web.BaseRequest) -> web.Response:
+        arrived = self.clock()
         if request.path != PATH:
             return self._fail(
                 404, "NotAuthorizedOrNotFound", "Authorization failed or requested resource not found."
             )
         if request.method != "POST":
             return self._fail(405, "MethodNotAllowed", f"Method {request.method} is not allowed.")
+        while self._recent and arrived - self._recent[0] >= 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.max_tps:
+            self.throttled += 1
+            return _error(429, "TooManyRequests", "Too many requests for the tenancy.")
+        self._recent.append(arrived)
         body = await request.read()
         key_id = verify_signature(request, body, self.keys, now=self.date_clock())
         if key_id is None:
@@ -415,7 +432,7 @@ class FakeOciMonitoring(FakeHttpService):
                 failed.append({"message": str(exc), "metricData": item})
         if failed and atomicity == "ATOMIC":
             return self._fail(400, "InvalidParameter", str(failed[0]["message"]))
-        post = Post(key_id, len(identities), sum(len(g) for g in good), atomicity, 200, failed)
+        post = Post(key_id, len(identities), sum(len(g) for g in good), atomicity, 200, failed, at=arrived)
         self.posts.append(post)
         for points in good:
             self.points.extend(points)

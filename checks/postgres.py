@@ -903,7 +903,9 @@ def render_summary(
         if not a.enabled:
             lines.append(f"archiver ({s.name}): archive_mode off")
             continue
-        state = "FAILING" if a.failing else "ok"
+        waiting = a.waiting_age or 0.0
+        behind = (a.ready_count or 0) >= policy.ready_backlog_warning or waiting >= policy.archive_age_warning
+        state = "FAILING" if a.failing else "BEHIND" if behind else "ok"
         if a.ready_count is None:
             ready = "unknown .ready (no pg_monitor)"
         elif a.ready_count:

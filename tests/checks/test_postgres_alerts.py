@@ -192,6 +192,7 @@ async def test_broken_archiving_is_archive_failing_on_both_paths(pg_pair: PgLab,
         waiting = await execute(check)
         assert (waiting.status, waiting.reason) == (Status.WARNING, Reason.ARCHIVE_FAILING), waiting.message
         assert "1 WAL segment waits to be archived, the oldest for " in waiting.message
+        assert "archiver (primary): FAILING;" in summary(check, waiting)
         assert_agree(check, waiting, {"PostgresArchivingFailing"}, tmp_path)
         # Fixed: OK again on both paths, although nothing was archived since (idle).
         await pg_pair.fix_archiving()

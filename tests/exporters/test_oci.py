@@ -624,12 +624,20 @@ class Running:
         await self.settle()
 
     async def settle(self) -> None:
-        while True:
-            for _ in range(20):  # after a push the pump reads again, then holds or pushes at once
+        """Until no push is in progress and the pump waits on its wake event (held back or idle).
+        Counting loop turns alone is not enough on a loaded machine: between two pushes the pump
+        acks, reads and decodes a page, and a worker thread may finish late."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for _ in range(20):
                 await asyncio.sleep(0)
-            if self.idle.is_set():
+            if self.idle.is_set() and self.pump._wake._waiters:
                 return
-            await self.idle.wait()
+            if not self.idle.is_set():
+                await self.idle.wait()
+            else:
+                await asyncio.sleep(0.01)
+        raise AssertionError("the pump did not settle within 10 s")
 
     async def close(self) -> float:
         """The shutdown drain; its real duration."""

@@ -57,7 +57,10 @@ def _print_config_error(exc: Exception) -> None:
 def _adhoc_check(target: str, timeout: float | None) -> Check[Any]:
     from pydantic import ValidationError
 
+    from agent.secrets import redact_url
+
     overrides: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    shown = redact_url(target)  # never echo a password (or a token) given in the URL
     scheme = target.partition("://")[0].lower()
     try:
         if scheme in ("http", "https"):
@@ -70,9 +73,9 @@ def _adhoc_check(target: str, timeout: float | None) -> Check[Any]:
             return TcpCheck.from_url(target, **overrides)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        raise UsageError(f"invalid target {target!r}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise UsageError(f"invalid target {shown!r}: {err['msg'].removeprefix('Value error, ')}") from None
     raise UsageError(
-        f"cannot check {target!r}: use an http://, https://, tcp:// or tls:// URL, or a check name with -c"
+        f"cannot check {shown!r}: use an http://, https://, tcp:// or tls:// URL, or a check name with -c"
     )
 
 
@@ -183,6 +186,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             _print_config_error(exc)
             failed = True
             continue
+        for warning in cfg.warnings:  # valid, but probably not what was meant
+            print(warning, file=sys.stderr)
         print(f"{path}: OK ({len(cfg.checks)} checks)")
     return 1 if failed else 0
 

@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from agent import yamldoc
 from agent.errors import ConfigError, ConfigIssue
+from agent.files import read_regular_file
 from agent.types import Duration, Model
 from agent.yamldoc import DocumentError, YamlDoc, format_path
 from checks import REGISTRY, check_class
@@ -32,6 +33,10 @@ __all__ = ["Config", "ConfigError", "ConfigIssue", "load", "parse"]
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+# A check runs at most every 100 ms (the tests' fastest is 200 ms) and at least weekly: past a
+# week it is a typo, and a check that (almost) never runs watches nothing.
+MIN_INTERVAL = 0.1
+MAX_INTERVAL = 7 * 86400.0
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -84,6 +89,9 @@ class Config:
     # Push exporters (exporters/): empty when the file has no `exporters:` section.
     outbox: Any = None  # exporters.config.OutboxConfig | None
     exporters: tuple[Any, ...] = ()  # each an exporters.<type>.Config
+    # What is valid but probably not meant (a rule only another agent's results could match):
+    # `agentctl validate` prints these, the agent logs them at start and on reload.
+    warnings: tuple[ConfigIssue, ...] = ()
 
     def check(self, name: str) -> CheckConfig:
         for c in self.checks:
@@ -155,22 +163,60 @@ def _typed_entry(
         issues.append(ConfigIssue(file, doc.line_of(path), format_path(path), "expected a mapping"))
         return None
     type_name = raw.get("type")
-    if type_name in known:
-        return str(type_name)
+    if isinstance(type_name, str) and type_name in known:
+        return type_name
     where = path + ("type",) if "type" in raw else path
-    what = "required key is missing" if type_name is None else f"unknown {kind} type {type_name!r}"
+    if type_name is None:
+        what = "required key is missing"
+    elif isinstance(type_name, str):
+        what = f"unknown {kind} type {yamldoc.shown(type_name)}"
+    else:
+        article = "an" if kind[0] in "aeiou" else "a"
+        what = f"expected the name of {article} {kind} type, got {_kind_of(type_name)}"
     message = f"{what} (known: {', '.join(sorted(known))})"
     issues.append(ConfigIssue(file, doc.line_of(where), format_path(path + ("type",)), message))
     return None
 
 
+def _kind_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return yamldoc.shown(value)
+
+
+def _human(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _interval_problem(seconds: float) -> str | None:
+    if seconds < MIN_INTERVAL:
+        return f"interval ({_human(seconds)}) is too short: at least {_human(MIN_INTERVAL)}"
+    if seconds > MAX_INTERVAL:
+        return f"interval ({_human(seconds)}) is too long: at most {_human(MAX_INTERVAL)}"
+    return None
+
+
 def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
-    """Validate a whole config document. Raises ConfigError listing every problem found."""
+    """Validate a whole config document. Raises ConfigError listing every problem found.
+
+    Bounded for any text (see agent.yamldoc): never more than a few MiB, 100 000 nodes and a
+    second or so, and every problem is a ConfigIssue, never another exception."""
     env = os.environ if env is None else env
     try:
         doc = yamldoc.load(text, env)
     except DocumentError as exc:
         raise ConfigError([ConfigIssue(file, exc.line, format_path(exc.path), exc.message)]) from None
+    if doc.empty:
+        # An agent started on an empty file would watch nothing and look healthy.
+        message = "no checks: the file is empty (or only comments)"
+        raise ConfigError([ConfigIssue(file, 0, "(document)", message)])
     if not isinstance(doc.data, dict):
         raise ConfigError([ConfigIssue(file, doc.line_of(()), "(document)", "expected a mapping")])
     issues: list[ConfigIssue] = []
@@ -191,24 +237,37 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
         agent = AgentSection.model_validate(agent_raw)
     except ValidationError as exc:
         issues.extend(_issues_from_validation(exc, doc, file, ("agent",)))
+    else:
+        if problem := _interval_problem(agent.interval):
+            where: yamldoc.Path = ("agent", "interval")
+            issues.append(ConfigIssue(file, doc.line_of(where), format_path(where), problem))
+            # The checks that inherit it are validated with the default, not told again.
+            agent = agent.model_copy(update={"interval": AgentSection.model_fields["interval"].default})
 
     checks_raw = doc.data.get("checks") or []
     checks: list[CheckConfig] = []
     if not isinstance(checks_raw, list):
         issues.append(ConfigIssue(file, doc.line_of(("checks",)), "checks", "expected a list of checks"))
         checks_raw = []
+    checks_complete = True
     seen: dict[str, int] = {}
     for i, raw in enumerate(checks_raw):
         path: yamldoc.Path = ("checks", i)
         type_name = _typed_entry(doc, file, path, raw, REGISTRY, "check", issues)
         if type_name is None:
+            checks_complete = False
             continue
         values = {"interval": agent.interval, "timeout": agent.timeout, **raw}
         try:
             cfg = check_class(type_name).config_model.model_validate(values)
         except ValidationError as exc:
             issues.extend(_issues_from_validation(exc, doc, file, path))
+            checks_complete = False
             continue
+        # An interval taken from `agent:` was judged there.
+        if "interval" in raw and (problem := _interval_problem(cfg.interval)):
+            where = path + ("interval",)
+            issues.append(ConfigIssue(file, doc.line_of(where), format_path(where), problem))
         if cfg.timeout > cfg.interval:
             issues.append(
                 ConfigIssue(
@@ -231,6 +290,15 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
         checks.append(cfg)
     alerts, notifiers = _alerting(doc, file, issues)
     outbox, exporters = _exporting(doc, file, issues, agent, checks)
+    warnings: list[ConfigIssue] = []
+    if not checks and not issues:
+        no_checks: yamldoc.Path = ("checks",)
+        message = "no checks: the agent watches nothing (it only serves its own metrics)"
+        warnings.append(ConfigIssue(file, doc.line_of(no_checks), "checks", message, warning=True))
+    exporters_complete = not any(i.path.startswith("exporters") for i in issues)
+    # Without checks every rule matches nothing: the warning above says so once.
+    if alerts is not None and checks and checks_complete and exporters_complete:
+        _alert_targets(doc, file, alerts, checks, exporters, issues, warnings)
     if issues:
         raise ConfigError(issues)
     return Config(
@@ -241,7 +309,29 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
         notifiers=notifiers,
         outbox=outbox,
         exporters=exporters,
+        warnings=tuple(warnings),
     )
+
+
+def _alert_targets(
+    doc: YamlDoc,
+    file: str,
+    alerts: Any,
+    checks: list[CheckConfig],
+    exporters: tuple[Any, ...],
+    issues: list[ConfigIssue],
+    warnings: list[ConfigIssue],
+) -> None:
+    """Rules and connectivity guard entries that name no check (a typo: they could never fire)."""
+    from alerts.config import validate_targets
+
+    fleet = any(getattr(getattr(e, "fleet", None), "enabled", False) for e in exporters)
+    # A postgres check's cluster is its `cluster`, else its name (checks/postgres.py).
+    clusters = [getattr(c, "cluster", None) or c.name for c in checks if c.type == "postgres"]
+    check_tags = {c.name: c.tags for c in checks}
+    for path, message, warning in validate_targets(alerts, check_tags, clusters if fleet else None):
+        issue = ConfigIssue(file, doc.line_of(path), format_path(path), message, warning=warning)
+        (warnings if warning else issues).append(issue)
 
 
 def _exporting(
@@ -333,16 +423,27 @@ def _alerting(doc: YamlDoc, file: str, issues: list[ConfigIssue]) -> tuple[Any, 
 
 
 def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
-    """Load a file, or the embedded default config when `path` is None."""
+    """Load a file, or the embedded default config when `path` is None.
+
+    Reads at most `yamldoc.MAX_BYTES` (4 MiB) of the file: a larger one is refused before parsing."""
     if path is None:
         text = resources.files("agent").joinpath("default.yml").read_text(encoding="utf-8")
         return parse(text, DEFAULT_CONFIG_NAME, env)
+    limit = yamldoc.MAX_BYTES
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigIssue(str(path), 0, "(file)", f"cannot read: {exc.strerror or exc}")]
-        ) from None
+        data = read_regular_file(path, limit)  # a FIFO or a device is refused, never waited on
+    except ValueError as exc:
+        raise ConfigError([ConfigIssue(str(path), 0, "(file)", f"cannot read: {exc}")]) from None
+    if len(data) > limit:
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            size = 0
+        what = f"{size / 2**20:.1f} MiB" if size > limit else f"more than {limit // 2**20} MiB"
+        message = f"the file is too large ({what}; a config may be at most {limit // 2**20} MiB)"
+        raise ConfigError([ConfigIssue(str(path), 0, "(file)", message)])
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([ConfigIssue(str(path), 0, "(file)", "not a UTF-8 text file")]) from None
     return parse(text, str(path), env)

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Every character str.splitlines() breaks a line at, escaped.
+_ONE_LINE = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
 
 @dataclass(frozen=True)
 class ConfigIssue:
+    """One problem of a config file. A warning does not make the file invalid: `validate` prints
+    it and the agent logs it at start and on reload (`Config.warnings`)."""
+
     file: str
     line: int
     path: str
     message: str
+    warning: bool = False
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}"
+        text = f"{where}: {self.path}: {'warning: ' if self.warning else ''}{self.message}"
+        return text.translate(_ONE_LINE)  # whatever a message quotes, an issue is one line
 
 
 class ConfigError(Exception):

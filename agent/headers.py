@@ -48,12 +48,13 @@ def token_problem(token: str) -> str | None:
     return None
 
 
-def check_headers(headers: dict[str, str], key: str = "headers") -> dict[str, str]:
-    """Raise ValueError naming the first bad header (`headers: X-Token: the value contains a line
-    break`); returns `headers` unchanged."""
+def check_headers(headers: dict[str, str], key: str = "") -> dict[str, str]:
+    """Raise ValueError naming the first bad header (`the value of X-Token contains a line
+    break`, prefixed with `key: ` when given); returns `headers` unchanged."""
+    prefix = f"{key}: " if key else ""
     for name, value in headers.items():
         if (problem := name_problem(name)) is not None:
-            raise ValueError(f"{key}: {name!r} {problem}")
+            raise ValueError(f"{prefix}{name!r} {problem}")
         if (problem := value_problem(value)) is not None:
-            raise ValueError(f"{key}: the value of {name} {problem}")
+            raise ValueError(f"{prefix}the value of {name} {problem}")
     return headers

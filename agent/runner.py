@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
+import weakref
 from dataclasses import replace
 from typing import Any
 
 from agent.model import CheckResult, Reason, Status
-from checks.base import Check, Outcome
+from checks.base import Check, Outcome, budget_until
 
 log = logging.getLogger("mamori.runner")
 
@@ -21,24 +23,39 @@ log = logging.getLogger("mamori.runner")
 # little longer and then cancels it, so that a check that fails to do so still cannot hang.
 TIMEOUT_GRACE = 0.5
 
-_reported_bugs: set[tuple[str, str]] = set()
+# Exception types already logged with a traceback, per check object: a check changed by a
+# reload is a new object, so its bugs are reported again; a removed one is forgotten.
+_reported_bugs: weakref.WeakKeyDictionary[Check[Any], set[str]] = weakref.WeakKeyDictionary()
 
 
 async def _attempt(check: Check[Any], deadline: float) -> Outcome:
+    """One attempt, cut at `deadline` (loop time); the check's own budget ends TIMEOUT_GRACE
+    earlier (`Check.time_left`), so a retry never starts a fresh `timeout` the harness cuts."""
     timeout = check.config.timeout
     try:
-        async with asyncio.timeout_at(deadline):
-            return await check.run()
+        with budget_until(deadline - TIMEOUT_GRACE):
+            async with asyncio.timeout_at(deadline):
+                return await check.run()
     except TimeoutError:
         return Outcome(Status.CRITICAL, Reason.TIMEOUT, f"no result within the {timeout:g}s timeout")
     except Exception as exc:
-        signature = (check.name, type(exc).__name__)
-        if signature not in _reported_bugs:
-            _reported_bugs.add(signature)
-            log.error(
-                "check %s raised %s (a bug; reported once)", check.name, type(exc).__name__, exc_info=exc
-            )
+        reported = _reported_bugs.setdefault(check, set())
+        if type(exc).__name__ not in reported:
+            reported.add(type(exc).__name__)
+            _log_bug(check, exc)
         return Outcome(Status.UNKNOWN, Reason.CHECK_ERROR, f"check failed: {type(exc).__name__}: {exc}")
+
+
+def _log_bug(check: Check[Any], exc: Exception) -> None:
+    """The traceback of a check's bug, with the check's secrets masked: an exception's text may
+    quote what the target sent, or a header built from a credential."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    masked = check.secrets.mask(text)
+    what = "check %s raised %s (a bug; reported once)"
+    if masked == text:
+        log.error(what, check.name, type(exc).__name__, exc_info=exc)
+    else:
+        log.error(what + "\n%s", check.name, type(exc).__name__, masked)
 
 
 async def execute(check: Check[Any]) -> CheckResult:
@@ -51,7 +68,8 @@ async def execute(check: Check[Any]) -> CheckResult:
     cfg = check.config
     started_at = time.time()
     t0 = time.monotonic()
-    deadline = t0 + cfg.timeout + TIMEOUT_GRACE
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + cfg.timeout + TIMEOUT_GRACE
     failures: list[str] = []
     attempt = 0
     while True:
@@ -61,7 +79,7 @@ async def execute(check: Check[Any]) -> CheckResult:
             break
         delay = cfg.retry_backoff * 2 ** (attempt - 1)
         # Another attempt only if it still has a fair share of the budget left.
-        if attempt > cfg.retries or time.monotonic() + delay > deadline - TIMEOUT_GRACE - cfg.timeout / 10:
+        if attempt > cfg.retries or loop.time() + delay > deadline - TIMEOUT_GRACE - cfg.timeout / 10:
             break
         failures.append(outcome.message or outcome.reason.value)
         await asyncio.sleep(delay)
@@ -70,6 +88,9 @@ async def execute(check: Check[Any]) -> CheckResult:
         outcome = replace(outcome, message=f"{outcome.message} (attempt {attempt}; before: {earlier})")
     outcome = replace(outcome, attempts=attempt)
     duration = time.monotonic() - t0
+    # The one place every check's message passes: a target echoing a credential (an Authorization
+    # header, a password in a URL) must not put it into results, exports, alerts or logs.
+    message = check.secrets.mask(outcome.message)
     return CheckResult(
         check=check.name,
         check_type=check.type_name,
@@ -78,7 +99,7 @@ async def execute(check: Check[Any]) -> CheckResult:
         started_at=started_at,
         duration=duration,
         samples=outcome.samples,
-        message=outcome.message,
+        message=message,
         reason=outcome.reason,
         attempts=outcome.attempts,
     )

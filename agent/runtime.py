@@ -4,8 +4,9 @@ Lifecycle:
 - `run()` starts everything, serves until SIGTERM/SIGINT (or `stop()`), then shuts down within
   `agent.shutdown_timeout` and returns 0. It returns non-zero only if start-up fails (the listen
   address cannot be bound), with a one-line log message.
-- SIGHUP reloads the config file: the new file is validated completely first; if it is invalid the
-  agent keeps running the old config and logs every problem. Unchanged checks keep their state;
+- SIGHUP reloads the config file: the new file is validated completely first, in a worker thread
+  (the event loop keeps serving); if it is invalid the agent keeps running the old config and
+  logs every problem. Unchanged checks keep their state;
   a changed `alerts:`/`notifiers:` restarts the agent's own alerting in place (its state is on
   disk, so nothing is paged twice). `outbox:`/`exporters:` and agent.listen/concurrency/queue_size
   take effect after a restart (logged).
@@ -50,11 +51,13 @@ class Agent:
         self._pumps: list[Any] = []  # exporters.base.Pump, one per push exporter
         self._alert_collector: Any = None  # alerts.telemetry.AlertCollector
         self._reloads: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
         # The health of each state file in use ("alerts", "outbox"): /ready and the metrics
         # read it. One object per path for the life of the process (a reload keeps its counts).
         self.state_files: dict[str, StateFileHealth] = {}
         self._healths: dict[Path, StateFileHealth] = {}
         self.latest = LatestResults()
+        self.latest.retain(c.name for c in cfg.checks)
         prometheus = PrometheusSink(self.latest)
         self.metrics.registry.register(AgentInfoCollector(lambda: self.config.agent, __version__))
         self.metrics.registry.register(StateFileCollector(lambda: self.state_files.values()))
@@ -180,6 +183,8 @@ class Agent:
             bound[0],
             bound[1],
         )
+        for warning in self.config.warnings:
+            log.warning("%s", warning)
         self.metrics.start_time.set(time.time())
         self.metrics.last_reload.set(time.time())
         self.fanout.start()
@@ -218,19 +223,47 @@ class Agent:
         self._running = False
         log.info("stopped")
 
-    def reload(self) -> None:
-        """Re-read and apply the config file (SIGHUP). Keeps the old config if the new one is invalid."""
+    def reload(self) -> asyncio.Task[None] | None:
+        """Re-read and apply the config file (SIGHUP), in the background; returns the task (None
+        without a file). Never raises, and the task neither.
+
+        The file is read and validated in a worker thread, so a slow or hostile file (loading is
+        bounded: agent/yamldoc.py) never stops the event loop: /healthz, checks and sinks keep
+        running meanwhile. An invalid file, or any other failure to load it, changes nothing: it
+        is counted (`mamori_config_reloads_total{outcome="failure"}`) and logged one line per
+        problem, never as a traceback. Reloads are applied one at a time, in order."""
         if self._config_path is None:
             log.info("SIGHUP: running the embedded default config; nothing to reload")
-            return
-        try:
-            new = config.load(self._config_path, self._env)
-        except ConfigError as exc:
-            self.metrics.reloads.labels(outcome="failure").inc()
-            log.error("config reload failed; still running the previous config:")
-            for issue in exc.issues:
-                log.error("  %s", issue)
-            return
+            return None
+        task = asyncio.get_running_loop().create_task(self._reload(self._config_path), name="config-reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+        return task
+
+    async def _reload(self, path: Path) -> None:
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(config.load, path, self._env)
+            except ConfigError as exc:
+                self.metrics.reloads.labels(outcome="failure").inc()
+                log.error("config reload failed; still running the previous config:")
+                for issue in exc.issues:
+                    log.error("  %s", issue)
+                return
+            except Exception as exc:  # a bug in the loader: say so in one line, keep running
+                self.metrics.reloads.labels(outcome="failure").inc()
+                detail = " ".join(str(exc).split())[:200]
+                log.error(
+                    "config reload failed (a bug: %s: %s); still running the previous config",
+                    type(exc).__name__,
+                    detail,
+                )
+                return
+            for warning in new.warnings:
+                log.warning("config reload: %s", warning)
+            self._apply(new)
+
+    def _apply(self, new: Config) -> None:
         old = self.config
         for field in ("listen", "concurrency", "queue_size"):
             if getattr(new.agent, field) != getattr(old.agent, field):

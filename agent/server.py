@@ -8,20 +8,56 @@
   durability is degraded (a state file cannot be written, e.g. the disk is full); otherwise 503
   with one line saying why (`not ready: durability degraded: cannot write the outbox …`).
 - `/api/v1/results` is the latest result per check as JSON (`?check=NAME` for one).
+
+The bodies of `/metrics` and `/api/v1/results` are rendered once and shared by every request
+until a new result arrives (and, for `/metrics`, whose own metrics move without one, for at most
+`METRICS_MAX_AGE`), gzipped once for scrapers that accept it: a burst of scrapes or of pipelined
+requests costs one render. The HTTP server and its limits are `agent/httplimits.py`.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import Response, StreamResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from agent.httpserver import HttpServer, Response
+from agent.httplimits import Listener
+from agent.model import CheckResult
 from exporters.prometheus import LatestResults
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+METRICS_MAX_AGE = 1.0
+GZIP_MIN_SIZE = 1024  # smaller bodies are not worth a header
+_INDEX = b"Mamori agent\n/metrics  /healthz  /ready  /api/v1/results\n"
+
+
+@dataclass(slots=True)
+class _Body:
+    """One rendered body, the results it was rendered from (by identity) and when."""
+
+    results: tuple[CheckResult, ...]
+    made: float
+    raw: bytes
+    _gzipped: bytes | None = None
+
+    def fresh(self, results: Sequence[CheckResult], now: float, max_age: float) -> bool:
+        return (
+            now - self.made < max_age
+            and len(results) == len(self.results)
+            and all(a is b for a, b in zip(results, self.results, strict=True))
+        )
+
+    def gzipped(self) -> bytes:
+        if self._gzipped is None:
+            self._gzipped = gzip.compress(self.raw, compresslevel=6, mtime=0)
+        return self._gzipped
 
 
 class AgentServer:
@@ -32,42 +68,101 @@ class AgentServer:
         self._registry = registry
         self._latest = latest
         self._ready = ready
-        self._http = HttpServer(
-            {
-                "/metrics": self._metrics,
-                "/healthz": lambda q: Response(200, b"ok\n"),
-                "/ready": self._readyz,
-                "/api/v1/results": self._results,
-                "/": lambda q: Response(200, b"Mamori agent\n/metrics  /healthz  /ready  /api/v1/results\n"),
-            }
-        )
+        self._listener = Listener(self._answer)
+        self._metrics_body: _Body | None = None
+        self._results_body: _Body | None = None
+        self._one_body: dict[str, _Body] = {}
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on host:port (port 0 picks a free one). Raises OSError if it cannot bind."""
-        return await self._http.start(host, port)
+        return await self._listener.start(host, port)
 
     async def aclose(self) -> None:
         """Stop listening. Safe to call twice and without `start()`."""
-        await self._http.aclose()
+        await self._listener.aclose()
 
-    def _metrics(self, query: Mapping[str, str]) -> Response:
-        body = generate_latest(self._registry) + self._latest.exposition().encode()
-        return Response(200, body, METRICS_CONTENT_TYPE)
+    def _answer(self, request: BaseRequest) -> StreamResponse:
+        path = request.path
+        if path == "/metrics":
+            return _send(request, self._metrics(), METRICS_CONTENT_TYPE)
+        if path == "/api/v1/results":
+            name = request.query.get("check")
+            if name is None:
+                return _send(request, self._results(), "application/json")
+            body = self._one(name)
+            if body is None:
+                return _json({"error": f"no result for check {name!r}"}, status=404)
+            return _send(request, body, "application/json")
+        if path == "/healthz":
+            return _text(200, b"ok\n")
+        if path == "/ready":
+            why = self._ready()
+            return _text(200, b"ready\n") if why is None else _text(503, f"not ready: {why}\n".encode())
+        if path == "/":
+            return _text(200, _INDEX)
+        return _text(404, b"not found\n")
 
-    def _readyz(self, query: Mapping[str, str]) -> Response:
-        why = self._ready()
-        return Response(200, b"ready\n") if why is None else Response(503, f"not ready: {why}\n".encode())
+    def _metrics(self) -> _Body:
+        results, now = self._latest.all(), time.monotonic()
+        body = self._metrics_body
+        if body is None or not body.fresh(results, now, METRICS_MAX_AGE):
+            raw = generate_latest(self._registry) + self._latest.exposition().encode()
+            body = self._metrics_body = _Body(tuple(results), now, raw)
+        return body
 
-    def _results(self, query: Mapping[str, str]) -> Response:
-        name = query.get("check")
-        if name is None:
-            return _json({"results": [r.to_json() for r in self._latest.all()]})
+    def _results(self) -> _Body:
+        # A result never changes once made, so this body is current until a new result arrives.
+        results, now = self._latest.all(), time.monotonic()
+        body = self._results_body
+        if body is None or not body.fresh(results, now, float("inf")):
+            raw = _compact({"results": [r.to_json() for r in results]})
+            body = self._results_body = _Body(tuple(results), now, raw)
+        return body
+
+    def _one(self, name: str) -> _Body | None:
         result = self._latest.get(name)
         if result is None:
-            return _json({"error": f"no result for check {name!r}"}, status=404)
-        return _json(result.to_json())
+            return None
+        body = self._one_body.get(name)
+        if body is None or body.results[0] is not result:
+            if len(self._one_body) > 4 * len(self._latest.all()):  # forget removed checks
+                self._one_body.clear()
+            body = self._one_body[name] = _Body((result,), time.monotonic(), _compact(result.to_json()))
+        return body
+
+
+def _send(request: BaseRequest, body: _Body, content_type: str) -> Response:
+    headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
+    if len(body.raw) >= GZIP_MIN_SIZE and accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        headers["Content-Encoding"] = "gzip"
+        return Response(body=body.gzipped(), headers=headers)
+    return Response(body=body.raw, headers=headers)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header value accepts gzip (`gzip;q=0` refuses it)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip"):
+            continue
+        q = params.strip().lower()
+        if q.startswith("q="):
+            try:
+                return float(q[2:]) > 0
+            except ValueError:
+                return False
+        return True
+    return False
+
+
+def _text(status: int, body: bytes) -> Response:
+    return Response(status=status, body=body, headers={"Content-Type": "text/plain; charset=utf-8"})
+
+
+def _compact(data: object) -> bytes:
+    # Compact: a group check's result is tens of KB and indenting it costs 4x the CPU.
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
 
 def _json(data: object, status: int = 200) -> Response:
-    # Compact: a group check's result is tens of KB and indenting it costs 4x the CPU.
-    return Response(status, json.dumps(data, separators=(",", ":")).encode() + b"\n", "application/json")
+    return Response(status=status, body=_compact(data), headers={"Content-Type": "application/json"})

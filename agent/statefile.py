@@ -2,7 +2,10 @@
 start-up, and knowing, while running, whether writes to it succeed.
 
 Start-up (`open_state_file`) decides per case, in one line, never with a traceback:
-- missing: created (a file we create ourselves may be empty; one we find empty may not);
+- missing: created (a file we create ourselves may be empty; one we find empty may not), mode
+  0600 with its `-wal` and `-shm`, in directories created 0700: it may hold text that targets and
+  services sent. An existing directory is left as it is; an existing file that other users may
+  access is opened with one WARNING (not chmod-ed: the operator may have meant it);
 - empty (0 bytes) although it exists: its contents were lost (truncated, restored from a bad
   copy). Moved aside (below) and started empty, so the loss is visible;
 - damaged (a SQLite file sqlite calls malformed, or that fails `PRAGMA quick_check`): moved aside
@@ -139,7 +142,7 @@ def open_state_file(
     away) refuses a damaged or empty file instead; `probe=False` skips the write probe (a
     read-only use). Raises only `StartupError`."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_directory(path.parent)
     except (FileExistsError, NotADirectoryError):
         raise StartupError(
             f"cannot create the directory of the {what} {path}: {path.parent} or a parent is not a directory"
@@ -150,11 +153,15 @@ def open_state_file(
     reason = "empty"
     if not problem:
         try:
-            return _connect(path, setup, probe, check_same_thread)
+            db = _connect(path, setup, probe, check_same_thread)
         except _Damaged as exc:
             problem, reason = f"damaged ({exc})", "damaged"
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(_refusal(path, what, exc)) from None
+        else:
+            if recover:  # the agent's start-up, not the CLI's one-line reports
+                _warn_if_readable(path, what)
+            return db
     if not recover:
         raise StartupError(
             f"the {what} {path} is {problem}: the agent moves it aside and starts empty when it next starts"
@@ -174,6 +181,37 @@ def open_state_file(
         raise StartupError(_refusal(path, what, exc)) from None
 
 
+def _make_directory(directory: Path) -> None:
+    """Create `directory` and any missing parent 0700: a state file may hold text that targets and
+    services sent. A directory that exists is left as it is (the operator's to set)."""
+    if directory.is_dir():
+        return
+    if directory.parent != directory:
+        _make_directory(directory.parent)
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        if not directory.is_dir():
+            raise
+
+
+def _warn_if_readable(path: Path, what: str) -> None:
+    """One WARNING at start-up for a state file other users may read (made by an older agent, or
+    by hand). Its mode is not changed: that is the operator's decision."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return  # missing (created 0600 below), or opening it reports the problem
+    if mode & 0o077:
+        log.warning(
+            "the %s %s is accessible to other users (mode %04o); it may hold text that checked "
+            "targets and notification services sent: chmod 600 it",
+            what,
+            path,
+            mode,
+        )
+
+
 def _is_empty(path: Path) -> bool:
     try:
         return path.stat().st_size == 0
@@ -187,8 +225,16 @@ def _connect(
     path: Path, setup: Callable[[sqlite3.Connection], None], probe: bool, check_same_thread: bool
 ) -> sqlite3.Connection:
     existed = path.exists()
-    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread)
+    if not existed:
+        # sqlite would create it 0644 (less the umask). Created 0600 here, its -wal and -shm get the
+        # same mode: sqlite gives them the database file's mode, whatever the umask.
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            existed = True  # created meanwhile (the CLI adding a silence): sqlite opens it as it is
+    db: sqlite3.Connection | None = None
     try:
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -211,11 +257,13 @@ def _connect(
                 if not (existed and loss_reason(exc) == "disk_full"):
                     raise
     except BaseException:
-        db.close()
+        if db is not None:
+            db.close()
         if not existed:  # ours, and unusable: leave nothing that would look like a lost file
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
         raise
+    assert db is not None  # connect() raised otherwise
     return db
 
 

@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
-from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+
+from agent.secrets import read_secret_file
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+MAX_DURATION = 366 * 86400.0
+"""No duration in a config is longer than a year: past that it is a typo (`100000d`), and an
+infinite or huge one would make a check or a timer never fire."""
+
+
 def parse_duration(value: Any) -> Any:
-    """`1m30s`, `250ms`, `2h`, or a bare number of seconds."""
+    """`1m30s`, `250ms`, `2h`, or a bare number of seconds; finite and at most `MAX_DURATION`."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 10s, 1m30s or 250ms")
     if isinstance(value, int | float):
-        return float(value)
+        return _bounded(value, value)
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(text)
-        except ValueError:
-            pass
+            return _bounded(float(text), value)
+        except ValueError as exc:
+            if "invalid duration" in str(exc):
+                raise
         pos, total = 0, 0.0
         for m in _DURATION_PART.finditer(text):
             if m.start() != pos:
@@ -31,9 +48,27 @@ def parse_duration(value: Any) -> Any:
             total += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
         if pos == len(text) and text:
-            return total
-        raise ValueError(f"invalid duration {value!r}: expected a duration like 10s, 1m30s or 250ms")
+            return _bounded(total, value)
+        raise ValueError(f"invalid duration {_written(value)}: expected a duration like 10s, 1m30s or 250ms")
     return value
+
+
+def _written(value: Any) -> str:
+    """What the user wrote, for a message: repr, at most about 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _bounded(seconds: float, written: Any) -> float:
+    try:
+        seconds = float(seconds)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {_written(written)}: must be a finite duration like 10s or 2h")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"invalid duration {_written(written)}: longer than a year (at most 366d)")
+    return seconds
 
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$", re.IGNORECASE)
@@ -55,11 +90,49 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 ByteSize = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
 
 
+def _port(value: Any) -> Any:
+    # YAML's `true` would otherwise become port 1.
+    if isinstance(value, bool):
+        raise ValueError(f"invalid port {str(value).lower()}: expected a number from 1 to 65535")
+    return value
+
+
+Port = Annotated[int, BeforeValidator(_port), Field(ge=1, le=65535)]
+"""A TCP port, 1-65535 (a string of digits from `${VAR}` is accepted, a boolean is not)."""
+
+# RFC 1123 labels (and `_`, which Docker service names use), at most 253 characters.
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
+)
+
+
+def check_host(value: str) -> str:
+    """`value` if it is a host name or an IP address (IPv6 without brackets); else ValueError."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if _HOSTNAME.match(value):
+        return value
+    hint = ""
+    if value.startswith("[") and value.endswith("]"):
+        hint = f" (write an IPv6 address without brackets: {value[1:-1]})"
+    raise ValueError(f"invalid host {_written(value)}: expected a host name or an IP address{hint}")
+
+
+Host = Annotated[str, Field(min_length=1), AfterValidator(check_host)]
+"""A host name (letters, digits, `-`, `_`, dots) or an IPv4/IPv6 address."""
+
+
 class Model(BaseModel):
     """Base of every config model: frozen, unknown keys rejected.
 
     Any `SecretStr` field `x` may instead be given as `x_file: PATH`; the file is read at load
-    (trailing newline stripped), so secrets can come from Docker/Kubernetes secret mounts.
+    (one trailing newline stripped), so secrets can come from Docker/Kubernetes secret mounts.
+    Only a regular file of at most 64 KiB is read (`agent.secrets.read_secret_file`): a FIFO or a
+    device is refused at once, never waited on.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
@@ -86,9 +159,9 @@ class Model(BaseModel):
             if data.get(name) is not None:
                 raise ValueError(f"give either {name} or {file_key}, not both")
             try:
-                data[name] = Path(str(path)).read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise ValueError(f"{file_key}: cannot read {path}: {exc.strerror or exc}") from None
+                data[name] = read_secret_file(str(path))
+            except ValueError as exc:
+                raise ValueError(f"{file_key}: cannot read {path}: {exc}") from None
         return data
 
 

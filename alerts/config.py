@@ -2,8 +2,9 @@
 
 Everything is validated at load (frozen models, unknown keys rejected): templates may only use
 known fields, time zones must exist, windows must be complete. Notifier names in `routes` are
-checked against the configured notifiers with `validate_routes()`, which the agent config calls
-once both sections are loaded.
+checked against the configured notifiers with `validate_routes()`, and the checks that rules and
+the connectivity guard name against the configured checks with `validate_targets()`, which the
+agent config calls once the sections they need are loaded.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import operator
+import re
 import string
 import zoneinfo
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -284,3 +286,84 @@ def validate_routes(config: AlertsConfig, notifier_names: Collection[str]) -> li
         if not config.routes.get(severity):
             errors.append(f"alerts.routes: no route for severity {severity.value!r}, used by {user}")
     return errors
+
+
+FLEET_PREFIX = "fleet:"  # exporters.fleet.CHECK_PREFIX: results of the MQTT fleet quorum
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _listing(names: Iterable[str]) -> str:
+    names = sorted(names)
+    if not names:
+        return "none"
+    shown = ", ".join(names[:8])
+    return shown if len(names) <= 8 else f"{shown}, … ({len(names)} in all)"
+
+
+def _fleet_match(pattern: str, clusters: Collection[str] | None) -> str | None:
+    """How a check pattern may match `fleet:<cluster>` results: "local" (a cluster this agent
+    watches, with the fleet quorum on), "remote" (a cluster only another agent reports), "off"
+    (it names fleet results, but the quorum is off), or None."""
+    literal = _GLOB.split(pattern, 1)[0]
+    if clusters is None:
+        return "off" if literal.startswith(FLEET_PREFIX) else None
+    if any(fnmatch.fnmatchcase(FLEET_PREFIX + c, pattern) for c in clusters):
+        return "local"
+    if literal.startswith(FLEET_PREFIX) or FLEET_PREFIX.startswith(literal):
+        return "remote"
+    return None
+
+
+def validate_targets(
+    config: AlertsConfig, check_tags: Mapping[str, Collection[str]], fleet_clusters: Collection[str] | None
+) -> list[tuple[tuple[str | int, ...], str, bool]]:
+    """Rules and connectivity guard entries that match no check: a typo, so they could never fire.
+    Returns (path in the document, message, is_warning) for each.
+
+    `check_tags` maps every configured check to its tags. `fleet_clusters` is None without the
+    MQTT fleet quorum; with it, the clusters of this agent's postgres checks. `fleet:<cluster>`
+    results (no tags) are made at run time, for those clusters and for any another agent of the
+    site reports, so a pattern only such a result could match is a warning, not an error; so is
+    a `fleet:` pattern while the quorum is off (a config prepared for it, as
+    deploy/examples/production.yml). The guard counts only connection failures, which fleet
+    results never are."""
+    out: list[tuple[tuple[str | int, ...], str, bool]] = []
+    tagged = {t for tags in check_tags.values() for t in tags}
+    checks = _listing(check_tags)
+    for i, rule in enumerate(config.rules):
+        place: tuple[str | int, ...] = ("alerts", "rules", i)
+        if any(rule.matches(c, t) for c, t in check_tags.items()):
+            continue
+        if rule.tag is not None and rule.tag not in tagged:
+            out.append((place + ("tag",), f"no check has tag {rule.tag!r} (tags: {_listing(tagged)})", False))
+            continue
+        assert rule.check is not None  # a rule has `check` and/or `tag`
+        if any(fnmatch.fnmatchcase(c, rule.check) for c in check_tags):
+            message = f"no check matching {rule.check!r} has tag {rule.tag!r}: the rule can never fire"
+            out.append((place, message, False))
+            continue
+        fleet = None if rule.tag is not None else _fleet_match(rule.check, fleet_clusters)
+        if fleet == "local":
+            continue
+        if fleet == "remote":
+            message = (
+                f"{rule.check!r} matches no check here: only a fleet:<cluster> result of a cluster"
+                " another agent reports could match it"
+            )
+            out.append((place + ("check",), message, True))
+        elif fleet == "off":
+            message = (
+                f"{rule.check!r} matches no check: fleet:<cluster> results appear only with an mqtt"
+                " exporter with fleet: {enabled: true}"
+            )
+            out.append((place + ("check",), message, True))
+        else:
+            out.append((place + ("check",), f"{rule.check!r} matches no check (checks: {checks})", False))
+    for j, entry in enumerate(config.connectivity_guard.checks):
+        place = ("alerts", "connectivity_guard", "checks", j)
+        if entry.startswith("tag:"):
+            if entry[4:] not in tagged:
+                out.append((place, f"no check has tag {entry[4:]!r} (tags: {_listing(tagged)})", False))
+        elif not any(fnmatch.fnmatchcase(c, entry) for c in check_tags):
+            out.append((place, f"{entry!r} matches no check (checks: {checks})", False))
+    return out

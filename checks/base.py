@@ -11,12 +11,18 @@ Do not derive a check from another check: share helpers (see `checks/tls.py`) in
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, Generic, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from agent.model import Reason, Sample, Status
+from agent.secrets import Secrets, secrets_of
 from agent.types import Duration, Model
 
 
@@ -31,9 +37,21 @@ class CheckConfig(Model):
     timeout: Duration
     tags: tuple[str, ...] = ()
     # Retries happen inside `timeout`: a failed attempt is retried after retry_backoff, doubling
-    # each time, while a tenth of the timeout is still left.
+    # each time, while a tenth of the timeout is still left; each attempt gets what is left of
+    # that one budget (`Check.time_left`).
     retries: int = Field(default=0, ge=0, le=10)
     retry_backoff: Duration = 0.2
+
+    @model_validator(mode="after")
+    def _retries_possible(self) -> CheckConfig:
+        # The harness retries only while a tenth of the timeout is left after the backoff
+        # (agent/runner.py): past that, `retries` is a promise that is never kept.
+        if self.retries and self.retry_backoff >= 0.9 * self.timeout:
+            raise ValueError(
+                f"retry_backoff ({self.retry_backoff:g}s) leaves no time for a retry within timeout"
+                f" ({self.timeout:g}s): a retry needs a tenth of the timeout left after the backoff"
+            )
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,21 @@ class PerfDatum:
 
 ConfigT = TypeVar("ConfigT", bound=CheckConfig)
 
+# The end of the run's budget (event-loop time), set by the harness around each attempt: with
+# retries, a later attempt has only what the earlier ones left of `timeout`. A context variable,
+# so that the members a group check (`lb`) runs inside its attempt share that budget too.
+_budget_end: ContextVar[float | None] = ContextVar("mamori_budget_end", default=None)
+
+
+@contextmanager
+def budget_until(end: float) -> Iterator[None]:
+    """Run the checks inside with `end` (loop time) as the end of their budget. For the harness."""
+    token = _budget_end.set(end)
+    try:
+        yield
+    finally:
+        _budget_end.reset(token)
+
 
 class Check(Generic[ConfigT]):
     """Base class. Subclasses set `type_name` and `config_model` and implement `run`."""
@@ -85,6 +118,22 @@ class Check(Generic[ConfigT]):
     def target(self) -> str:
         """What is probed, for the `target` label: no credentials, no query string, bounded."""
         return ""
+
+    @cached_property
+    def secrets(self) -> Secrets:
+        """The credentials in this check's config: the harness masks them in every message, since a
+        target may echo what it was sent (agent/secrets.py)."""
+        return secrets_of(self.config)
+
+    def time_left(self) -> float:
+        """The seconds this attempt may still take: `timeout` for a first attempt, what is left of
+        it on a retry. A check bounds its own run with this (not with `config.timeout`), so a slow
+        target ends as the check's own timeout, naming its phase, before the harness cuts it."""
+        end = _budget_end.get()
+        timeout = float(self.config.timeout)
+        if end is None:
+            return timeout
+        return max(0.0, min(timeout, end - asyncio.get_running_loop().time()))
 
     async def run(self) -> Outcome:
         raise NotImplementedError

@@ -141,7 +141,7 @@ class DockerCheck(Check[DockerConfig]):
     async def run(self) -> Outcome:
         cfg = self.config
         try:
-            async with asyncio.timeout(cfg.timeout):
+            async with asyncio.timeout(self.time_left()):
                 containers, vanished = await self._read()
         except TimeoutError:
             return self._unavailable(

@@ -31,6 +31,7 @@ from urllib.parse import quote, urlencode
 from pydantic import Field, field_validator, model_validator
 
 from agent.types import Model
+from checks.net import os_reason, printable
 
 if TYPE_CHECKING:
     import aiohttp
@@ -60,8 +61,32 @@ class DockerError(Exception):
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+# aiohttp's parser messages (llhttp's, or its Python parser's), by their start, in HTTP's words:
+# the rest of such a message is the parser's (a caret, a Python bytes literal, "RTSP/ or ICE/").
+_PARSER_WORDS = (
+    (("bad status line", "invalid status code", "expected space after version", "expected dot"),
+     "invalid status line"),
+    (("invalid header token", "invalid http header", "expected lf after headers", "invalid header value"),
+     "invalid header line"),
+    (("got more than", "header name is too long", "header value is too long", "status line is too long"),
+     "header line too long"),
+    (("content-length can't be present", "transfer-encoding can't be present"),
+     "Content-Length and Transfer-Encoding both present"),
+    (("invalid character in content-length", "duplicate content-length"), "invalid Content-Length"),
+    (("chunk size overflow", "invalid character in chunk size"), "invalid chunk size"),
+)  # fmt: skip
+
+
+def _parser_words(message: str) -> str:
+    lowered = message.lower()
+    for starts, words in _PARSER_WORDS:
+        if lowered.startswith(starts):
+            return words
+    return "not a valid HTTP response"
 
 
 def connect_error_message(socket: Path | str, exc: OSError) -> str:
@@ -73,7 +98,7 @@ def connect_error_message(socket: Path | str, exc: OSError) -> str:
         return f"{where}: no such socket — {_FIX_MISSING}"
     if isinstance(exc, ConnectionRefusedError):
         return f"{where}: connection refused — is the Docker engine running?"
-    return f"{where}: {_one_line(exc.strerror or str(exc) or type(exc).__name__)}"
+    return f"{where}: {_one_line(os_reason(exc))}"
 
 
 class DockerClient:
@@ -162,12 +187,17 @@ class DockerClient:
             ) from None
         except aiohttp.ClientResponseError as exc:  # not valid HTTP
             raise DockerError(
-                f"invalid HTTP from the Docker engine at {self.socket} ({what}): {_one_line(exc.message)}"
+                f"invalid HTTP from the Docker engine at {self.socket} ({what}): {_parser_words(exc.message)}"
+            ) from None
+        except aiohttp.ClientPayloadError:
+            raise DockerError(
+                f"the Docker engine at {self.socket} sent an incomplete or invalid body ({what})"
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
+            # aiohttp's text names its own classes; the OS's names what happened.
+            why = os_reason(exc) if isinstance(exc, OSError) else "the connection failed"
             raise DockerError(
-                f"connection to the Docker engine at {self.socket} failed ({what}): "
-                f"{_one_line(str(exc) or type(exc).__name__)}"
+                f"connection to the Docker engine at {self.socket} failed ({what}): {_one_line(why)}"
             ) from None
         if not 200 <= status < 300:
             raise DockerError(
@@ -201,7 +231,7 @@ def _error_text(body: bytes) -> str:
     text = body.decode("utf-8", errors="replace")
     try:
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return _one_line(text) or "(empty body)"
     if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
         return _one_line(parsed["message"])

@@ -1,13 +1,14 @@
 """HTTP(S) probe: one fresh connection per request, every phase timed, every failure a reason.
 
-Built on asyncio streams and h11 rather than an HTTP client library, because the probe must see
-each phase on its own: resolve -> connect -> TLS handshake -> processing (request written until
-the response head is read: time to first byte, for any sane head) -> transfer (body). Phases are
-summed over redirects.
+Built on asyncio streams and h11 (`checks/http_wire.py`) rather than an HTTP client library,
+because the probe must see each phase on its own: resolve -> connect -> TLS handshake ->
+processing (request written until the response head is read: time to first byte, for any sane
+head) -> transfer (body). Phases are summed over redirects.
 
 Guarantees:
 - `run()` never raises for anything a target does; every failure is an `Outcome` with a reason.
-- One deadline (`timeout`) covers all redirects; a timeout names the phase it interrupted.
+- One deadline covers all redirects: `timeout`, or what a retry has left of it
+  (`Check.time_left`); a timeout names the phase it interrupted.
 - Memory per probe is bounded by `max_body_size` plus one read (64 KiB); a never-ending body
   ends as body_too_large (or timeout), never as a hang.
 - Credentials (basic auth, bearer token, URL userinfo) are never logged and never appear in a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import json
 import re
 import ssl
@@ -28,25 +30,35 @@ from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 import h11
-from pydantic import BeforeValidator, Field, JsonValue, SecretStr, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
+from agent.headers import check_headers, token_problem
 from agent.model import Reason, Sample, Status
-from agent.types import ByteSize, Duration, Model, secret_value
+from agent.types import ByteSize, Duration, Model, check_host, secret_value
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
+from checks.http_wire import HttpWire
 from checks.net import (
-    READ_SIZE,
     Failure,
     IpProtocol,
     Phases,
     ProbeError,
     Regex,
     abort,
-    connection_lost,
     open_connection,
+    peer_text,
+    printable,
     resolve,
     timeout_failure,
 )
-from checks.tls import TlsConfig, TlsReport, build_context, handshake, ssl_failure
+from checks.tls import TlsConfig, TlsReport, build_context, handshake
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 _DOING = {
@@ -64,6 +76,12 @@ _RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connectio
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Everything printable in ASCII is left alone when a Location header is re-encoded.
 _URL_SAFE = "".join(chr(c) for c in range(33, 127))
+# A charset name is ASCII and at most 40 characters (RFC 2978).
+_CHARSET = re.compile(r"\bcharset\s*=\s*[\"']?([A-Za-z0-9._:-]{1,40})", re.IGNORECASE)
+# Python codecs that `codecs` counts as text encodings but that are not charsets a body is
+# written in: they refuse errors="replace" (idna, undefined), fail on any non-ASCII byte
+# (punycode), or turn backslash escapes in the body into other characters.
+_NOT_CHARSETS = frozenset({"undefined", "idna", "punycode", "unicode-escape", "raw-unicode-escape"})
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -144,7 +162,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def _show(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return printable(text if len(text) <= 60 else text[:57] + "...")
 
 
 class JsonCondition(Model):
@@ -246,6 +264,23 @@ class BasicAuth(Model):
     username: str
     password: SecretStr  # or password_file
 
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if ":" in value:
+            raise ValueError("must not contain ':' (Basic auth joins user and password with it)")
+        if any(c < " " or c == "\x7f" for c in value):
+            raise ValueError("contains a control character or a line break")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        # Base64 would carry a line break, but one is always a mistake (a file with two newlines).
+        if any(c < " " or c == "\x7f" for c in value.get_secret_value()):
+            raise ValueError("contains a control character or a line break")
+        return value
+
 
 def _check_url(url: str) -> SplitResult:
     if not all(" " < c < "\x7f" for c in url):
@@ -263,6 +298,9 @@ def _check_url(url: str) -> SplitResult:
 
 
 class HttpConfig(CheckConfig):
+    # A validation error never repeats the input: it may be a token or a URL with a password.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     type: Literal["http"] = "http"
     url: str = Field(repr=False)  # it may carry userinfo or a token in the query: keep it out of logs
     method: str = "GET"
@@ -287,7 +325,11 @@ class HttpConfig(CheckConfig):
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        _check_url(url)
+        parts = _check_url(url)
+        if parts.port == 0:
+            raise ValueError("URL has an invalid port: 0 (expected 1-65535)")
+        # A name with quotes or brackets left in it would only ever be a failed DNS lookup.
+        check_host(parts.hostname or "")
         return url
 
     @field_validator("method")
@@ -300,15 +342,19 @@ class HttpConfig(CheckConfig):
     @field_validator("headers")
     @classmethod
     def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name, value in headers.items():
-            if not _TOKEN.match(name):
-                raise ValueError(f"invalid header name {name!r}")
+        check_headers(headers)
+        for name in headers:
             if name.lower() in _RESERVED_HEADERS:
                 raise ValueError(f"header {name} is set by the check and cannot be configured")
-            if not all(c == "\t" or " " <= c < "\x7f" for c in value):
-                raise ValueError(f"header {name}: value must be printable ASCII on one line")
         # HTTP ignores surrounding whitespace in a value and h11 refuses to send it.
         return {name: value.strip() for name, value in headers.items()}
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and (problem := token_problem(value.get_secret_value())) is not None:
+            raise ValueError(f"the token {problem}")
+        return value
 
     @model_validator(mode="after")
     def _cross_fields(self) -> HttpConfig:
@@ -321,6 +367,11 @@ class HttpConfig(CheckConfig):
             raise ValueError("give basic_auth or bearer_token, not both")
         if urlsplit(self.url).username is not None and (self.basic_auth or self.bearer_token):
             raise ValueError("the URL has credentials: do not also give basic_auth or bearer_token")
+        if self.method == "HEAD":
+            # A HEAD response has no body: these rules would fail (or pass) on every run.
+            for key in ("body_matches", "body_not_matches", "json"):
+                if getattr(self, "json_conditions" if key == "json" else key):
+                    raise ValueError(f"{key}: a HEAD response has no body to test (use method: GET)")
         return self
 
 
@@ -341,11 +392,28 @@ class _Response:
         return next((v for k, v in self.headers if k == name), None)
 
     def text(self) -> str:
-        m = re.search(r"charset=[\"']?([\w.:-]+)", self.header("content-type") or "", re.IGNORECASE)
+        """The body as text, in its charset (`body_charset`); bytes that do not decode become
+        U+FFFD. Never raises."""
         try:
-            return self.body.decode(m.group(1) if m else "utf-8", errors="replace")
-        except LookupError:
+            return self.body.decode(body_charset(self.header("content-type")), errors="replace")
+        except ValueError:  # a text codec that fails even with errors="replace"
             return self.body.decode("utf-8", errors="replace")
+
+
+def body_charset(content_type: str | None) -> str:
+    """The codec a body is read with: the charset of `content_type` when Python has it as a text
+    encoding (not base64, zlib, rot13… nor `_NOT_CHARSETS`), else UTF-8, as a browser falls back
+    for a label it does not know."""
+    m = _CHARSET.search(content_type or "")
+    if m is None:
+        return "utf-8"
+    try:
+        info = codecs.lookup(m.group(1))
+    except LookupError:
+        return "utf-8"
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
+        return "utf-8"
+    return info.name
 
 
 @dataclass
@@ -361,61 +429,6 @@ class _State:
     tls: TlsReport | None = None
     response: _Response | None = None
     regex_failed: bool = False
-
-
-class _Wire:
-    """h11 over one asyncio stream: events in, socket and protocol errors out as ProbeError."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.conn = h11.Connection(h11.CLIENT)
-        self.reader, self.writer = reader, writer
-        self.prefix = b""  # the first bytes received, to tell "not HTTP" from "cut short"
-        self.eof = False
-
-    async def send(self, *events: h11.Event) -> None:
-        data = b"".join(self.conn.send(e) or b"" for e in events)
-        try:
-            self.writer.write(data)
-            await self.writer.drain()
-        except ssl.SSLError as exc:
-            raise ssl_failure(exc, "after the handshake") from None
-        except OSError as exc:
-            raise connection_lost(exc, "while sending the request") from None
-
-    async def next_event(self) -> h11.Event:
-        while True:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise self._protocol_failure(str(exc)) from None
-            if event is not h11.NEED_DATA:
-                assert isinstance(event, h11.Event)  # PAUSED only follows a complete response
-                return event
-            self.conn.receive_data(await self._read())
-
-    async def _read(self) -> bytes:
-        try:
-            data = await self.reader.read(READ_SIZE)
-        except ssl.SSLError as exc:
-            raise ssl_failure(exc, "after the handshake") from None
-        except OSError as exc:
-            raise connection_lost(exc, "before a complete response") from None
-        self.eof = not data
-        if len(self.prefix) < 5:
-            self.prefix += data[: 5 - len(self.prefix)]
-            # Fail fast on a peer that is not speaking HTTP, instead of waiting for a head that never ends.
-            if len(self.prefix) == 5 and self.prefix != b"HTTP/":
-                raise ProbeError(Reason.PROTOCOL_ERROR, f"not an HTTP response (starts with {self.prefix!r})")
-        return data
-
-    def _protocol_failure(self, detail: str) -> ProbeError:
-        if self.eof and not self.prefix:
-            return ProbeError(Reason.CONNECTION_RESET, "connection closed before any response")
-        if self.eof and b"HTTP/".startswith(self.prefix[:5]):
-            return ProbeError(Reason.CONNECTION_RESET, f"connection closed mid-response ({detail})")
-        if self.eof:
-            return ProbeError(Reason.PROTOCOL_ERROR, f"not an HTTP response (starts with {self.prefix!r})")
-        return ProbeError(Reason.PROTOCOL_ERROR, f"invalid HTTP response ({detail[:100]})")
 
 
 def _display(url: SplitResult) -> str:
@@ -477,7 +490,7 @@ class HttpCheck(Check[HttpConfig]):
     async def run(self) -> Outcome:
         state = _State()
         try:
-            async with asyncio.timeout(self.config.timeout) as scope:
+            async with asyncio.timeout(self.time_left()) as scope:
                 state.deadline = scope.when()
                 response = await self._follow(state)
         except TimeoutError:
@@ -519,14 +532,15 @@ class HttpCheck(Check[HttpConfig]):
         # Header values were decoded as latin-1, so this gives back the bytes sent; a browser
         # percent-encodes those bytes as they are (a UTF-8 Location stays UTF-8).
         raw = location.strip().encode("latin-1", errors="replace")
-        target = urljoin(current.geturl(), quote(raw, safe=_URL_SAFE))
-        parts = urlsplit(target)
         try:
+            # urljoin and urlsplit raise ValueError too, for a bracketed host that is not an IPv6 address.
+            target = urljoin(current.geturl(), quote(raw, safe=_URL_SAFE))
+            parts = urlsplit(target)
             _check_url(target)
         except ValueError:
-            raise ProbeError(
-                Reason.PROTOCOL_ERROR, f"redirect to an unsupported URL ({parts.scheme}:...)"
-            ) from None
+            scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]{0,15}:", location.strip())
+            shown = f" ({scheme.group()}...)" if scheme else ""
+            raise ProbeError(Reason.PROTOCOL_ERROR, f"redirect to an invalid URL{shown}") from None
         return parts._replace(fragment="")
 
     async def _exchange(self, state: _State, url: SplitResult, method: str, body: str | None) -> _Response:
@@ -550,7 +564,7 @@ class HttpCheck(Check[HttpConfig]):
                     state.tls = await handshake(
                         writer, self._context(), self._sni(url), address, state.deadline
                     )
-            wire = _Wire(reader, writer)
+            wire = HttpWire(reader, writer)
             return await self._transact(state, wire, url, method, body)
         finally:
             abort(writer)
@@ -560,7 +574,7 @@ class HttpCheck(Check[HttpConfig]):
         return name if name and _same_origin_host(url, self._url) else url.hostname or ""
 
     async def _transact(
-        self, state: _State, wire: _Wire, url: SplitResult, method: str, body: str | None
+        self, state: _State, wire: HttpWire, url: SplitResult, method: str, body: str | None
     ) -> _Response:
         payload = body.encode() if body is not None else None
         request = h11.Request(
@@ -575,10 +589,10 @@ class HttpCheck(Check[HttpConfig]):
             while isinstance(head, h11.InformationalResponse):
                 head = await wire.next_event()
         if not isinstance(head, h11.Response):
-            raise ProbeError(Reason.CONNECTION_RESET, "connection closed before a response")
+            raise ProbeError(Reason.CONNECTION_RESET, "the server closed the connection without a response")
         response = _Response(
             status=head.status_code,
-            reason=head.reason.decode("latin-1"),
+            reason=peer_text(head.reason),
             version=float(head.http_version.decode("ascii", "replace") or 0),
             headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in head.headers],
         )
@@ -630,7 +644,7 @@ class HttpCheck(Check[HttpConfig]):
             return None
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
-    async def _read_body(self, wire: _Wire, response: _Response) -> None:
+    async def _read_body(self, wire: HttpWire, response: _Response) -> None:
         """Read until the end of the body or just past `max_body_size`, whichever comes first."""
         limit = self.config.max_body_size
         body = response.body
@@ -667,10 +681,7 @@ class HttpCheck(Check[HttpConfig]):
         if any(low <= response.status <= high for low, high in self.config.expected_status):
             return None
         expected = format_status(self.config.expected_status)
-        return _critical(
-            Reason.STATUS_MISMATCH,
-            f"status {response.status} {response.reason}, expected {expected}".replace("  ", " "),
-        )
+        return _critical(Reason.STATUS_MISMATCH, f"status {_status_line(response)}, expected {expected}")
 
     def _header_rule(self, response: _Response, state: _State) -> Failure | None:
         for condition in self.config.headers_match:
@@ -739,9 +750,7 @@ class HttpCheck(Check[HttpConfig]):
             if state.redirects
             else ""
         )
-        message = f"{r.status} {r.reason}, {r.received} bytes in {state.phases.total:.3f}s{via}".replace(
-            "  ", " "
-        )
+        message = f"{_status_line(r)}, {r.received} bytes in {state.phases.total:.3f}s{via}"
         return Outcome(Status.OK, Reason.OK, message, samples)
 
     def _samples(self, state: _State) -> tuple[Sample, ...]:
@@ -776,6 +785,11 @@ class HttpCheck(Check[HttpConfig]):
             *(PerfDatum(f"time_{p}", phases.get(p, 0.0), "s", min=0) for p in PHASES),
             PerfDatum("size", size, "B", min=0),
         ]
+
+
+def _status_line(response: _Response) -> str:
+    """`503 Service Unavailable`: the code and the reason phrase as sent (made printable)."""
+    return f"{response.status} {response.reason}".strip()
 
 
 def _critical(reason: Reason, message: str) -> Failure:

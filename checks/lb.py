@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.model import Reason, Sample, Status
-from agent.types import Model
+from agent.types import Model, check_host
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 from checks.http import HttpCheck, HttpConfig
 
@@ -62,6 +62,10 @@ class StaticBackend(Model):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"invalid backend address {value!r}: expected HOST:PORT")
+        try:
+            check_host(host.removeprefix("[").removesuffix("]") if host.startswith("[") else host)
+        except ValueError as exc:
+            raise ValueError(f"invalid backend address {value!r}: {exc}") from None
         return value
 
 
@@ -98,6 +102,18 @@ class LbConfig(HttpConfig):
         if path is not None and not path.startswith("/"):
             raise ValueError(f"backend_path must start with '/': {path!r}")
         return path
+
+    @model_validator(mode="after")
+    def _quorum_reachable(self) -> LbConfig:
+        # With docker discovery the number of backends is known only at run time.
+        if isinstance(self.verdict, Quorum) and self.docker is None:
+            quorum, count = self.verdict.quorum, len(self.backends)
+            if quorum > count:
+                raise ValueError(
+                    f"verdict: a quorum of {quorum} can never be met by {count} backend"
+                    f"{'' if count == 1 else 's'} (the check would always be CRITICAL)"
+                )
+        return self
 
     def needed(self, total: int) -> int:
         """How many healthy backends the verdict needs out of `total`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 import re
 import socket
 import time
@@ -39,6 +40,41 @@ def compile_regex(value: Any) -> Any:
 
 
 Regex = Annotated[re.Pattern[str], BeforeValidator(compile_regex)]
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable escaped (controls, tabs, line and
+    paragraph separators, ESC): what a target sent stays on the message's one line, and a
+    terminal shows it rather than obeying it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def quote_bytes(data: bytes, limit: int = 32) -> str:
+    """Bytes a target sent, for a message: in double quotes, printable ASCII as it is and any
+    other byte as \\xNN, cut after `limit` bytes."""
+    shown = "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in data[:limit])
+    return f'"{shown}"' + ("..." if len(data) > limit else "")
+
+
+def peer_text(raw: bytes, limit: int = 80) -> str:
+    """Text a target sent (a reason phrase): UTF-8 if it is, else Latin-1 (what HTTP allowed),
+    printable and at most `limit` characters."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return printable(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def os_reason(exc: OSError) -> str:
+    """The operating system's words for `exc` ("Connection refused"), without Python's."""
+    if exc.strerror:
+        return str(exc.strerror)
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return "connection failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +166,7 @@ async def resolve(host: str, port: int, preferred: IpProtocol, fallback: bool) -
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ProbeError(Reason.DNS, f"cannot resolve {host}: {exc.strerror or exc}") from None
+        raise ProbeError(Reason.DNS, f"cannot resolve {host}: {exc.strerror or 'lookup failed'}") from None
     except UnicodeError:
         raise ProbeError(Reason.DNS, f"cannot resolve {host}: invalid name") from None
     candidates = _ordered(infos, preferred, fallback)
@@ -148,7 +184,7 @@ def connect_failure(exc: OSError, address: Address) -> ProbeError:
         return ProbeError(Reason.REFUSED, f"connection refused by {address}")
     if isinstance(exc, ConnectionResetError):
         return ProbeError(Reason.CONNECTION_RESET, f"connection reset by {address}")
-    detail = exc.strerror or type(exc).__name__
+    detail = os_reason(exc)
     if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
         return ProbeError(Reason.UNREACHABLE, f"{address} unreachable ({detail})")
     # Anything else (ETIMEDOUT surfaces as TimeoutError and is handled by the caller's deadline).
@@ -171,9 +207,7 @@ def connection_lost(exc: OSError, when: str) -> ProbeError:
     """A connection that broke after it was established: always connection_reset."""
     if isinstance(exc, ConnectionResetError):
         return ProbeError(Reason.CONNECTION_RESET, f"connection reset by peer {when}")
-    return ProbeError(
-        Reason.CONNECTION_RESET, f"connection lost {when} ({exc.strerror or type(exc).__name__})"
-    )
+    return ProbeError(Reason.CONNECTION_RESET, f"connection lost {when} ({os_reason(exc)})")
 
 
 def abort(writer: asyncio.StreamWriter | None) -> None:

@@ -108,7 +108,7 @@ class PgBackupCheck(Check[PgBackupConfig]):
 
     async def run(self) -> Outcome:
         cfg = self.config
-        deadline = asyncio.get_running_loop().time() + cfg.timeout * RUN_SHARE
+        deadline = asyncio.get_running_loop().time() + self.time_left() * RUN_SHARE
         try:
             if cfg.directory is not None:
                 found = await _from_directory(Path(cfg.directory), deadline)

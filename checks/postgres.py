@@ -43,7 +43,7 @@ from psycopg.rows import dict_row
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from agent.model import Reason, Sample
-from agent.types import ByteSize, Duration, Model, secret_value
+from agent.types import ByteSize, Duration, Model, Port, secret_value
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 from checks.pg_cluster import (
     READY_REASONS,
@@ -127,7 +127,7 @@ _NO_HEARTBEAT = (errors.UndefinedTable, errors.InsufficientPrivilege, errors.Rea
 class PgNode(Model):
     name: str = Field(pattern=_NAME)
     host: str = Field(min_length=1)
-    port: int = Field(default=5432, ge=1, le=65535)
+    port: Port = 5432
     # How the primary's pg_stat_replication names this node when it is a standby (the
     # application_name in its primary_conninfo); default: the node's name.
     application_name: str | None = Field(default=None, min_length=1, max_length=63)
@@ -342,8 +342,9 @@ class PostgresCheck(Check[PostgresConfig]):
     async def run(self) -> Outcome:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        probe_end = t0 + self.config.timeout * PROBE_SHARE
-        end = t0 + self.config.timeout * RUN_SHARE
+        budget = self.time_left()  # less than `timeout` on a retry
+        probe_end = t0 + budget * PROBE_SHARE
+        end = t0 + budget * RUN_SHARE
         probed = await asyncio.gather(*(self._probe(node, probe_end) for node in self._nodes))
         states = [state for state, _ in probed]
         notes: list[str] = []

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from pydantic_core import InitErrorDetails
 
 from agent.model import Reason, Sample, Status
+from agent.types import Host, Port
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 from checks.net import (
     READ_SIZE,
@@ -51,8 +52,8 @@ MAX_EXPECT_BYTES = 64 * 1024
 
 class TcpConfig(CheckConfig):
     type: Literal["tcp"] = "tcp"
-    host: str = Field(min_length=1, pattern=r"^[^\s/@]+$")
-    port: int = Field(ge=1, le=65535)
+    host: Host
+    port: Port
     send: str | None = None
     expect: Regex | None = None
     tls: TlsConfig | None = None
@@ -122,7 +123,7 @@ class TcpCheck(Check[TcpConfig]):
     async def run(self) -> Outcome:
         state = _State()
         try:
-            async with asyncio.timeout(self.config.timeout) as scope:
+            async with asyncio.timeout(self.time_left()) as scope:
                 state.deadline = scope.when()
                 await self._probe(state)
         except TimeoutError:

@@ -61,6 +61,8 @@ _VERSION_ERRORS = {
 }
 # A DNS name in ASCII (IDNA A-labels for international names); it is also sent as the Host header.
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$")
+# `ssl_failure`'s `when` for the handshake itself.
+IN_HANDSHAKE = "in the TLS handshake"
 # The inspection-only second look never takes longer than this, and is skipped if less is left.
 _DIAGNOSE_BUDGET = 2.0
 _DIAGNOSE_MIN = 0.05
@@ -242,7 +244,7 @@ async def handshake(
         chain = await _presented_chain(address, server_hostname, deadline)
         raise verify_failure(exc, chain) from None
     except ssl.SSLError as exc:
-        raise ssl_failure(exc, "in the TLS handshake") from None
+        raise ssl_failure(exc, IN_HANDSHAKE) from None
     except TimeoutError:
         raise  # the caller's deadline, which names the phase itself
     except (OSError, EOFError):
@@ -304,8 +306,14 @@ def ssl_failure(exc: ssl.SSLError, when: str) -> ProbeError:
     if reason in _VERSION_ERRORS:
         return ProbeError(Reason.TLS_VERSION, f"no TLS version acceptable to both sides ({reason.lower()})")
     if reason == "WRONG_VERSION_NUMBER":
-        return ProbeError(Reason.TLS_HANDSHAKE, "the server did not answer with TLS (wrong version number)")
+        if when == IN_HANDSHAKE:
+            message = "the server did not answer with TLS (wrong version number)"
+        else:
+            message = f"the server sent data that is not TLS {when}"
+        return ProbeError(Reason.TLS_HANDSHAKE, message)
     if isinstance(exc, ssl.SSLEOFError):
         return ProbeError(Reason.TLS_HANDSHAKE, f"connection closed {when}")
-    detail = reason.lower().replace("_", " ") if reason else type(exc).__name__
-    return ProbeError(Reason.TLS_HANDSHAKE, f"TLS error {when}: {detail}")
+    # OpenSSL's reason code ("DECRYPTION_FAILED_OR_BAD_RECORD_MAC") is the clue; the exception's
+    # own text adds a source file and line of OpenSSL's, its type is Python's.
+    detail = f": {reason.lower().replace('_', ' ')}" if reason else ""
+    return ProbeError(Reason.TLS_HANDSHAKE, f"TLS error {when}{detail}")

@@ -47,7 +47,7 @@ from agent.errors import StartupError
 from agent.model import CheckResult
 from agent.outbox import Record
 from agent.retry import backoff
-from agent.types import Duration, Model, secret_value
+from agent.types import Duration, Model, Port, secret_value
 from exporters.base import ExportContext, ExporterBase, PushExporter, PushResult
 from exporters.fleet import Fleet, FleetConfig
 
@@ -118,7 +118,7 @@ class TlsOptions(Model):
 class Config(ExporterBase):
     type: Literal["mqtt"]
     host: str = Field(min_length=1, max_length=253)
-    port: int | None = Field(default=None, ge=1, le=65535)  # default 1883, or 8883 with tls
+    port: Port | None = None  # default 1883, or 8883 with tls
     username: str | None = Field(default=None, min_length=1)
     password: SecretStr | None = None  # or password_file
     tls: TlsOptions | None = None

@@ -34,7 +34,6 @@ import hashlib
 import importlib
 import logging
 import math
-import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,9 +45,11 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 
 from agent import __version__
 from agent.catalog import CHECK_METRICS
+from agent.headers import name_problem, value_problem
 from agent.model import CheckResult, Status
 from agent.outbox import Record
 from agent.retry import parse_retry_after
+from agent.secrets import read_secret_file, secrets_of
 from agent.types import Duration
 from exporters.base import ExportContext, ExporterBase, PushResult
 from exporters.config import ExtraMissing
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mamori.exporters.otel")
 
 MAX_TIMEOUT = 60.0
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
 # Set by the SDK from the payload; a configured value would corrupt the request.
 _RESERVED_HEADERS = frozenset(
     {"content-type", "content-encoding", "content-length", "transfer-encoding", "host"}
@@ -116,8 +116,8 @@ class Config(ExporterBase):
         for key, entries in (("headers", headers), ("header_files", files)):
             for name, value in entries.items():
                 name = str(name)
-                if not _HEADER_NAME.match(name):
-                    raise ValueError(f"{key}: {name!r} is not a valid header name")
+                if (problem := name_problem(name)) is not None:
+                    raise ValueError(f"{key}: {name!r} {problem}")
                 if name.lower() in _RESERVED_HEADERS:
                     raise ValueError(f"{key}: {name} is set by the exporter itself")
                 if name.lower() in seen:
@@ -125,11 +125,12 @@ class Config(ExporterBase):
                 seen.add(name.lower())
                 if key == "header_files":
                     try:
-                        value = Path(str(value)).read_text(encoding="utf-8").rstrip("\r\n")
-                    except OSError as exc:
-                        raise ValueError(f"{key}: cannot read {value}: {exc.strerror or exc}") from None
-                if isinstance(value, str) and ("\r" in value or "\n" in value):
-                    raise ValueError(f"{key}: the value of {name} contains a line break")
+                        value = read_secret_file(str(value))
+                    except ValueError as exc:
+                        raise ValueError(f"{key}: cannot read {value}: {exc}") from None
+                text = value.get_secret_value() if isinstance(value, SecretStr) else value
+                if isinstance(text, str) and (problem := value_problem(text)) is not None:
+                    raise ValueError(f"{key}: the value of {name} {problem}")
                 merged[name] = value
         return {**data, "headers": merged, "header_files": {}}
 
@@ -339,6 +340,7 @@ class OtelExporter:
         self.name = config.name
         self.batch = config.batch
         self.config = config
+        self._secrets = secrets_of(config)  # a collector may quote the headers it was sent
         self._agent = context.agent
         self._resource = Resource(resource_attributes(config, context))
         self._scope = InstrumentationScope("mamori", __version__)
@@ -425,7 +427,7 @@ class OtelExporter:
                 kind,
                 sent,
                 status,
-                f": {msg}" if (msg := _status_message(answer.body)) else "",
+                f": {self._secrets.mask(msg)}" if (msg := _status_message(answer.body)) else "",
             )
             if kind == "metrics":
                 self._dropped += sent
@@ -466,7 +468,7 @@ class OtelExporter:
                 self.name,
                 rejected,
                 what,
-                " ".join(message.split())[:200] or "no reason given",
+                self._secrets.mask(" ".join(message.split())[:200]) or "no reason given",
             )
 
     # --- the data -------------------------------------------------------------------------------

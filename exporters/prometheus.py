@@ -55,20 +55,31 @@ def render_result(r: CheckResult) -> dict[str, list[str]]:
 
 
 class LatestResults:
-    """The latest result per check name, with its rendered exposition lines."""
+    """The latest result per check name, with its rendered exposition lines.
+
+    `retain()` is told the configured checks (at start and on every reload). A check a reload
+    removed disappears at once, and a result of it that was still on its way (queued for this
+    sink, or from a run that was ending) is ignored, so its series never come back. Results that
+    are not of a configured check at all (the fleet quorum's `fleet:<cluster>`) are kept."""
 
     def __init__(self) -> None:
         self._by_check: dict[str, tuple[CheckResult, dict[str, list[str]]]] = {}
+        self._configured: frozenset[str] = frozenset()
+        self._removed: set[str] = set()  # configured once, removed since, not configured again
 
     def put(self, result: CheckResult) -> None:
+        if result.check in self._removed:
+            return
         self._by_check[result.check] = (result, render_result(result))
 
     def retain(self, names: Iterable[str]) -> None:
-        """Forget checks that are no longer configured."""
-        keep = set(names)
-        for name in list(self._by_check):
-            if name not in keep:
-                del self._by_check[name]
+        """The configured checks are now `names`: forget the ones that were and are no longer."""
+        configured = frozenset(names)
+        gone = self._configured - configured
+        self._removed = (self._removed | gone) - configured
+        self._configured = configured
+        for name in gone:
+            self._by_check.pop(name, None)
 
     def all(self) -> list[CheckResult]:
         return [self._by_check[name][0] for name in sorted(self._by_check)]

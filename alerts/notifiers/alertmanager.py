@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from agent.secrets import secrets_of
 from alerts.model import Delivery, Event, Notification
 from alerts.notifiers.base import HttpNotifier, classify
 from alerts.notifiers.config import AlertmanagerConfig
@@ -26,7 +27,7 @@ class AlertmanagerNotifier(HttpNotifier):
     error text; 429 → RETRY; 5xx, timeout, connection failure → RETRY."""
 
     def __init__(self, config: AlertmanagerConfig) -> None:
-        super().__init__(config.name, config.timeout)
+        super().__init__(config.name, config.timeout, secrets_of(config))
         self.config = config
         self.endpoint = f"{config.url}/api/v2/alerts"
 

@@ -3,7 +3,10 @@ service failure, and the classification of an HTTP answer into an `Outcome`.
 
 Secrets never reach a `Delivery.detail` or a log line through here: a failure is described by
 `where` (a caller-chosen safe description of the destination, never a secret URL) and by the
-exception's class and OS error text — never `str(exc)`, which in aiohttp can contain the URL.
+exception's class and OS error text — never `str(exc)`, which in aiohttp can contain the URL. A
+service may still quote what it was sent in its answer (a proxy echoing the webhook URL), so
+`_finish` masks every secret of the notifier's config in the detail (agent/secrets.py) before it
+is logged, stored (`alerts.db`: retries' last error, dead letters) or printed (`notify-test`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from agent.retry import parse_retry_after
+from agent.secrets import Secrets
 from alerts.model import Delivery, Outcome
 
 log = logging.getLogger("mamori.notifiers")
@@ -60,9 +64,11 @@ class HttpNotifier:
 
     name: str
 
-    def __init__(self, name: str, timeout: float) -> None:
+    def __init__(self, name: str, timeout: float, secrets: Secrets | None = None) -> None:
         self.name = name
         self._timeout = timeout
+        self.secrets = secrets or Secrets()
+        """What `_finish` masks: every secret of the notifier's config (`secrets_of(config)`)."""
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -104,13 +110,10 @@ class HttpNotifier:
         except OSError as exc:
             return Delivery(Outcome.RETRY, f"{where}: {exc.strerror or type(exc).__name__}")
 
-    def _finish(self, delivery: Delivery, secrets: tuple[str, ...] = ()) -> Delivery:
-        """`delivery` with any of `secrets` masked in its detail (a service may echo what it was
-        sent); a non-delivery is logged (REJECTED as a warning: it is dropped)."""
-        detail = delivery.detail
-        for secret in secrets:
-            if secret and secret in detail:
-                detail = detail.replace(secret, "**********")
+    def _finish(self, delivery: Delivery) -> Delivery:
+        """`delivery` with the notifier's secrets masked in its detail (a service may echo what it
+        was sent); a non-delivery is logged (REJECTED as a warning: it is dropped)."""
+        detail = self.secrets.mask(delivery.detail)
         if detail != delivery.detail:
             delivery = Delivery(delivery.outcome, detail, delivery.retry_after)
         if delivery.outcome is Outcome.REJECTED:

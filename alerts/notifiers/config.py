@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from agent.headers import check_headers, token_problem
 from agent.types import Duration, Model
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
 _RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "authorization"})
 
 
@@ -36,6 +36,9 @@ def is_loopback(host: str | None) -> bool:
 def _check_http_url(value: str, what: str, *, https_only: bool = False) -> str:
     """An absolute http(s) URL with a host; with `https_only`, plain http only for loopback (tests).
     The message never contains the URL itself: it may be a secret."""
+    if not all(" " < c < "\x7f" for c in value):
+        # urlsplit would silently drop a tab or a line break, and aiohttp refuse the rest later.
+        raise ValueError(f"{what} must be printable ASCII without spaces (percent-encode other characters)")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an absolute http:// or https:// URL")
@@ -135,15 +138,19 @@ class WebhookConfig(_NotifierConfig):
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, header_value in value.items():
-            if not _HEADER_NAME.match(key):
-                raise ValueError(f"headers: {key!r} is not a valid header name")
+        check_headers(value, "headers")
+        for key in value:
             if key.lower() in _RESERVED_HEADERS:
                 raise ValueError(
                     f"headers: {key} is set by the notifier (use bearer_token for Authorization)"
                 )
-            if "\r" in header_value or "\n" in header_value:
-                raise ValueError(f"headers: the value of {key} contains a line break")
+        return value
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and (problem := token_problem(value.get_secret_value())) is not None:
+            raise ValueError(f"the token {problem}")
         return value
 
 

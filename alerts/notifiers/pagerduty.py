@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.secrets import secrets_of
 from alerts.model import Delivery, Event, Notification, Outcome
 from alerts.notifiers.base import Answer, HttpNotifier, classify, one_line
 from alerts.notifiers.config import PagerDutyConfig
@@ -48,7 +49,7 @@ class PagerDutyNotifier(HttpNotifier):
     Retry-After when given; 5xx, timeout, connection failure → RETRY."""
 
     def __init__(self, config: PagerDutyConfig) -> None:
-        super().__init__(config.name, config.timeout)
+        super().__init__(config.name, config.timeout, secrets_of(config))
         self.config = config
 
     def event(self, notification: Notification) -> dict[str, Any]:
@@ -97,9 +98,8 @@ class PagerDutyNotifier(HttpNotifier):
     async def _send_one(self, notification: Notification) -> Delivery:
         where = f"pagerduty {notification.event.value} {notification.alert}"
         answer = await self._post(self.config.url, self.event(notification), where)
-        secrets = (self.config.routing_key.get_secret_value(),)
         if isinstance(answer, Delivery):
-            return self._finish(answer, secrets)
+            return self._finish(answer)
         if answer.status == 400:
             delivery = Delivery(Outcome.REJECTED, f"{where}: 400 invalid event: {_errors(answer)}")
         else:
@@ -108,7 +108,7 @@ class PagerDutyNotifier(HttpNotifier):
                 delivery = Delivery(
                     Outcome.DELIVERED, f"{where}: {answer.status} dedup_key={dedup_key(notification)}"
                 )
-        return self._finish(delivery, secrets)
+        return self._finish(delivery)
 
 
 def _errors(answer: Answer) -> str:

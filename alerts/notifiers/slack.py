@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+from agent.secrets import secrets_of
 from alerts.model import Delivery, Event, Notification, Outcome
 from alerts.notifiers.base import HttpNotifier, classify, one_line
 from alerts.notifiers.config import SlackConfig
@@ -94,7 +95,7 @@ class SlackNotifier(HttpNotifier):
     network jitter. A 429 also pushes the next start past its Retry-After."""
 
     def __init__(self, config: SlackConfig) -> None:
-        super().__init__(config.name, config.timeout)
+        super().__init__(config.name, config.timeout, secrets_of(config))
         self.config = config
         self._lock = asyncio.Lock()
         self._next_start = 0.0  # time.monotonic()
@@ -113,9 +114,9 @@ class SlackNotifier(HttpNotifier):
             if not isinstance(answer, Delivery) and answer.status == 429 and answer.retry_after:
                 self._next_start = max(self._next_start, time.monotonic() + answer.retry_after)
         if isinstance(answer, Delivery):
-            return self._finish(answer, (url,))
+            return self._finish(answer)
         if answer.status == 200 and answer.body.strip() not in ("ok", '{"ok":true}'):
             # Slack's webhooks answer exactly "ok"; anything else means the URL is not a webhook.
             detail = f"{where}: 200 but not a Slack webhook answer: {one_line(answer.body, 80)}"
-            return self._finish(Delivery(Outcome.REJECTED, detail), (url,))
-        return self._finish(classify(answer.status, where, answer), (url,))
+            return self._finish(Delivery(Outcome.REJECTED, detail))
+        return self._finish(classify(answer.status, where, answer))

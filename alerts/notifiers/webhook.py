@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.secrets import secrets_of
 from alerts.model import Delivery, Notification
 from alerts.notifiers.base import HttpNotifier, classify
 from alerts.notifiers.config import WebhookConfig
@@ -40,7 +41,7 @@ class WebhookNotifier(HttpNotifier):
     429, 5xx, anything else, timeout, connection failure → RETRY."""
 
     def __init__(self, config: WebhookConfig) -> None:
-        super().__init__(config.name, config.timeout)
+        super().__init__(config.name, config.timeout, secrets_of(config))
         self.config = config
         self._headers = dict(config.headers)
         if config.bearer_token is not None:
@@ -49,7 +50,6 @@ class WebhookNotifier(HttpNotifier):
     async def send(self, notification: Notification) -> Delivery:
         where = f"webhook {self.name} {notification.event.value} {notification.alert}"
         answer = await self._post(self.config.url, body(notification), where, self._headers)
-        secrets = () if self.config.bearer_token is None else (self.config.bearer_token.get_secret_value(),)
         if isinstance(answer, Delivery):
-            return self._finish(answer, secrets)
-        return self._finish(classify(answer.status, where, answer), secrets)
+            return self._finish(answer)
+        return self._finish(classify(answer.status, where, answer))

@@ -74,6 +74,25 @@ async def test_adhoc_exit_codes_follow_the_status() -> None:
             "agentctl: give either URLs to check ad hoc, or check names with -c FILE, not both\n",
         ),
         (["check", "-c", "{missing}"], "{missing}: (file): cannot read: No such file or directory\n"),
+        # A password (or a token as the user) in the URL is never echoed (issue 12, item 12).
+        (
+            ["check", "http://user:SECRET@127.0.0.1:99999/"],
+            "agentctl: invalid target 'http://user:***@127.0.0.1:99999/': URL has an invalid port\n",
+        ),
+        (
+            ["check", "https://SECRET@[::1/"],
+            "agentctl: invalid target 'https://***@[::1/': Invalid IPv6 URL\n",
+        ),
+        (
+            ["check", "ftp://user:SECRET@127.0.0.1/"],
+            "agentctl: cannot check 'ftp://user:***@127.0.0.1/': use an http://, https://, tcp:// or tls://"
+            " URL, or a check name with -c\n",
+        ),
+        (
+            ["check", "tcp://user:SECRET@127.0.0.1:99999"],
+            "agentctl: invalid target 'tcp://user:***@127.0.0.1:99999': expected tcp://HOST:PORT or"
+            " tls://HOST:PORT\n",
+        ),
     ],
 )
 async def test_user_errors_are_one_line_and_exit_3(
@@ -93,6 +112,7 @@ async def test_user_errors_are_one_line_and_exit_3(
         for key, value in subst.items():
             message = message.replace(key, value)
         assert err == message
+    assert "SECRET" not in err
 
 
 async def test_config_checks_as_table_json_and_by_tag(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,175 @@ def test_config_models_are_frozen() -> None:
     cfg = config.parse("checks:\n  - {name: a, type: tcp, host: h, port: 1}\n", "x.yml", env={})
     with pytest.raises(Exception, match="frozen"):
         cfg.checks[0].name = "b"  # type: ignore[misc]
+
+
+# --- hostile or mistaken input (issue 12): bounded, one line each --------------------------------
+
+
+def test_a_file_over_the_size_cap_is_refused_before_parsing(tmp_path: Path) -> None:
+    big = tmp_path / "big.yml"
+    with big.open("w") as f:
+        f.write("checks:\n  - {name: a, type: tcp, host: h, port: 1}\nx-pad:\n")
+        f.write(("  - " + "p" * 60 + "\n") * (5 * 2**20 // 65))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as exc:
+        config.load(big, env={})
+    assert time.perf_counter() - t0 < 1.0
+    assert str(exc.value) == f"{big}: (file): the file is too large (5.0 MiB; a config may be at most 4 MiB)"
+    with pytest.raises(ConfigError, match=r"^x.yml: \(document\): the document is larger than 4 MiB$"):
+        config.parse("x: " + "y" * (4 * 2**20), "x.yml", env={})
+
+
+def test_alias_bomb_is_refused_without_expanding_it() -> None:
+    path = HERE / "invalid_configs" / "alias_bomb.yml"
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError):
+        config.load(path, env={})
+    assert time.perf_counter() - t0 < 0.5
+    # Just under the bound is fine: 10 * 10 * 10 * 10 + ... nodes.
+    text = "x-a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n"
+    for name, prev in zip("bcd", "abc", strict=True):
+        text += f"x-{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]\n"
+    text += "checks:\n  - {name: a, type: tcp, host: h, port: 1, tags: [x]}\n"
+    assert len(config.parse(text, "x.yml", env={}).checks) == 1
+
+
+def test_nesting_through_aliases_is_bounded_too() -> None:
+    # Each anchor is 40 levels deep and holds the previous one: 120 levels once expanded.
+    text = "x-a: &a " + "[" * 40 + "]" * 40 + "\n"
+    text += "x-b: &b " + "[" * 39 + "*a" + "]" * 39 + "\n"
+    text += "x-c: &c " + "[" * 39 + "*b" + "]" * 39 + "\n"
+    text += "checks:\n  - {name: a, type: tcp, host: h, port: 1}\n"
+    with pytest.raises(ConfigError, match=r"^x.yml:2: x-b\S*: nested more than 64 levels deep once YAML"):
+        config.parse(text, "x.yml", env={})
+
+
+def test_an_anchor_with_a_merge_key_can_be_used_twice() -> None:
+    # Building it a second time once saw the merged keys as written twice ("duplicate key 'host'").
+    text = "x-db: &db {type: tcp, host: h, port: 1}\nx-c: &c {<<: *db, name: a, host: h2}\nchecks:\n  - *c\n"
+    cfg = config.parse(text, "x.yml", env={})
+    assert cfg.check("a").host == "h2"  # type: ignore[attr-defined]
+
+
+def test_plain_equals_and_merge_signs_are_text() -> None:
+    cfg = config.parse("agent: {name: '='}\nchecks:\n  - {name: a, type: tcp, host: h, port: 1}\n", "x", {})
+    assert cfg.agent.name == "="
+    cfg = config.parse("agent: {name: =}\nchecks:\n  - {name: a, type: tcp, host: h, port: 1}\n", "x", {})
+    assert cfg.agent.name == "="
+
+
+def test_what_stays_valid() -> None:
+    """The bounds of issue 12 keep what configs legitimately do."""
+    text = """
+agent: {interval: 7d, timeout: 10s}
+checks:
+  - {name: fast, type: tcp, host: "${HOST}", port: "${PORT}", interval: 100ms, timeout: 100ms}
+  - {name: v6, type: tcp, host: "::1", port: 1, retries: 2, retry_backoff: 800ms, timeout: 1s}
+  - {name: zone, type: tcp, host: "fe80::1%eth0", port: 1}
+  - {name: svc, type: tcp, host: my_service.internal., port: 65535}
+  - {name: head, type: http, url: "http://[::1]:8080/health", method: HEAD}
+  - name: web
+    type: lb
+    url: http://127.0.0.1/
+    docker: {service: web}
+    verdict: {quorum: 3}
+  - name: two
+    type: lb
+    url: http://127.0.0.1/
+    backends: [{name: a, address: "10.0.0.1:80"}, {name: b, address: "[::1]:80"}]
+    verdict: {quorum: 2}
+  - {name: backups, type: pg_backup, directory: /tmp, max_age: 30d}
+"""
+    cfg = config.parse(text, "x.yml", env={"HOST": "db.internal", "PORT": "5432"})
+    assert cfg.check("fast").port == 5432  # type: ignore[attr-defined]
+    assert cfg.check("svc").interval == 7 * 86400
+    assert cfg.warnings == ()
+
+
+def test_interpolation_refuses_a_reference_it_cannot_expand() -> None:
+    with pytest.raises(ValueError, match=r"invalid variable reference '\$\{1HOST\}'"):
+        interpolate("tcp://${1HOST}:1", {})
+    with pytest.raises(ValueError, match=r"invalid variable reference '\$\{A'"):
+        interpolate("${A", {"A": "1"})
+    assert interpolate("$${1HOST} $HOME ${A}", {"A": "1"}) == "${1HOST} $HOME 1"
+
+
+def test_a_config_without_checks_is_valid_with_a_warning() -> None:
+    cfg = config.parse("agent:\n  name: a\n", "x.yml", env={})
+    assert [str(w) for w in cfg.warnings] == [
+        "x.yml:1: checks: warning: no checks: the agent watches nothing (it only serves its own metrics)"
+    ]
+    cfg = config.parse("agent:\n  name: a\nchecks: []\n", "x.yml", env={})
+    assert [str(w) for w in cfg.warnings] == [
+        "x.yml:3: checks: warning: no checks: the agent watches nothing (it only serves its own metrics)"
+    ]
+
+
+FLEET_RULES = """
+checks:
+  - {name: db, type: postgres, cluster: orders, nodes: [{name: pg1, host: 127.0.0.1}]}
+notifiers:
+  - {name: pd, type: pagerduty, routing_key: 0123456789abcdef0123456789abcdef}
+alerts:
+  rules:
+    - {name: confirmed, check: "fleet:*", status: critical}
+    - {name: orders, check: "fleet:orders", status: critical}
+    - {name: other, check: "fleet:billing", status: critical}
+  routes: {critical: [pd]}
+"""
+FLEET_ON = "exporters:\n  - {name: bus, type: mqtt, host: 127.0.0.1, fleet: {enabled: true}}\n"
+
+
+def test_rules_on_fleet_results_are_warnings_when_only_run_time_results_could_match() -> None:
+    # With the quorum on, fleet:orders is this agent's own cluster; fleet:billing could only come
+    # from another agent of the site. With it off, no fleet: result is made at all.
+    cfg = config.parse(FLEET_RULES + FLEET_ON, "x.yml", env={})
+    assert [str(w) for w in cfg.warnings] == [
+        "x.yml:10: alerts.rules[2].check: warning: 'fleet:billing' matches no check here: only a"
+        " fleet:<cluster> result of a cluster another agent reports could match it"
+    ]
+    cfg = config.parse(FLEET_RULES, "x.yml", env={})
+    off = "matches no check: fleet:<cluster> results appear only with an mqtt exporter with fleet:"
+    assert [(w.path, off in w.message) for w in cfg.warnings] == [
+        ("alerts.rules[0].check", True),
+        ("alerts.rules[1].check", True),
+        ("alerts.rules[2].check", True),
+    ]
+
+
+def test_validate_prints_warnings_and_still_exits_0(tmp_path: Path) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text("agent:\n  name: a\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "validate", str(good)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    assert proc.stdout == f"{good}: OK (0 checks)\n"
+    assert proc.stderr == (
+        f"{good}:1: checks: warning: no checks: the agent watches nothing (it only serves its own metrics)\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["alias_bomb", "deep_nesting", "alias_recursive_mapping", "check_type_list"])
+def test_validate_cli_refuses_hostile_files_in_one_line(name: str) -> None:
+    bad = HERE / "invalid_configs" / f"{name}.yml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "validate", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_fifo_or_a_device_as_the_config_file_is_refused_at_once(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "agent.yml"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a FIFO"), (Path("/dev/zero"), "a character device")):
+        began = time.monotonic()
+        with pytest.raises(ConfigError) as exc:
+            config.load(path)
+        assert time.monotonic() - began < 1.0
+        assert [str(i) for i in exc.value.issues] == [
+            f"{path}: (file): cannot read: {what}, not a regular file"
+        ]

@@ -112,6 +112,20 @@ async def test_a_check_that_raises_is_unknown_check_error_logged_once(
     assert sample(metrics, "mamori_check_runs_total", check="buggy", status="unknown") == len(results)
 
 
+async def test_a_check_changed_by_a_reload_reports_its_bug_again(caplog: pytest.LogCaptureFixture) -> None:
+    """"Reported once" is per check object, not per name for the life of the process: a reload
+    that changes the check (a new object) logs its first traceback again."""
+    results: list[CheckResult] = []
+    sched = Scheduler(results.append, AgentMetrics(), concurrency=4, spread=False)
+    with caplog.at_level(logging.ERROR):
+        sched.apply([BoomConfig(name="buggy", type="boom", interval=0.05, timeout=0.05)])
+        await asyncio.sleep(0.2)
+        sched.apply([BoomConfig(name="buggy", type="boom", interval=0.06, timeout=0.05)])  # changed
+        await asyncio.sleep(0.2)
+        await sched.aclose()
+    assert len([r for r in caplog.records if r.exc_info]) == 2
+
+
 async def test_a_check_that_ignores_its_timeout_is_cut_off() -> None:
     results: list[CheckResult] = []
     sched = Scheduler(results.append, AgentMetrics(), concurrency=4, spread=False)

@@ -112,3 +112,54 @@ def test_sigterm_and_sigint_stop_cleanly(agent_proc: Running, sig: signal.Signal
     assert agent_proc.proc.returncode == 0
     assert time.monotonic() - t0 < 5
     assert "stopped" in err and "Traceback" not in err
+
+
+def test_sighup_with_a_fifo_as_a_secret_file_keeps_the_agent_answering(
+    agent_proc: Running, tmp_path: Path
+) -> None:
+    """Reading the FIFO used to block the event loop for ever: /healthz and every check froze."""
+    port = agent_proc.port
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    agent_proc.path.write_text(
+        config_text(port, ["a"])
+        + f"  - name: api\n    type: http\n    url: http://127.0.0.1:{port}/healthz\n"
+        + f"    bearer_token_file: {fifo}\n"
+    )
+    agent_proc.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.2)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+        assert resp.status == 200
+    assert set(results(port)) == {"a", "b"}
+    log = agent_proc.log()
+    assert (
+        f"{agent_proc.path}:9: checks[1].bearer_token_file: cannot read {fifo}: a FIFO, not a regular file"
+        in log
+    ), log
+    assert "Traceback" not in log
+
+
+def test_sighup_with_an_alias_bomb_keeps_the_agent_answering(agent_proc: Running) -> None:
+    """Issue 12, item 4: a "billion laughs" file sent by SIGHUP once wedged the agent (/healthz
+    dead, gigabytes of log). Now it is one counted failure, and the previous config runs on."""
+    port = agent_proc.port
+    bomb = Path(__file__).parent / "invalid_configs" / "alias_bomb.yml"
+    agent_proc.path.write_text(bomb.read_text())
+    agent_proc.proc.send_signal(signal.SIGHUP)
+    for _ in range(10):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+            assert resp.read().strip() == b"ok"
+        time.sleep(0.05)
+
+    def failed() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return 'mamori_config_reloads_total{outcome="failure"} 1.0' in resp.read().decode()
+
+    wait_until(failed)
+    first = results(port)["a"]["started_at"]
+    wait_until(lambda: results(port)["a"]["started_at"] != first)  # the old checks still run
+    assert set(results(port)) == {"a", "b"}
+    log = agent_proc.log()
+    assert f"{agent_proc.path}:6: x-e: the document expands to more than 100000 nodes (YAML aliases)" in log
+    assert "Traceback" not in log
+    assert len(log) < 10_000

@@ -5,6 +5,7 @@ a traceback, never silent loss (issue 11, item 10; decisions in agent/statefile.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -344,3 +345,54 @@ def test_sound_state_files_on_a_full_disk_refuse_to_start_in_one_line(
     )
     assert line.endswith("(no space left on its file system)"), line
     assert not list(small_fs.path.glob("*.damaged-*"))
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_new_state_files_are_0600_with_their_wal_and_shm_in_0700_directories(
+    tmp_path: Path, umask: int
+) -> None:
+    """They may hold text that targets and services sent (issue 12, item 11). sqlite alone makes
+    them 0644 less the umask; with umask 0, 0666."""
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    existing.chmod(0o755)
+    old = os.umask(umask)
+    try:
+        alerts = AlertStore(existing / "new" / "dir" / "alerts.db")
+        alerts.add_silence(Silence("s1", (("check", "web"),), T0, T0 + 60))
+        box = Outbox(existing / "outbox" / "outbox.db", 10**7, ["bus"])
+        from tests.exporters.test_outbox import result
+
+        box.append([result(1)])
+        files = [
+            Path(f"{db}{suffix}")
+            for db in (existing / "new" / "dir" / "alerts.db", existing / "outbox" / "outbox.db")
+            for suffix in ("", "-wal", "-shm")
+        ]
+        modes = {str(p.relative_to(existing)): oct(p.stat().st_mode & 0o777) for p in files}
+        alerts.close()
+        box.close()
+    finally:
+        os.umask(old)
+    assert set(modes.values()) == {"0o600"}, modes
+    for directory in ("new", "new/dir", "outbox"):
+        assert oct((existing / directory).stat().st_mode & 0o777) == "0o700", directory
+    assert oct(existing.stat().st_mode & 0o777) == "0o755"  # the operator's: left as it is
+
+
+def test_an_existing_state_file_others_may_read_is_opened_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def setup(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+
+    open_state_file(tmp_path / "x.db", "test file", setup).close()
+    (tmp_path / "x.db").chmod(0o644)  # as an older agent made it
+    with caplog.at_level(logging.WARNING, "mamori.statefile"):
+        open_state_file(tmp_path / "x.db", "test file", setup).close()
+        open_state_file(tmp_path / "x.db", "test file", setup, recover=False, probe=False).close()  # the CLI
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the test file {tmp_path / 'x.db'} is accessible to other users (mode 0644); it may hold text "
+        "that checked targets and notification services sent: chmod 600 it"
+    ]
+    assert oct((tmp_path / "x.db").stat().st_mode & 0o777) == "0o644"  # not changed behind the operator

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -117,6 +118,27 @@ def test_registry_builds_each_type(tmp_path: Path) -> None:
                 "headers": {"Authorization": "SECRET"},
             },
             "headers: Authorization is set by the notifier (use bearer_token for Authorization)",
+        ),
+        (
+            {"type": "webhook", "name": "wh", "url": "https://x.example/h", "bearer_token": "SECRET\nX: 1"},
+            "the token contains a line break",
+        ),
+        (
+            {"type": "webhook", "name": "wh", "url": "https://x.example/h", "bearer_token": ""},
+            "the token is empty",
+        ),
+        (
+            {"type": "webhook", "name": "wh", "url": "https://x/h", "headers": {"X-K": "SECRET\u00e9"}},
+            "headers: the value of X-K contains a non-ASCII character "
+            "(percent-encode it, or use its ASCII form)",
+        ),
+        (
+            {"type": "webhook", "name": "wh", "url": "https://x.example/h", "headers": {"X-K": "SECRET\x01"}},
+            "headers: the value of X-K contains a control character",
+        ),
+        (
+            {"type": "slack", "name": "sl", "webhook_url": "https://hooks.slack.com/services/T/B/SECRET\n"},
+            "webhook_url must be printable ASCII without spaces (percent-encode other characters)",
         ),
     ],
 )
@@ -800,3 +822,93 @@ async def test_alertmanager_real_test_alert_resolves_itself(alertmanager: str) -
     assert alert["status"]["state"] == "active"  # routed like a real alert...
     ends = dt.datetime.fromisoformat(alert["endsAt"].replace("Z", "+00:00")).timestamp()
     assert abs(ends - (sent_at + TEST_LIFETIME)) < 5  # ...and resolved by Alertmanager itself
+
+
+# --- a service echoing the secret it was sent (issue 12, item 10) -------------------------------
+def _pieces(secret: str, n: int = 8) -> list[str]:
+    """Every `n`-character part of `secret`: none may be left anywhere."""
+    return [secret[i : i + n] for i in range(len(secret) - n + 1)]
+
+
+def _assert_absent(secret: str, *texts: str) -> None:
+    for text in texts:
+        found = [p for p in _pieces(secret) if p in text]
+        assert not found, (found, text)
+
+
+async def test_slack_webhook_token_echoed_in_a_500_reaches_no_log_store_or_notify_test(
+    slack: FakeSlack, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A proxy answering 500 (then 400) with the webhook URL: the detail, the log, the alert state
+    file (retries' last error, the dead letters) and `agentctl notify-test` show `***` instead."""
+    from alerts.delivery import Deliverer
+    from alerts.store import AlertStore
+
+    caplog.set_level(logging.DEBUG)
+    url = slack.add_webhook()
+    token = url.rsplit("/", 1)[1]
+    slack.echo_url(500)
+    notifier = slack_notifier(url, timeout=2.0)
+    store = AlertStore(tmp_path / "state" / "alerts.db")
+    store.commit([], [note(id="n1", route="ops")])
+    deliverer = Deliverer("ops", notifier, store, clock=lambda: T0)
+    try:
+        assert await deliverer.step() is not None  # 500: a retry, its detail stored as last_error
+        [item] = store.head("ops")
+        assert item.attempts == 1 and "/services/***/***/*** failed" in item.last_error, item.last_error
+        slack.echo_url(400)
+        deliverer.clock = lambda: T0 + 3600.0
+        assert await deliverer.step() is None  # 400: rejected, moved to the dead letters
+        [(_, reason)] = store.dead()
+        assert reason.startswith("slack ops trigger disk_full: 400 rejected: upstream error: POST http"), (
+            reason
+        )
+        _assert_absent(token, item.last_error, reason, caplog.text)
+    finally:
+        await notifier.aclose()
+        store.close()
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir())
+    assert token.encode() not in raw and b"/services/***/***/***" in raw
+
+    cfg = tmp_path / "agent.yml"
+    cfg.write_text(
+        "agent: {name: box1}\n"
+        f"notifiers:\n  - {{name: ops, type: slack, webhook_url: {url!r}}}\n"
+        f"alerts:\n  state_file: {tmp_path / 'cli' / 'alerts.db'}\n  routes: {{critical: [ops]}}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.cli", "notify-test", "-c", str(cfg), "ops",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert out.decode().startswith("ops: rejected: slack ops test notify_test: 400 rejected: upstream error")
+    assert "/services/***/***/*** failed" in out.decode()
+    _assert_absent(token, out.decode(), err.decode())
+
+
+async def test_webhook_bearer_token_echoed_by_the_receiver_is_masked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token = "wh-token-5b1e0c9d7a3f48e2b6c1d0f9a8e7"
+
+    async def echo(request: web.BaseRequest) -> web.Response:
+        # The token cut short, as a receiver truncating its log line would quote it.
+        return web.Response(status=503, text=f"denied {request.headers['Authorization'][:30]}")
+
+    runner = web.ServerRunner(web.Server(echo, access_log=None))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    notifier = WebhookNotifier(
+        WebhookConfig(type="webhook", name="wh", url=f"http://127.0.0.1:{port}/hook", bearer_token=token)
+    )
+    try:
+        delivery = await notifier.send(note())
+    finally:
+        await notifier.aclose()
+        await runner.cleanup()
+    assert delivery.outcome is Outcome.RETRY
+    assert delivery.detail == "webhook wh trigger disk_full: 503: denied Bearer ***"
+    _assert_absent(token, delivery.detail, caplog.text)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import errno
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks import check_class
 from checks.http import HttpCheck, HttpConfig, parse_json_path
-from tests.servers import Request, echo, free_port, json_ok, redirect, respond, serve_http
+from tests.servers import Request, echo, free_port, json_ok, redirect, respond, response_bytes, serve_http
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 HEALTHY_BODY = b'{"status": "ok", "db": {"status": "up"}}'
@@ -291,6 +292,7 @@ async def test_close_mid_body_is_reset() -> None:
     async with serve_http({"/": truncated}) as srv:
         result = await run(srv.url("/"))
     assert (result.status, result.reason) == (Status.CRITICAL, Reason.CONNECTION_RESET)
+    assert result.message == "the server closed the connection after 9 of 100 bytes of the body"
     assert value(result, "probe_http_status_code") == 200
 
 
@@ -309,7 +311,10 @@ async def test_garbage_is_protocol_error() -> None:
     async with serve_http() as srv:
         result = await run(srv.url("/garbage"))
     assert (result.status, result.reason) == (Status.CRITICAL, Reason.PROTOCOL_ERROR)
-    assert result.message.startswith("not an HTTP response")
+    assert (
+        result.message
+        == 'not an HTTP response (it starts with "\\x00\\x01garbage, not HTTP at all\\x0d\\x0a\\x0d\\x0a")'
+    )
 
 
 async def test_malformed_status_line_is_protocol_error() -> None:
@@ -319,7 +324,7 @@ async def test_malformed_status_line_is_protocol_error() -> None:
     async with serve_http({"/": bad}) as srv:
         result = await run(srv.url("/"))
     assert (result.status, result.reason) == (Status.CRITICAL, Reason.PROTOCOL_ERROR)
-    assert result.message.startswith("invalid HTTP response")
+    assert result.message == 'invalid status line "HTTP/1.1 OK-ish"'
 
 
 # --- body size ---
@@ -519,7 +524,22 @@ def _config(**values: Any) -> HttpConfig:
         ({"url": "http://x/", "json": [{"path": "a", "matches": "["}]}, "invalid regular expression"),
         ({"url": "http://x/", "headers_match": [{"name": "a"}]}, "exactly one of matches or absent"),
         ({"url": "http://x/", "headers": {"Content-Length": "3"}}, "set by the check"),
-        ({"url": "http://x/", "headers": {"X": "a\r\nB: c"}}, "value must be printable ASCII on one line"),
+        ({"url": "http://x/", "headers": {"X": "a\r\nB: c"}}, "the value of X contains a line break"),
+        ({"url": "http://x/", "headers": {"X": "caf\u00e9"}}, "the value of X contains a non-ASCII"),
+        ({"url": "http://x/", "headers": {"X": "a\x00b"}}, "the value of X contains a NUL character"),
+        ({"url": "http://x/", "headers": {"X Y": "a"}}, "'X Y' is not a valid header name"),
+        ({"url": "http://x/", "bearer_token": ""}, "the token is empty"),
+        ({"url": "http://x/", "bearer_token": "abc\nX-Injected: 1"}, "the token contains a line break"),
+        ({"url": "http://x/", "bearer_token": "t\u00f6ken"}, "the token contains a non-ASCII character"),
+        ({"url": "http://x/", "bearer_token": "two words"}, "the token contains a space"),
+        (
+            {"url": "http://x/", "basic_auth": {"username": "a:b", "password": "p"}},
+            "must not contain ':'",
+        ),
+        (
+            {"url": "http://x/", "basic_auth": {"username": "a", "password": "p\n"}},
+            "contains a control character or a line break",
+        ),
         (
             {"url": "http://x/", "tls": {"ca_file": "/nonexistent/ca.pem"}},
             "file not found: /nonexistent/ca.pem",
@@ -557,3 +577,181 @@ def test_json_path_parsing() -> None:
     for bad in ("", ".a", "a.", "a[x]", "a[0]b"):
         with pytest.raises(ValueError):
             parse_json_path(bad)
+
+
+# --- a target echoing the credentials it was sent (issue 12, item 10) ---------------------------
+TOKEN = "mamori-test-token-7f3a9c2e1b5d4f6a8c0e2b4d9e8d7c6b5a4f3e2d1c0b"  # longer than a message shows
+
+
+def echo_credentials() -> Any:
+    """A hostile target: quotes the Authorization header it got in its reason phrase, in a header
+    and in a JSON body (with the whole request target)."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        auth = request.headers.get("authorization", "")
+        body = json.dumps({"auth": auth, "target": request.target, "headers": request.headers}).encode()
+        headers = {"Content-Type": "application/json", "X-Echo": auth}
+        writer.write(response_bytes(401, body, headers, reason=f"Denied {auth}"))
+
+    return handler
+
+
+def assert_no_part_of(secret: str, text: str) -> None:
+    parts = [secret[i : i + 8] for i in range(len(secret) - 7)]
+    assert not [p for p in parts if p in text], text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shown"),
+    [
+        ({}, "status 401 Denied Bearer ***, expected 2xx"),
+        (  # cut at 57 characters by the message: the prefix left is masked too
+            {"expected_status": [401], "headers_match": [{"name": "X-Echo", "matches": "^nothing$"}]},
+            "header X-Echo: 'Bearer ***...' does not match /^nothing$/",
+        ),
+        (
+            {"expected_status": [401], "json": [{"path": "auth", "equals": "x"}]},
+            'json auth is "Bearer ***..., expected "x"',
+        ),
+        (  # every attempt's message is masked
+            {"retries": 1, "retry_backoff": 0.01},
+            "status 401 Denied Bearer ***, expected 2xx (attempt 2; before: status 401 Denied Bearer ***,",
+        ),
+    ],
+)
+async def test_a_target_echoing_the_bearer_token_never_gets_it_into_the_message(
+    overrides: dict[str, Any], shown: str
+) -> None:
+    async with serve_http({"/": echo_credentials()}) as srv:
+        result = await run(srv.url("/"), bearer_token=TOKEN, **overrides)
+    assert srv.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
+    assert result.message.startswith(shown), result.message
+    assert_no_part_of(TOKEN, json.dumps(result.to_json()))
+
+
+async def test_a_target_echoing_basic_auth_or_url_credentials_never_gets_them_into_the_message() -> None:
+    password = "pw-Xq81Lz0Rk3Vt"
+    basic = base64.b64encode(f"alice:{password}".encode()).decode()
+    async with serve_http({"/": echo_credentials()}) as srv:
+        by_config = await run(
+            srv.url("/"),
+            basic_auth={"username": "alice", "password": password},
+            expected_status=[401],
+            json=[{"path": "auth", "equals": "x"}],
+        )
+        by_url = await run(
+            f"http://alice:{password.replace('-', '%2D')}@127.0.0.1:{srv.port}/?key=QyZ81Lk0aPw9",
+            expected_status=[401],
+            json=[{"path": "target", "equals": "x"}],
+        )
+        by_header = await run(
+            srv.url("/"),
+            headers={"X-Api-Key": TOKEN},
+            expected_status=[401],
+            json=[{"path": "headers.x-api-key", "equals": "x"}],
+        )
+    assert [r.headers["authorization"] for r in srv.requests[:2]] == [f"Basic {basic}"] * 2
+    assert by_config.message == 'json auth is "Basic ***", expected "x"'
+    assert by_url.message == 'json target is "/?key=***", expected "x"'
+    assert by_header.message == 'json headers.x-api-key is "***..., expected "x"'
+    for secret in (password, basic, TOKEN, "QyZ81Lk0aPw9"):
+        for result in (by_config, by_url, by_header):
+            assert_no_part_of(secret, json.dumps(result.to_json()))
+
+
+# --- what the server did, in HTTP's words (issue 12, items 13 and 16) ---------------------------
+# Never h11's wording or a Python type: the messages below are the whole contract.
+INTERNALS = re.compile(r"h11|Error\(|Exception|Traceback|[A-Z][a-z]+Error\b|\bb'|NEED_DATA|_SWITCH")
+
+HOSTILE = [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", Reason.CONNECTION_RESET,
+     "the server closed the connection after 9 of 100 bytes of the body"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", Reason.CONNECTION_RESET,
+     "the server closed the connection after 5 bytes of a chunked body, before its last chunk"),
+    (b"HTTP/1.1 200 OK\r\nContent-Ty", Reason.CONNECTION_RESET,
+     "the server closed the connection in the middle of the response head"),
+    (b"HTTP/1.1 100 Continue\r\n\r\n", Reason.CONNECTION_RESET,
+     "the server closed the connection after a 1xx response, before the final response"),
+    (b"", Reason.CONNECTION_RESET, "the server closed the connection without a response"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", Reason.PROTOCOL_ERROR,
+     'not an HTTP response (it starts with "SSH-2.0-OpenSSH_9.6\\x0d\\x0a")'),
+    (b"HTTP/1.1 OK-ish\r\n\r\n", Reason.PROTOCOL_ERROR, 'invalid status line "HTTP/1.1 OK-ish"'),
+    (b"HTTP/1.1 099 Odd\r\n\r\n", Reason.PROTOCOL_ERROR, "invalid status code 099"),
+    (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", Reason.PROTOCOL_ERROR,
+     "101 Switching Protocols, but the request asked for no upgrade"),
+    (b"HTTP/1.1 200 OK\r\nNoColon\r\n\r\n", Reason.PROTOCOL_ERROR, 'invalid header line "NoColon"'),
+    (b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", Reason.PROTOCOL_ERROR,
+     "invalid header line (the first header is a continuation line)"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n", Reason.PROTOCOL_ERROR,
+     "conflicting Content-Length headers"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", Reason.PROTOCOL_ERROR,
+     "invalid Content-Length header"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", Reason.PROTOCOL_ERROR,
+     "unsupported Transfer-Encoding (a response body is framed only by chunked)"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+     Reason.PROTOCOL_ERROR, "more than one Transfer-Encoding header"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Reason.PROTOCOL_ERROR,
+     'invalid chunk size line "zz"'),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n", Reason.PROTOCOL_ERROR,
+     "invalid chunked body (a chunk's data is not followed by CRLF)"),
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", Reason.PROTOCOL_ERROR,
+     "response head longer than 16 KiB"),
+    (b"HTTP/1.1 302 Found\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n", Reason.PROTOCOL_ERROR,
+     "redirect to an invalid URL (http:...)"),
+    (b"HTTP/1.1 503 \x1b[31mDown\x1b[0m\r\nContent-Length: 0\r\n\r\n", Reason.STATUS_MISMATCH,
+     "status 503 \\x1b[31mDown\\x1b[0m, expected 2xx"),
+    (b"HTTP/1.1 503 Caf\xc3\xa9 \xe2\x80\xa8ferm\xc3\xa9\r\nContent-Length: 0\r\n\r\n",
+     Reason.STATUS_MISMATCH, "status 503 Café \\u2028fermé, expected 2xx"),
+    (b"HTTP/1.1 500 " + b"x" * 20_000 + b"\r\nContent-Length: 0\r\n\r\n", Reason.STATUS_MISMATCH,
+     f"status 500 {'x' * 77}..., expected 2xx"),
+]  # fmt: skip
+
+
+def sends(data: bytes) -> Any:
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+
+    return handler
+
+
+@pytest.mark.parametrize(("data", "reason", "message"), HOSTILE, ids=[m for _, _, m in HOSTILE])
+async def test_a_broken_response_is_said_in_http_words(data: bytes, reason: Reason, message: str) -> None:
+    async with serve_http({"/": sends(data)}) as srv:
+        result = await run(srv.url("/"))
+    assert (result.status, result.reason, result.message) == (Status.CRITICAL, reason, message)
+
+
+@pytest.mark.parametrize(
+    "charset", ["undefined", "idna", "punycode", "utf-7", "rot13", "base64", "zlib", "hex", "unicode_escape"]
+)
+async def test_a_charset_that_is_not_a_text_encoding_reads_the_body_as_utf8(charset: str) -> None:
+    body = "café +AGE- \\x41 ok".encode()
+    headers = {"Content-Type": f"text/plain; charset={charset}"}
+    async with serve_http({"/": respond(200, body, headers)}) as srv:
+        result = await run(srv.url("/"), body_matches=["café", "ok$"])
+    if charset == "utf-7":  # a real charset: the body is read in it, and "café" is not there
+        assert (result.status, result.reason) == (Status.CRITICAL, Reason.BODY_MISMATCH)
+    else:
+        assert (result.status, result.reason) == (Status.OK, Reason.OK), result.message
+
+
+async def test_no_message_of_a_hostile_target_shows_internals() -> None:
+    """Every hostile case of these tests, and the default hostile routes, by http and tcp."""
+    from checks.tcp import TcpCheck
+    from tests.servers import chatter, rst_after_read, serve_tcp, silent
+
+    messages: list[str] = []
+    for data, _, _ in HOSTILE:
+        async with serve_http({"/": sends(data)}) as srv:
+            messages.append((await run(srv.url("/"), timeout=0.5)).message)
+    async with serve_http() as srv:
+        for path in ("/reset", "/garbage", "/endless", "/loop/a", "/status/503", "/slow?ms=2000"):
+            messages.append((await run(srv.url(path), timeout=0.3, max_body_size=1000)).message)
+    messages.append((await run(f"http://127.0.0.1:{free_port()}/")).message)
+    for handler in (silent(), chatter(), rst_after_read()):
+        async with serve_tcp(handler) as srv:
+            tcp = TcpCheck.from_url(f"tcp://127.0.0.1:{srv.port}", timeout=0.3, send="hi\n", expect="^OK")
+            messages.append((await execute(tcp)).message)
+    assert len(messages) == len(HOSTILE) + 10
+    for message in messages:
+        assert message.isprintable() and not INTERNALS.search(message), message

@@ -16,7 +16,9 @@ Answers as Slack does, with plain-text bodies:
 - 410 `channel_is_archived` once `archive(url)` was called;
 - 429 `rate_limited` with `Retry-After: 1` when a message arrives less than `min_interval` (1 s)
   after the previous accepted message of the same webhook.
-Faults (`fail_for`, `throttle`, `hang`, `down`) come from tests/fakes/http_faults.py.
+Faults (`fail_for`, `throttle`, `hang`, `down`) come from tests/fakes/http_faults.py. One more,
+`echo_url(status)`: from then on every request is answered `status` by what a misbehaving proxy in
+front of Slack would send, a body quoting the request line with the full webhook URL (its secret).
 """
 
 from __future__ import annotations
@@ -94,6 +96,11 @@ class FakeSlack(FakeHttpService):
         self.messages: list[SlackMessage] = []
         self.answers: list[tuple[int, str]] = []  # every (status, body) served by serve()
         self._last: dict[str, float] = {}  # path -> arrival of the last accepted message
+        self._echo_status: int | None = None
+
+    def echo_url(self, status: int | None) -> None:
+        """Answer every request `status` with a body quoting its URL (None: stop)."""
+        self._echo_status = status
 
     def add_webhook(self, channel: str = "#alerts") -> str:
         """A new webhook URL posting to `channel`; its path carries a random secret, as Slack's do."""
@@ -119,6 +126,8 @@ class FakeSlack(FakeHttpService):
     async def _answer(self, request: web.BaseRequest) -> tuple[int, str, dict[str, str]]:
         now = time.monotonic()
         path = request.path
+        if self._echo_status is not None:
+            return self._echo_status, f"upstream error: {request.method} {request.url} failed", {}
         if path not in self.webhooks:
             return 404, "no_service", {}
         if request.method != "POST":

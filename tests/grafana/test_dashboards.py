@@ -457,7 +457,7 @@ async def _until_answered(
         await asyncio.sleep(0.5)
 
 
-def _add_checks(stack: Stack, docker_socket: Path, pgbackrest: Path) -> None:
+async def _add_checks(stack: Stack, docker_socket: Path, pgbackrest: Path) -> None:
     """Two checks added to the running agent through its real reload path (SIGHUP's): `docker`
     on the Docker engine fake, and `pg_backup` on the pgBackRest stand-in (the lab's own
     pg_backup check reads a directory of base backups, which cannot say how far back a restore
@@ -472,7 +472,9 @@ def _add_checks(stack: Stack, docker_socket: Path, pgbackrest: Path) -> None:
         },
     ]
     stack.agent_config.write_text(yaml.safe_dump(doc, sort_keys=False))
-    stack.agent.reload()
+    reload = stack.agent.reload()
+    assert reload is not None
+    await reload
     assert {"containers", "pgbackrest"} <= {c.name for c in stack.agent.config.checks}, "reload refused"
 
 
@@ -494,7 +496,7 @@ async def test_every_panel_has_data_on_the_lab(tmp_path: Path) -> None:
         for app in stack.web.apps:
             labels = {"mamori.service": "web", "mamori.probe.port": str(app.port)}
             engine.add(app.name, labels, network="host", health="healthy")
-        _add_checks(stack, engine.socket, _pgbackrest(tmp_path))
+        await _add_checks(stack, engine.socket, _pgbackrest(tmp_path))
         optional = set(NO_NOTIFIER) if stack.agent.config.alerts is None else set()
         await stack.wait_scraped()
 

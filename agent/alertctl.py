@@ -89,15 +89,10 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 # --- alerts ----------------------------------------------------------------------------------
 
 
-def _span(seconds: float) -> str:
-    from alerts.engine import span
-
-    return span(seconds)
-
-
 def _why(record: AlertRecord, view: _View) -> tuple[str, float | None]:
     """Why the alert is where it is when that is not obvious — held open by flap detection, or
     firing but not paged (silence, maintenance, the connectivity guard) — and until when."""
+    from agent.text import seconds as duration
     from alerts.config import NETWORK_DOWN_RULE
     from alerts.model import AlertState
 
@@ -105,7 +100,7 @@ def _why(record: AlertRecord, view: _View) -> tuple[str, float | None]:
     flips = sorted(t for t in record.flips if t > now - alerts.flap.window)
     if record.flapping and flips:
         until = flips[-1] + alerts.flap.window
-        changes = f"{len(flips)} state changes in {_span(alerts.flap.window)}"
+        changes = f"{len(flips)} state changes in {duration(alerts.flap.window)}"
         if record.state != AlertState.FIRING:
             return f"flapping ({changes}): kept open; resolves at {_iso(until)} if no change before", until
         return f"flapping ({changes}): stable again at {_iso(until)} at the earliest", until

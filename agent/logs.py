@@ -31,3 +31,24 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class FailureLog:
+    """Logs a failure that repeats every few seconds (a disk that stays full, a store that stays
+    damaged) without flooding the log: the first one, then once a minute or when the error
+    changes. `ok()` forgets it, so the next failure is logged at once."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+        self._log = logger
+        self._interval = interval
+        self._last: tuple[str, float] | None = None  # (error, when) of the last line
+
+    def failed(self, error: str, msg: str, *args: object) -> None:
+        """`msg % args` at ERROR, unless `error` was logged less than `interval` ago."""
+        now = time.monotonic()
+        if self._last is None or self._last[0] != error or now - self._last[1] >= self._interval:
+            self._last = (error, now)
+            self._log.error(msg, *args)
+
+    def ok(self) -> None:
+        self._last = None

@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.logs import FailureLog
 from agent.retry import RETRY_AFTER_CAP, backoff
 from agent.statefile import is_environmental
 from alerts.model import Delivery, Notification, Notifier, Outcome
@@ -82,7 +83,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unsaved: dict[str, _Unsaved] = {}  # notification id -> outcome not stored yet
-        self._failure_logged: tuple[str, float] | None = None  # (error, when) of the last log
+        self._failures = FailureLog(log)  # a failing pass: first, then once a minute
 
     def wake(self) -> None:
         """New notifications are in the outbox. Never blocks."""
@@ -174,22 +175,17 @@ class Deliverer:
                 due = await self.step()
             except Exception as exc:  # e.g. a damaged page: keep the task alive and retry
                 self.errors += 1
-                self._log_failure(f"{type(exc).__name__}: {exc}")
+                error = f"{type(exc).__name__}: {exc}"
+                self._failures.failed(
+                    error, "route %s: delivery pass failed: %s (retrying every 5s)", self.route, error
+                )
                 due = self.clock() + UNSAVED_RETRY
             else:
-                self._failure_logged = None
+                self._failures.ok()
             timeout = None if due is None else max(0.0, due - self.clock())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a stop()
                     await self._wake.wait()
-
-    def _log_failure(self, error: str) -> None:
-        """The first failure, then once a minute or when the error changes."""
-        now = time.monotonic()
-        last = self._failure_logged
-        if last is None or last[0] != error or now - last[1] >= 60:
-            self._failure_logged = (error, now)
-            log.error("route %s: delivery pass failed: %s (retrying every 5s)", self.route, error)
 
     def start(self) -> None:
         if self._task is None:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.model import CheckResult
+from agent.text import seconds
 from alerts.config import (
     CONNECTION_REASONS,
     NETWORK_DOWN_RULE,
@@ -44,17 +45,6 @@ GUARD_CHECK = "connectivity_guard"
 SILENCE_KEYS = frozenset({"rule", "check", "target", "severity", "tag"})
 
 AlertKey = tuple[str, str]  # (rule, check)
-
-
-def span(value: float) -> str:
-    """A duration for messages: 42s, 5m10s, 2h03m."""
-    value = max(0.0, value)
-    if value < 60:
-        return f"{value:.0f}s"
-    minutes = int(value // 60)
-    if minutes < 120:
-        return f"{minutes}m{int(value % 60):02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _identity(alert: AlertRecord, agent: str) -> dict[str, str]:
@@ -562,7 +552,7 @@ class AlertEngine:
         grouped incident resolves under the names it was paged with), for how long it had been
         paged, and what the check says now — not the failure's fields again."""
         checks = list(dict.fromkeys([*alert.incident_checks, alert.check]))
-        lasted = f" after {span(now - alert.paged_at)}" if alert.paged_at > 0 else ""
+        lasted = f" after {seconds(now - alert.paged_at)}" if alert.paged_at > 0 else ""
         if rule.name == NETWORK_DOWN_RULE:
             summary = f"agent {self.agent}: network back{lasted} ({alert.message})"
         elif len(checks) == 1:
@@ -573,5 +563,5 @@ class AlertEngine:
         details = {"check": alert.check, "target": alert.target, "agent": self.agent, "state": "resolved"}
         details["checks"] = ",".join(checks)
         if alert.paged_at > 0:
-            details["paged_for"] = span(now - alert.paged_at)
+            details["paged_for"] = seconds(now - alert.paged_at)
         return summary, {k: v for k, v in details.items() if v}

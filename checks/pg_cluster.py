@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from agent.model import Reason, Status
+from agent.text import seconds
 
 Role = Literal["primary", "standby"]
 Stage = Literal["write", "flush", "replay"]
@@ -306,20 +307,6 @@ def lag_status(delay: float | None, policy: Policy) -> Status:
     if delay >= policy.lag_warning:
         return Status.WARNING
     return Status.OK
-
-
-def seconds(value: float | None) -> str:
-    """A duration for messages: 0.012s, 42s, 5m10s, 2h03m."""
-    if value is None:
-        return "unknown"
-    if value < 10:
-        return f"{value:.3g}s"
-    if value < 60:
-        return f"{value:.0f}s"
-    minutes = int(value // 60)
-    if minutes < 120:
-        return f"{minutes}m{int(value % 60):02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def size(value: float | None) -> str:

@@ -43,6 +43,7 @@ from psycopg.rows import dict_row
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from agent.model import Reason, Sample
+from agent.text import seconds
 from agent.types import ByteSize, Duration, Model, Port, secret_value
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 from checks.pg_cluster import (
@@ -57,7 +58,6 @@ from checks.pg_cluster import (
     Stage,
     Verdict,
     judge,
-    seconds,
     size,
 )
 from checks.pg_queries import PROBE, PROBE_WITHOUT_ARCHIVE_DIR, Probe, heartbeat_read, heartbeat_write

@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.catalog import AGENT_METRICS
+from agent.logs import FailureLog
 from agent.model import CheckResult
 from agent.outbox import Outbox, Record
 from agent.retry import RETRY_AFTER_CAP, backoff
@@ -118,7 +119,7 @@ class Pump:
         not_before, self.streak = outbox.schedule(exporter.name)
         self.not_before = min(not_before, wall() + RETRY_AFTER_CAP)
         self.last_error = ""
-        self._failure_logged: tuple[str, float] | None = None  # (error, when) of the last log
+        self._failures = FailureLog(log)  # "outbox failed": first, then once a minute
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._held: tuple[int, float] | None = None  # (head seq, since when) of records held back
@@ -210,7 +211,7 @@ class Pump:
                 self._log_failure(f"{type(exc).__name__}: {exc}")
                 delay = 5.0
             else:
-                self._failure_logged = None
+                self._failures.ok()
             if delay == 0.0:
                 await asyncio.sleep(0)
                 continue
@@ -220,13 +221,7 @@ class Pump:
                 await self._retry_wait(delay)
 
     def _log_failure(self, error: str) -> None:
-        """The first failure, then once a minute or when the error changes: a failure every 5 s
-        must not flood the log."""
-        now = time.monotonic()
-        last = self._failure_logged
-        if last is None or last[0] != error or now - last[1] >= 60:
-            self._failure_logged = (error, now)
-            log.error("exporter %s: outbox failed: %s (retrying every 5s)", self.name, error)
+        self._failures.failed(error, "exporter %s: outbox failed: %s (retrying every 5s)", self.name, error)
 
     async def _retry_wait(self, delay: float) -> None:
         """Wait `delay` before retrying. New results do not cut it short; an exporter that knows

@@ -99,7 +99,7 @@ async def test_the_pump_logs_an_outbox_failure_once_a_minute_not_every_5s(
     box.append([result(1)])
     pump = Pump(Recorder("a"), box)
     now = [1000.0]
-    monkeypatch.setattr("exporters.base.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("agent.logs.time.monotonic", lambda: now[0])
     with caplog.at_level(logging.ERROR, logger="mamori.exporters"):
         for _ in range(24):  # two minutes of a failure every 5 s
             pump._log_failure("DatabaseError: database disk image is malformed")
@@ -197,3 +197,18 @@ def test_an_outbox_written_before_the_schedule_existed_opens_and_is_migrated(tmp
     box = Outbox(path, 10**6, ["a"])  # and opens again as version 1
     assert box.schedule("a") == (123.0, 4)
     box.close()
+
+
+def test_a_failure_after_a_success_is_logged_at_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.logs import FailureLog
+
+    monkeypatch.setattr("agent.logs.time.monotonic", lambda: 1000.0)
+    failures = FailureLog(logging.getLogger("mamori.test"))
+    with caplog.at_level(logging.ERROR, logger="mamori.test"):
+        failures.failed("disk full", "x %s", "1")
+        failures.failed("disk full", "x %s", "2")  # the same, within the minute: quiet
+        failures.ok()  # it worked in between: the next failure is news
+        failures.failed("disk full", "x %s", "3")
+    assert [r.getMessage() for r in caplog.records] == ["x 1", "x 3"]

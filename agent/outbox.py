@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.model import CheckResult, Reason, Sample, Status
-from agent.statefile import StateFileHealth, is_environmental, open_state_file
+from agent.statefile import is_environmental, open_state_file
+from agent.statehealth import StateFileHealth
 
 log = logging.getLogger("mamori.outbox")
 

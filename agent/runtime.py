@@ -27,7 +27,7 @@ from agent.config import Config, ConfigError
 from agent.pipeline import FanOut, Sink
 from agent.scheduler import Scheduler
 from agent.server import AgentServer
-from agent.statefile import StateFileHealth
+from agent.statehealth import StateFileHealth
 from agent.telemetry import AgentInfoCollector, AgentMetrics, StateFileCollector
 from exporters.prometheus import LatestResults, PrometheusSink
 

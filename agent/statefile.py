@@ -23,32 +23,26 @@ Start-up (`open_state_file`) decides per case, in one line, never with a traceba
   space). Where sqlite can open it (its `-shm` survived a kill -9), a sound file is opened and
   its writes fail and are handled as when the disk fills while running (below).
 
-Running (`StateFileHealth`): every write to the file reports success or failure under an
-operation name. While any operation is failing, durability is degraded: one ERROR line when that
-starts (naming the file and the OS/sqlite error), one INFO line when every failing operation has
-succeeded again, `mamori_durability_degraded{file}` is 1 and `/ready` answers 503 naming the file.
-What is lost meanwhile is each writer's to count (agent/outbox.py, alerts/sink.py).
+Running: whether writes to the file succeed is `StateFileHealth`'s (agent/statehealth.py, which
+does not import sqlite3: an agent with no state file never loads it).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from agent.errors import StartupError
+from agent.statehealth import StateFileHealth, describe, loss_reason
 
 log = logging.getLogger("mamori.statefile")
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-RECOVERY_REASONS = ("damaged", "empty")  # mamori_state_file_recovered_total{reason}
-LOSS_REASONS = ("disk_full", "write_error")  # what a failed write costs is counted under these
-_SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_FULL = 11, 26, 13
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _LOW_SPACE = 64 * 1024  # bytes free under which a failure to open is put down to a full disk
 
 
@@ -57,69 +51,6 @@ def is_environmental(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return True
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
-
-
-def loss_reason(exc: BaseException) -> str:
-    """`disk_full` for no space left (sqlite's SQLITE_FULL, ENOSPC, EDQUOT), else `write_error`."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "disk_full"
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
-        return "disk_full"
-    return "write_error"
-
-
-def describe(exc: BaseException) -> str:
-    """One line: the OS's or sqlite's own words."""
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-class StateFileHealth:
-    """Whether writes to one state file succeed; shared by every writer of that file (and kept
-    across a reload of alerting, so the counters are per process). Never raises."""
-
-    def __init__(self, path: Path, what: str, consequence: str = "") -> None:
-        self.path = Path(path)
-        self.what = what  # "alert state file", "outbox"
-        self.consequence = consequence  # appended to the ERROR line: what happens meanwhile
-        self.recovered: Counter[str] = Counter()  # moved aside at start-up, by reason
-        self._failing: dict[str, str] = {}  # operation -> the error, while it fails
-        self._since = 0.0
-
-    @property
-    def degraded(self) -> bool:
-        return bool(self._failing)
-
-    @property
-    def error(self) -> str:
-        """Why durability is degraded (empty when it is not)."""
-        return next(iter(self._failing.values()), "")
-
-    def failed(self, operation: str, exc: BaseException) -> str:
-        """A write failed; returns the loss reason (`disk_full` or `write_error`)."""
-        text = describe(exc)
-        if not self._failing:
-            self._since = time.monotonic()
-            log.error(
-                "cannot write the %s %s: %s%s",
-                self.what,
-                self.path,
-                text,
-                f"; {self.consequence}" if self.consequence else "",
-            )
-        self._failing[operation] = text
-        return loss_reason(exc)
-
-    def succeeded(self, operation: str) -> None:
-        if self._failing.pop(operation, None) is not None and not self._failing:
-            log.info(
-                "the %s %s is writable again (after %.0fs)",
-                self.what,
-                self.path,
-                time.monotonic() - self._since,
-            )
 
 
 class _Damaged(Exception):

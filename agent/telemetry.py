@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.catalog import AGENT_METRICS
-from agent.statefile import RECOVERY_REASONS, StateFileHealth
+from agent.statehealth import RECOVERY_REASONS, StateFileHealth
 
 if TYPE_CHECKING:
     from agent.config import AgentSection

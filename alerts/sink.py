@@ -26,7 +26,8 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 
 from agent.model import CheckResult
-from agent.statefile import StateFileHealth, is_environmental, loss_reason
+from agent.statefile import is_environmental
+from agent.statehealth import StateFileHealth, loss_reason
 from alerts.config import AlertsConfig
 from alerts.delivery import Deliverer
 from alerts.engine import AlertEngine, AlertKey, AlertRecord, Silence

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.statefile import StateFileHealth, is_environmental, open_state_file
+from agent.statefile import is_environmental, open_state_file
+from agent.statehealth import StateFileHealth
 from alerts.engine import AlertRecord, Silence
 from alerts.model import Event, Notification, Severity
 

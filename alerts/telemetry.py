@@ -8,7 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.catalog import AGENT_METRICS
-from agent.statefile import LOSS_REASONS
+from agent.statehealth import LOSS_REASONS
 from alerts.model import Outcome
 from alerts.sink import AlertSink
 

@@ -35,7 +35,7 @@ from agent.logs import FailureLog
 from agent.model import CheckResult
 from agent.outbox import Outbox, Record
 from agent.retry import RETRY_AFTER_CAP, backoff
-from agent.statefile import LOSS_REASONS
+from agent.statehealth import LOSS_REASONS
 from agent.types import Model
 
 log = logging.getLogger("mamori.exporters")

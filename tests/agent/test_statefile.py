@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from agent.outbox import Outbox
-from agent.statefile import StateFileHealth, open_state_file
+from agent.statefile import open_state_file
+from agent.statehealth import StateFileHealth
 from alerts.engine import Silence
 from alerts.store import AlertStore
 from tests.conftest import SmallFs, free_port

@@ -382,7 +382,6 @@ async def test_agentctl_check_does_not_import_aiohttp() -> None:
     assert not {m for m in imported if m.split(".")[0] in ("aiohttp", "prometheus_client")}
 
 
-
 def test_an_agent_without_state_files_does_not_load_sqlite() -> None:
     """The default config has no outbox and no alerting: sqlite3 (about 1 MB of the 50 MB RSS
     budget, issue 12) is loaded only by the modules that open a state file."""
@@ -393,6 +392,7 @@ def test_an_agent_without_state_files_does_not_load_sqlite() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
+
 
 # --- the server in-process: routes, caching, deadlines, the bound ------------------------------
 

@@ -1,7 +1,7 @@
 """The agent's HTTP endpoint: /metrics, /healthz, /ready and /api/v1/results.
 
 - `/metrics` is the Prometheus text format 0.0.4 (every Prometheus version accepts it): the
-  agent's own metrics (prometheus_client registry) followed by the per-check results.
+  agent's own metrics (agent/metrics.py) followed by the per-check results.
 - `/healthz` answers 200 while the event loop turns (a liveness probe: if it does not answer,
   restart the agent).
 - `/ready` answers 200 `ready` once the scheduler runs and until shutdown begins, unless
@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import Response, StreamResponse
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
 
 from agent.httplimits import Listener
+from agent.metrics import MetricRegistry
 from agent.model import CheckResult
 from exporters.prometheus import LatestResults
 
@@ -62,7 +61,7 @@ class _Body:
 
 class AgentServer:
     def __init__(
-        self, registry: CollectorRegistry, latest: LatestResults, ready: Callable[[], str | None]
+        self, registry: MetricRegistry, latest: LatestResults, ready: Callable[[], str | None]
     ) -> None:
         """`ready()` returns None when ready, else why not (one line)."""
         self._registry = registry
@@ -106,7 +105,7 @@ class AgentServer:
         results, now = self._latest.all(), time.monotonic()
         body = self._metrics_body
         if body is None or not body.fresh(results, now, METRICS_MAX_AGE):
-            raw = generate_latest(self._registry) + self._latest.exposition().encode()
+            raw = (self._registry.render() + self._latest.exposition()).encode()
             body = self._metrics_body = _Body(tuple(results), now, raw)
         return body
 

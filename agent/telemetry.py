@@ -9,19 +9,20 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from agent.catalog import AGENT_METRICS
+from agent.metrics import (
+    CounterFamily,
+    GaugeFamily,
+    MetricCounter,
+    MetricFamily,
+    MetricGauge,
+    MetricHistogram,
+    MetricRegistry,
+)
 from agent.statehealth import RECOVERY_REASONS, StateFileHealth
 
 if TYPE_CHECKING:
     from agent.config import AgentSection
-
-# `*_created` series double the series count for no use in dashboards or rules; exporters such
-# as node_exporter do not emit them either.
-disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _RUN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _LATENESS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -38,22 +39,22 @@ def _labels(name: str) -> tuple[str, ...]:
 class AgentMetrics:
     """Instruments shared by the scheduler, the pipeline and the runtime. One per agent."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+    def __init__(self, registry: MetricRegistry | None = None) -> None:
+        self.registry = registry or MetricRegistry()
         r = self.registry
 
-        def counter(name: str) -> Counter:
-            return Counter(name.removesuffix("_total"), _help(name), _labels(name), registry=r)
+        def counter(name: str) -> MetricCounter:
+            return MetricCounter(name, _help(name), _labels(name), r)
 
-        def gauge(name: str) -> Gauge:
-            return Gauge(name, _help(name), _labels(name), registry=r)
+        def gauge(name: str) -> MetricGauge:
+            return MetricGauge(name, _help(name), _labels(name), r)
 
         self.start_time = gauge("mamori_agent_start_time_seconds")
         self.checks_configured = gauge("mamori_checks_configured")
         self.runs = counter("mamori_check_runs_total")
         # Not per check: probe_duration_seconds already gives each check's last run time, and a
         # per-check histogram would be most of a scrape (17 lines per check).
-        self.run_duration = Histogram(
+        self.run_duration = MetricHistogram(
             "mamori_check_run_duration_seconds",
             _help("mamori_check_run_duration_seconds"),
             buckets=_RUN_BUCKETS,
@@ -61,7 +62,7 @@ class AgentMetrics:
         )
         self.check_errors = counter("mamori_check_errors_total")
         self.attempts = counter("mamori_probe_attempts_total")
-        self.lateness = Histogram(
+        self.lateness = MetricHistogram(
             "mamori_scheduler_lateness_seconds",
             _help("mamori_scheduler_lateness_seconds"),
             buckets=_LATENESS_BUCKETS,
@@ -91,7 +92,7 @@ class AgentMetrics:
                 self.attempts.remove(name, outcome)
 
 
-class AgentInfoCollector(Collector):
+class AgentInfoCollector:
     """`mamori_agent_info`: name, version and the configured labels, read at scrape time so a
     reload that changes the labels is reflected at once."""
 
@@ -99,28 +100,26 @@ class AgentInfoCollector(Collector):
         self._section = section
         self._version = version
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[MetricFamily]:
         section = self._section()
         labels = {**section.labels, "agent": section.name, "version": self._version}
-        family = GaugeMetricFamily("mamori_agent_info", _help("mamori_agent_info"), labels=list(labels))
+        family = GaugeFamily("mamori_agent_info", _help("mamori_agent_info"), labels=list(labels))
         family.add_metric(list(labels.values()), 1.0)
         yield family
 
 
-class StateFileCollector(Collector):
+class StateFileCollector:
     """`mamori_durability_degraded` and `mamori_state_file_recovered_total` of the agent's state
     files, read at scrape time."""
 
     def __init__(self, files: Callable[[], Iterable[StateFileHealth]]) -> None:
         self._files = files
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[MetricFamily]:
         name = "mamori_durability_degraded"
-        degraded = GaugeMetricFamily(name, AGENT_METRICS[name].help, labels=["file"])
+        degraded = GaugeFamily(name, AGENT_METRICS[name].help, labels=["file"])
         name = "mamori_state_file_recovered_total"
-        recovered = CounterMetricFamily(
-            name.removesuffix("_total"), AGENT_METRICS[name].help, labels=["file", "reason"]
-        )
+        recovered = CounterFamily(name, AGENT_METRICS[name].help, labels=["file", "reason"])
         for health in sorted(self._files(), key=lambda h: str(h.path)):
             degraded.add_metric([str(health.path)], 1.0 if health.degraded else 0.0)
             for reason in RECOVERY_REASONS:

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from agent.catalog import AGENT_METRICS
+from agent.metrics import CounterFamily, GaugeFamily, MetricFamily
 from agent.statehealth import LOSS_REASONS
 from alerts.model import Outcome
 from alerts.sink import AlertSink
 
 
-class AlertCollector(Collector):
+class AlertCollector:
     def __init__(self, sink: AlertSink) -> None:
         self._sink = sink
 
-    def collect(self) -> Iterator[Metric]:
-        sent = CounterMetricFamily(
-            "mamori_alert_notifications",
+    def collect(self) -> Iterator[MetricFamily]:
+        sent = CounterFamily(
+            "mamori_alert_notifications_total",
             AGENT_METRICS["mamori_alert_notifications_total"].help,
             labels=["route", "outcome"],
         )
@@ -28,7 +26,7 @@ class AlertCollector(Collector):
             for outcome in Outcome:
                 sent.add_metric([route, outcome.value], float(counts.get((route, outcome), 0)))
         yield sent
-        depth = GaugeMetricFamily(
+        depth = GaugeFamily(
             "mamori_alert_outbox_depth", AGENT_METRICS["mamori_alert_outbox_depth"].help, labels=["route"]
         )
         pending = self._sink.pending()
@@ -36,14 +34,12 @@ class AlertCollector(Collector):
             depth.add_metric([route], float(pending.get(route, 0)))
         yield depth
         name = "mamori_alert_notifications_dropped_total"
-        dropped = CounterMetricFamily(
-            name.removesuffix("_total"), AGENT_METRICS[name].help, labels=["route", "reason"]
-        )
+        dropped = CounterFamily(name, AGENT_METRICS[name].help, labels=["route", "reason"])
         losses = dict.fromkeys(((r, why) for r in self._sink.deliverers for why in LOSS_REASONS), 0)
         losses.update(self._sink.dropped)
         for (route, reason), n in sorted(losses.items()):
             dropped.add_metric([route, reason], float(n))
         yield dropped
-        down = GaugeMetricFamily("mamori_alert_network_down", AGENT_METRICS["mamori_alert_network_down"].help)
+        down = GaugeFamily("mamori_alert_network_down", AGENT_METRICS["mamori_alert_network_down"].help)
         down.add_metric([], 1.0 if self._sink.engine.network_down else 0.0)
         yield down

@@ -27,11 +27,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
 from agent.catalog import AGENT_METRICS
 from agent.logs import FailureLog
+from agent.metrics import CounterFamily, GaugeFamily, MetricFamily
 from agent.model import CheckResult
 from agent.outbox import Outbox, Record
 from agent.retry import RETRY_AFTER_CAP, backoff
@@ -300,19 +298,19 @@ class OutboxSink:
         self.outbox.close()
 
 
-class ExportCollector(Collector):
+class ExportCollector:
     """mamori_outbox_* and mamori_export_*, read from the outbox and the pumps at scrape time."""
 
     def __init__(self, outbox: Outbox, pumps: Sequence[Pump]) -> None:
         self._outbox = outbox
         self._pumps = list(pumps)
 
-    def collect(self) -> Iterator[Metric]:
-        def gauge(name: str, labels: list[str]) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, AGENT_METRICS[name].help, labels=labels)
+    def collect(self) -> Iterator[MetricFamily]:
+        def gauge(name: str, labels: list[str]) -> GaugeFamily:
+            return GaugeFamily(name, AGENT_METRICS[name].help, labels=labels)
 
-        def counter(name: str, labels: list[str]) -> CounterMetricFamily:
-            return CounterMetricFamily(name.removesuffix("_total"), AGENT_METRICS[name].help, labels=labels)
+        def counter(name: str, labels: list[str]) -> CounterFamily:
+            return CounterFamily(name, AGENT_METRICS[name].help, labels=labels)
 
         depth = gauge("mamori_outbox_depth", ["sink"])
         age = gauge("mamori_outbox_oldest_age_seconds", ["sink"])

@@ -26,11 +26,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from agent import httplimits, server
+from agent.metrics import GaugeFamily, MetricRegistry
 from agent.model import CheckResult, Status
 from agent.server import AgentServer
 from exporters.prometheus import LatestResults
@@ -384,26 +382,34 @@ async def test_agentctl_check_does_not_import_aiohttp() -> None:
 
 def test_an_agent_without_state_files_does_not_load_sqlite() -> None:
     """The default config has no outbox and no alerting: sqlite3 (about 1 MB of the 50 MB RSS
-    budget, issue 12) is loaded only by the modules that open a state file."""
+    budget, issue 12) is loaded only by the modules that open a state file. Same budget: the agent
+    renders its metrics itself (no prometheus_client) and uses frozenlist's pure-Python twin."""
     code = (
         "import sys, agent.cli, agent.runtime, checks.host, checks.http, exporters.prometheus;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlite3', '_sqlite3')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    code += (
+        ";print(sorted({m.split('.')[0] for m in sys.modules} & {'prometheus_client', 'wsgiref'}));"
+        "import frozenlist; print(frozenlist.FrozenList is frozenlist.PyFrozenList)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FROZENLIST_NO_EXTENSIONS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO, env=env
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]", out.stdout
+    assert out.stdout.split() == ["[]", "[]", "True"], out.stdout
 
 
 # --- the server in-process: routes, caching, deadlines, the bound ------------------------------
 
 
-class CountingCollector(Collector):
+class CountingCollector:
     def __init__(self) -> None:
         self.collections = 0
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeFamily]:
         self.collections += 1
-        yield GaugeMetricFamily("test_renders", "How often /metrics was rendered.", value=self.collections)
+        yield GaugeFamily("test_renders", "How often /metrics was rendered.", value=self.collections)
 
 
 def result(check: str, message: str = "") -> CheckResult:
@@ -435,7 +441,7 @@ class Served:
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
-    registry = CollectorRegistry()
+    registry = MetricRegistry()
     collector = CountingCollector()
     registry.register(collector)
     latest = LatestResults()

@@ -4,7 +4,7 @@ same rate, in the same run.
 
 Set-up, all on 127.0.0.1, every process our child and stopped by its PID:
 
-- 51 app servers (`agent.lab.apps.AppServer`, plain HTTP) in one helper process
+- 51 app servers (`lab.apps.AppServer`, plain HTTP) in one helper process
   (`python -m bench.lb_group --serve-apps 51`): the first plays the load balancer, the other 50
   are its backends. Their CPU is counted for neither side.
 - The agent (`python -m agent.cli run`) with one check, `type: lb`, interval 1 s, timeout 1 s,
@@ -92,7 +92,7 @@ LATENESS_METRIC = "mamori_scheduler_lateness_seconds"
 async def _serve_apps(count: int, seconds: float) -> None:
     """Start `count` app servers ("lb", "app-01"…), print their ports as one JSON line, serve until
     stdin closes or `seconds` have passed, then print the request counts as one JSON line."""
-    from agent.lab.apps import AppServer  # aiohttp: only the helper process needs it
+    from lab.apps import AppServer  # aiohttp: only the helper process needs it
 
     apps = [AppServer("lb"), *(AppServer(f"app-{i:02d}") for i in range(1, count))]
     loop = asyncio.get_running_loop()

@@ -4,7 +4,7 @@ which lag each reports when the primary is idle and when the link is cut.
 
 Set-up, all on 127.0.0.1, every process our child and stopped by its PID:
 
-- `agent.lab.postgres.PgLab`: a real PostgreSQL 15 primary and streaming standby in a temp dir.
+- `lab.postgres.PgLab`: a real PostgreSQL 15 primary and streaming standby in a temp dir.
   Before measuring, `pg_stat_statements` is preloaded on both servers (ALTER SYSTEM through the
   superuser socket, then a restart of each) and two empty databases are created: `exporter`
   (where the exporters connect) and `bench` (where this benchmark's own queries run), so that
@@ -56,7 +56,6 @@ from typing import Any
 import psutil
 import psycopg
 
-from agent.lab.postgres import PgLab, PgNode
 from bench import lab as benchlab
 from bench.common import (
     KeepAliveClient,
@@ -71,6 +70,7 @@ from bench.common import (
     tail,
     wait_until,
 )
+from lab.postgres import PgLab, PgNode
 
 NAME = "pg_cluster"
 CHECK = "pair"

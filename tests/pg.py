@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 import pytest_asyncio
 
-from agent.lab.postgres import PgLab
+from lab.postgres import PgLab
 
 
 class _Shared:

@@ -31,9 +31,9 @@ from typing import Any
 import yaml
 
 from agent import config
-from agent.lab.postgres import PgLab
-from agent.lab.stack import alertmanager_config as stack_alertmanager_config
 from agent.runtime import Agent
+from lab.postgres import PgLab
+from lab.stack import alertmanager_config as stack_alertmanager_config
 from tests.conftest import free_port
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
 from tests.fakes.slack import FakeSlack, fake_slack

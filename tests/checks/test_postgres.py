@@ -29,7 +29,6 @@ import pytest
 
 from agent import config
 from agent.config import ConfigError
-from agent.lab.postgres import PgLab
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from agent.scheduler import Scheduler
@@ -53,6 +52,7 @@ from checks.pg_cluster import (
     judge,
 )
 from checks.postgres import PostgresCheck, PostgresConfig, failure
+from lab.postgres import PgLab
 from tests.agent.fakes import SleepCheck, SleepConfig
 from tests.pg import fixture_pg_cluster, fixture_pg_pair, one, query  # noqa: F401  (fixtures)
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.lab.postgres import PgLab
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks.postgres import PostgresCheck
 from exporters.prometheus import render_result
+from lab.postgres import PgLab
 from tests.checks.test_postgres import (
     archive_a_segment,
     has,

@@ -20,13 +20,13 @@ import pytest
 import pytest_asyncio
 
 from agent import config
-from agent.lab.mosquitto import Mosquitto
-from agent.lab.postgres import LinkProxy, PgLab
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.runtime import Agent
 from exporters import mqtt
 from exporters.base import ExportContext
 from exporters.fleet import Fleet, FleetConfig, View, views_of
+from lab.mosquitto import Mosquitto
+from lab.postgres import LinkProxy, PgLab
 from tests.conftest import free_port
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
 from tests.pg import fixture_pg_cluster, fixture_pg_pair  # noqa: F401  (pytest finds them)

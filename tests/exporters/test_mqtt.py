@@ -23,14 +23,14 @@ import pytest_asyncio
 
 from agent import config
 from agent.errors import ConfigError, StartupError
-from agent.lab.certs import Certs, make_certs
-from agent.lab.mosquitto import Mosquitto
-from agent.lab.postgres import LinkProxy
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.outbox import Outbox
 from agent.runtime import Agent
 from exporters import mqtt
 from exporters.base import ExportContext, Pump
+from lab.certs import Certs, make_certs
+from lab.mosquitto import Mosquitto
+from lab.postgres import LinkProxy
 from tests.conftest import free_port
 from tests.servers import banner, serve_tcp
 

@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, all_metrics
-from agent.lab.stack import Stack, lab_stack
+from lab.stack import Stack, lab_stack
 from tests.checks.test_pg_backup import backup, fake_pgbackrest, stanza
 from tests.fakes.docker_engine import fake_docker
 from tests.grafana.grafana import (

@@ -23,7 +23,7 @@ import psutil
 import psycopg
 import pytest
 
-from agent.lab.postgres import MONITORING_ROLE_SQL, PgLab, PgLabError
+from lab.postgres import MONITORING_ROLE_SQL, PgLab, PgLabError
 from tests.pg import fixture_pg_cluster, fixture_pg_pair, one, query  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -525,7 +525,7 @@ async def test_a_directory_the_postgres_user_cannot_reach_is_named(tmp_path: Pat
 _CHILD = """
 import asyncio, json, sys
 from pathlib import Path
-from agent.lab.postgres import PgLab
+from lab.postgres import PgLab
 
 async def main() -> None:
     lab = PgLab(Path(sys.argv[1]))

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from agent.lab.apps import AppServer
-from agent.lab.certs import DEFAULT_DNS_NAME, Certs, make_certs, server_context
-from agent.lab.haproxy import Backend, HAProxy
+from lab.apps import AppServer
+from lab.certs import DEFAULT_DNS_NAME, Certs, make_certs, server_context
+from lab.haproxy import Backend, HAProxy
 
 # Startup waits until HAProxy has checked every app once (the first checks are spread over one
 # 500 ms interval), so a lab that starts is a lab whose every path works.

@@ -48,18 +48,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
-from agent.lab.ports import accepts
+from lab import REPO
+from lab.ports import accepts
 
-if TYPE_CHECKING:  # the labs are imported when started: `agentctl demo fault` stays light
-    from agent.lab.mosquitto import Mosquitto
-    from agent.lab.postgres import PgLab
-    from agent.lab.web import WebLab
+if TYPE_CHECKING:  # the labs are imported when started: `python -m lab.demo fault` stays light
     from agent.model import CheckResult
     from agent.runtime import Agent
+    from lab.mosquitto import Mosquitto
+    from lab.postgres import PgLab
+    from lab.web import WebLab
 
 log = logging.getLogger("mamori.lab.stack")
 
-REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
 ALERTMANAGER_YML = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 RULES_DIR = REPO / "alerts" / "rules"
@@ -681,9 +681,9 @@ class Stack:
         prometheus_port: int | None,
         alertmanager_port: int | None,
     ) -> None:
-        from agent.lab.mosquitto import Mosquitto
-        from agent.lab.postgres import PgLab
-        from agent.lab.web import WebLab
+        from lab.mosquitto import Mosquitto
+        from lab.postgres import PgLab
+        from lab.web import WebLab
 
         d = self.directory
         for sub in ("agent", "prometheus", "alertmanager", "secrets", "web", "mosquitto"):

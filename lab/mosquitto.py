@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 
-from agent.lab.certs import Leaf
-from agent.lab.ports import accepts
+from lab.certs import Leaf
+from lab.ports import accepts
 
 HOST = "127.0.0.1"
 _START_TIMEOUT = 5.0  # the broker listens within ~10 ms; this only bounds a broken start

@@ -33,9 +33,9 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.lab.apps import HEALTH_CHECK_AGENT
-from agent.lab.certs import DEFAULT_DNS_NAME, Leaf
-from agent.lab.ports import accepts
+from lab.apps import HEALTH_CHECK_AGENT
+from lab.certs import DEFAULT_DNS_NAME, Leaf
+from lab.ports import accepts
 
 HOST = "127.0.0.1"
 BACKEND = "app"  # the backend every request goes to while the route is intact

@@ -61,6 +61,8 @@ import psutil
 import psycopg
 from psycopg import sql
 
+from lab import REPO
+
 HOST = "127.0.0.1"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"  # runs the servers, initdb and pg_basebackup when we are root
@@ -68,7 +70,7 @@ SUPERUSER = "postgres"  # the database superuser (trust on the Unix socket only)
 MONITORING_USER = "mamori"
 SLOT = "standby1"  # the standby's physical slot, also its application_name
 LAGGING_SLOT = "lagging"
-MONITORING_ROLE_SQL = Path(__file__).resolve().parents[2] / "deploy" / "postgres" / "monitoring-role.sql"
+MONITORING_ROLE_SQL = REPO / "deploy" / "postgres" / "monitoring-role.sql"
 
 StopMode = Literal["fast", "immediate"]
 

@@ -57,7 +57,6 @@ from bench.common import (
     agent_python,
     cpu_seconds,
     exit_on_sigterm,
-    free_port,
     histogram_quantile,
     metric_by_label,
     metric_sum,
@@ -66,9 +65,10 @@ from bench.common import (
     save,
     stop_process,
     tail,
-    wait_until,
 )
 from bench.http_cpu import BlackboxDriver
+from lab.ports import free_port
+from lab.wait import wait_until_sync
 
 NAME = "lb_group"
 CHECK = "group"
@@ -386,8 +386,12 @@ def run(
 
             try:
                 try:
-                    wait_until(
-                        has_run, 30, "the check's first run", lambda: agent_proc.poll() is None, step=0.2
+                    wait_until_sync(
+                        "the check's first run",
+                        has_run,
+                        30,
+                        alive=lambda: agent_proc.poll() is None,
+                        interval=0.2,
                     )
                 except (TimeoutError, RuntimeError) as exc:
                     raise RuntimeError(f"agent did not start: {exc}\n{tail(log)}") from exc

@@ -62,15 +62,15 @@ from bench.common import (
     agent_process,
     cpu_seconds,
     exit_on_sigterm,
-    free_port,
     http_get,
     save,
     series,
     stop_process,
     tail,
-    wait_until,
 )
+from lab.ports import free_port
 from lab.postgres import PgLab, PgNode
+from lab.wait import wait_until_sync
 
 NAME = "pg_cluster"
 CHECK = "pair"
@@ -177,7 +177,9 @@ def postgres_exporter(node: PgNode, password: str, queries: Path, work: Path) ->
     server = benchlab.Server(f"postgres_exporter ({node.name})", proc, port, work)
     try:
         try:
-            wait_until(lambda: http_get(server.url, 1.0)[0] == 200, 10, f"{server.name} /", server.alive)
+            wait_until_sync(
+                f"{server.name} /", lambda: http_get(server.url, 1.0)[0] == 200, 10, alive=server.alive
+            )
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"{server.name} did not start: {exc}\n{tail(log)}") from exc
         yield server

@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from lab.stack import AgentStopped, Stack, StackError, lab_stack, port_is_free, prepare_directory
+from lab.ports import port_is_free
+from lab.stack import AgentStopped, Stack, StackError, lab_stack, prepare_directory
 
 if TYPE_CHECKING:
     from lab.stack import Notification

@@ -5,7 +5,7 @@
         await lab.apps[0].down()      # any AppServer switch; await lab.haproxy.break_route(), ...
         await lab.wait_until_haproxy_sees({"app-1": "DOWN"})
 
-Layout of `directory`: `certs/` (the test CA and leaves of agent/lab/certs.py) and `haproxy/`
+Layout of `directory`: `certs/` (the test CA and leaves of lab/certs.py) and `haproxy/`
 (config, certificate bundle, HAProxy's stderr). The load balancer presents `certs.valid` (valid
 for 127.0.0.1, localhost and the public name); with `backend_tls` the apps present `certs.named`
 (the public name only), as containers behind a load balancer usually do.

@@ -20,8 +20,8 @@ import psutil
 import pytest
 
 from lab import REPO
+from lab.ports import free_port
 from lab.stack import Stack
-from tests.conftest import free_port
 
 AGENTCTL = [sys.executable, "-m", "agent.cli"]
 DEMO = [sys.executable, "-m", "lab.demo"]

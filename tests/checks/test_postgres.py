@@ -4,7 +4,7 @@ Part 1, fast and pure: the cluster verdict (checks/pg_cluster.py) on hand-built 
 precedence, NULL handling, readiness and recommendation reasons — plus config validation and
 the failure classification.
 
-Part 2, against the real PostgreSQL 15 pair of agent/lab/postgres.py (tests/pg.py), connecting
+Part 2, against the real PostgreSQL 15 pair of lab/postgres.py (tests/pg.py), connecting
 as the least-privileged `mamori` role: the healthy baseline and every fault switch, each
 changing the expected metric and reason within one interval; a frozen primary under the real
 scheduler; no connection leak over 500 runs; the idle primary for two minutes.

@@ -4,7 +4,7 @@ Static: every dashboard is valid JSON with unique ids and uids, names only the p
 datasource, has the site/host (and, with Postgres panels, cluster) variables, filters every panel
 by them, reads only metrics the agent emits, and every query parses (promtool).
 
-On real data: the lab stack (agent/lab/stack.py: HAProxy + app servers, a Postgres primary and
+On real data: the lab stack (lab/stack.py: HAProxy + app servers, a Postgres primary and
 standby, Mosquitto, a real agent watching them all, and Prometheus running the shipped
 deploy/prometheus/prometheus.yml with alerts/rules/) is started; every template variable is
 resolved through Prometheus' label-values API as Grafana would, the lab's values are picked

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from lab.postgres import MONITORING_ROLE_SQL, PgLab, PgLabError
+from lab.wait import wait_until
 from tests.pg import fixture_pg_cluster, fixture_pg_pair, one, query  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -41,12 +42,7 @@ def timed(what: str) -> Iterator[None]:
 
 async def until(dsn: str, sql: str, timeout: float, what: str) -> float:
     """Poll a one-boolean query until true; return the seconds waited."""
-    began = time.monotonic()
-    while not await one(dsn, sql):
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"not {what} after {timeout} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - began
+    return await wait_until(what, lambda: one(dsn, sql), timeout)
 
 
 async def refuses(port: int) -> bool:

@@ -1,4 +1,4 @@
-"""The lab stack (agent/lab/stack.py) and the shipped deploy/prometheus/prometheus.yml it runs.
+"""The lab stack (lab/stack.py) and the shipped deploy/prometheus/prometheus.yml it runs.
 
 One real stack: the web lab, the Postgres pair, Mosquitto, the in-process agent, Prometheus and
 Alertmanager from the shipped files. It must start, be healthy, be scraped with the file_sd

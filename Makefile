@@ -21,10 +21,11 @@ run: $(STAMP)
 	$(BIN)/agentctl run
 
 ## demo: the lab (Postgres pair, HAProxy + apps, Mosquitto, Prometheus, Alertmanager) and an agent
-## watching it; `.venv/bin/agentctl demo fault NAME` from another terminal; Ctrl-C stops everything
+## watching it, from this checkout (the lab is not shipped); `.venv/bin/python -m lab.demo fault NAME`
+## from another terminal; Ctrl-C stops everything
 demo: $(STAMP)
 	@bash .ci/ensure-debs $(TEST_DEBS) mosquitto-clients
-	$(BIN)/agentctl demo
+	$(BIN)/python -m lab.demo
 
 ## test: lint, type check, then the whole test suite
 test: $(STAMP) debs lint typecheck unit
@@ -37,7 +38,7 @@ debs:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check agent checks exporters alerts
+	$(BIN)/ruff format --check agent checks exporters alerts lab
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -4,10 +4,9 @@ Exit codes: `check` exits with the worst status (0 OK, 1 WARNING, 2 CRITICAL, 3 
 or config error is 3, as for any Nagios plugin). `validate`, `list` and `run` exit 1 on an
 invalid config or a start-up failure, 2 on bad arguments. `alerts`, `silence add|list|expire` and
 `notify-test` (agent/alertctl.py) exit 1 on a user error (one line on stderr) and `notify-test`
-also when the notification was not delivered; 2 on bad arguments. `demo` (agent/demo.py) exits 0
-when stopped by Ctrl-C / SIGTERM, 1 when the lab cannot start or no demo runs for `demo fault`,
-3 on an unknown fault or bad arguments. `oci-alarms` (agent/ocialarms.py) exits 1 on a bad alarms
-file, credentials or a service error (one line each), 3 on bad arguments.
+also when the notification was not delivered; 2 on bad arguments. `oci-alarms`
+(agent/ocialarms.py) exits 1 on a bad alarms file, credentials or a service error (one line
+each), 3 on bad arguments.
 
 Each command imports only what it needs: `agentctl check URL` must start fast (see bench/), so
 the modules for the server, the scheduler and unused check types are imported inside commands.
@@ -261,22 +260,6 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
     return _alertctl("cmd_notify_test", args)
 
 
-# --- demo (agent/demo.py) ----------------------------------------------------------------------
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from agent import demo
-
-    try:
-        if args.demo_command == "faults":
-            return demo.cmd_faults()
-        if args.demo_command == "fault":
-            return demo.cmd_fault(args.fault)
-        return demo.cmd_demo(Path(args.dir) if args.dir else None, args.port, not args.no_prometheus)
-    except demo.DemoError as exc:
-        raise UsageError(str(exc)) from None
-
-
 # --- oci-alarms (agent/ocialarms.py) ---------------------------------------------------------
 
 
@@ -447,21 +430,6 @@ def build_parser() -> _Parser:
     p.add_argument("route", metavar="ROUTE", help="the notifier's name")
     p.set_defaults(func=cmd_notify_test, error_code=1)
 
-    p = sub.add_parser(
-        "demo", help="run the lab and an agent watching it until Ctrl-C; `demo fault NAME` injects faults"
-    )
-    p.add_argument("--dir", metavar="DIR", help="keep configs, logs and data here (default: a temp dir)")
-    p.add_argument("--port", type=int, metavar="PORT", help="the agent's port (default 9630, or a free one)")
-    p.add_argument("--no-prometheus", action="store_true", help="without Prometheus and Alertmanager")
-    p.set_defaults(func=cmd_demo, error_code=1, demo_command=None)
-    p.usage_exit_code = UNKNOWN  # like an unknown fault
-    demo = p.add_subparsers(dest="demo_command", metavar="ACTION")
-    s = demo.add_parser("fault", help="inject a fault into the running demo (see `demo faults`)")
-    s.add_argument("fault", metavar="NAME")
-    s.usage_exit_code = UNKNOWN
-    s = demo.add_parser("faults", help="list the faults")
-    s.usage_exit_code = UNKNOWN
-    p.subcommands = dict(demo.choices)
     _oci_alarms_parser(sub)
     parser.subcommands = dict(sub.choices)
     return parser

@@ -16,10 +16,8 @@ import platform
 import pstats
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -135,14 +133,6 @@ def read_result(name: str) -> dict[str, Any] | None:
 # --- ports and HTTP ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     """GET a loopback URL; returns (status, body). Raises OSError if it cannot connect."""
     if not url.startswith("http://127.0.0.1:"):
@@ -152,27 +142,6 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
             return int(resp.status), resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read().decode("utf-8", "replace")
-
-
-def wait_until(
-    condition: Callable[[], bool],
-    timeout: float,
-    what: str,
-    alive: Callable[[], bool] | None = None,
-    step: float = 0.1,
-) -> None:
-    """Poll `condition` until it is true; TimeoutError after `timeout` s, RuntimeError as soon as
-    `alive()` is false (the process we wait for has exited)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError):
-            if condition():
-                return
-        if alive is not None and not alive():
-            raise RuntimeError(f"process exited while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(step)
 
 
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')

@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from bench.common import median, verdict, write_result
+from lab.wait import wait_until
 from tests.alerts.test_e2e import (
     AGENT_INTERVAL,
     EVAL_INTERVAL,
@@ -37,7 +38,6 @@ from tests.alerts.test_e2e import (
     SCRAPE_INTERVAL,
     E2EStack,
     e2e_stack,
-    wait_for,
 )
 
 TARGET = AGENT_INTERVAL * FAILURE_THRESHOLD + 2.0
@@ -63,7 +63,7 @@ async def one_run(stack: E2EStack, first: bool) -> dict[str, float]:
         await asyncio.sleep(0.01)
     am_resolves = len(stack.failover_events("resolve"))
     await stack.lab.start_primary()
-    await wait_for(
+    await wait_until(
         "the resolves",
         lambda: (
             len(stack.failover_events("resolve")) > am_resolves

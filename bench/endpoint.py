@@ -63,15 +63,15 @@ from bench.common import (
     REPO,
     agent_python,
     exit_on_sigterm,
-    free_port,
     http_get,
     percentile,
     save,
     stop_process,
     tail,
     verdict,
-    wait_until,
 )
+from lab.ports import free_port
+from lab.wait import wait_until_sync
 
 NAME = "endpoint"
 TARGETS = ("agent", "aiohttp.web", "prometheus_client")
@@ -195,7 +195,9 @@ def target(name: str, tmp: Path, nofile: int, series: int, agent_src: Path) -> I
             return name != "agent" or body.count("probe_success{") == CHECKS
 
         try:
-            wait_until(ready, 30, f"{name} to serve /metrics", lambda: proc.poll() is None, 0.2)
+            wait_until_sync(
+                f"{name} to serve /metrics", ready, 30, alive=lambda: proc.poll() is None, interval=0.2
+            )
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"{name}: {exc}\n{tail(log)}") from exc
         yield Target(name, port, proc, log)

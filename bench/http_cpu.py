@@ -39,7 +39,6 @@ from bench.common import (
     agent_process,
     cpu_seconds,
     exit_on_sigterm,
-    free_port,
     http_get,
     metric_by_label,
     metric_sum,
@@ -47,8 +46,9 @@ from bench.common import (
     save,
     tail,
     verdict,
-    wait_until,
 )
+from lab.ports import free_port
+from lab.wait import wait_until_sync
 
 NAME = "http_cpu"
 TARGET_RATIO = 0.5
@@ -170,11 +170,11 @@ def run(
         log = Path(tmp) / "agent.log"
         with agent_process(args, log, python_args=prefix) as agent_proc:
             try:
-                wait_until(
+                wait_until_sync(
+                    "the agent's /ready",
                     lambda: http_get(f"http://127.0.0.1:{port}/ready", 1.0)[0] == 200,
                     30,
-                    "the agent's /ready",
-                    lambda: agent_proc.poll() is None,
+                    alive=lambda: agent_proc.poll() is None,
                 )
             except (TimeoutError, RuntimeError) as exc:
                 raise RuntimeError(f"agent did not start: {exc}\n{tail(log)}") from exc

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import free_port, http_get, stop_process, tail, wait_until
+from bench.common import http_get, stop_process, tail
+from lab.ports import free_port
+from lab.wait import wait_until_sync
 
 NGINX_BIN = "/usr/sbin/nginx"
 BLACKBOX_BIN = "prometheus-blackbox-exporter"
@@ -116,11 +118,11 @@ def nginx() -> Iterator[Server]:
         server = Server("nginx", proc, port, tmp)
         try:
             try:
-                wait_until(
+                wait_until_sync(
+                    "nginx /health",
                     lambda: http_get(f"{server.url}health", 1.0)[0] == 200,
                     10,
-                    "nginx /health",
-                    server.alive,
+                    alive=server.alive,
                 )
             except (TimeoutError, RuntimeError) as exc:
                 _raise_with_log(server, tmp / "error.log", exc)
@@ -159,11 +161,11 @@ def blackbox_exporter(timeout: float = 5.0) -> Iterator[Server]:
         server = Server("blackbox_exporter", proc, port, tmp)
         try:
             try:
-                wait_until(
+                wait_until_sync(
+                    "blackbox_exporter /-/healthy",
                     lambda: http_get(f"{server.url}-/healthy", 1.0)[0] == 200,
                     10,
-                    "blackbox_exporter /-/healthy",
-                    server.alive,
+                    alive=server.alive,
                 )
             except (TimeoutError, RuntimeError) as exc:
                 _raise_with_log(server, log, exc)

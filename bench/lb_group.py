@@ -4,7 +4,7 @@ same rate, in the same run.
 
 Set-up, all on 127.0.0.1, every process our child and stopped by its PID:
 
-- 51 app servers (`agent.lab.apps.AppServer`, plain HTTP) in one helper process
+- 51 app servers (`lab.apps.AppServer`, plain HTTP) in one helper process
   (`python -m bench.lb_group --serve-apps 51`): the first plays the load balancer, the other 50
   are its backends. Their CPU is counted for neither side.
 - The agent (`python -m agent.cli run`) with one check, `type: lb`, interval 1 s, timeout 1 s,
@@ -57,7 +57,6 @@ from bench.common import (
     agent_python,
     cpu_seconds,
     exit_on_sigterm,
-    free_port,
     histogram_quantile,
     metric_by_label,
     metric_sum,
@@ -66,9 +65,10 @@ from bench.common import (
     save,
     stop_process,
     tail,
-    wait_until,
 )
 from bench.http_cpu import BlackboxDriver
+from lab.ports import free_port
+from lab.wait import wait_until_sync
 
 NAME = "lb_group"
 CHECK = "group"
@@ -92,7 +92,7 @@ LATENESS_METRIC = "mamori_scheduler_lateness_seconds"
 async def _serve_apps(count: int, seconds: float) -> None:
     """Start `count` app servers ("lb", "app-01"…), print their ports as one JSON line, serve until
     stdin closes or `seconds` have passed, then print the request counts as one JSON line."""
-    from agent.lab.apps import AppServer  # aiohttp: only the helper process needs it
+    from lab.apps import AppServer  # aiohttp: only the helper process needs it
 
     apps = [AppServer("lb"), *(AppServer(f"app-{i:02d}") for i in range(1, count))]
     loop = asyncio.get_running_loop()
@@ -386,8 +386,12 @@ def run(
 
             try:
                 try:
-                    wait_until(
-                        has_run, 30, "the check's first run", lambda: agent_proc.poll() is None, step=0.2
+                    wait_until_sync(
+                        "the check's first run",
+                        has_run,
+                        30,
+                        alive=lambda: agent_proc.poll() is None,
+                        interval=0.2,
                     )
                 except (TimeoutError, RuntimeError) as exc:
                     raise RuntimeError(f"agent did not start: {exc}\n{tail(log)}") from exc

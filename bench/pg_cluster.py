@@ -4,7 +4,7 @@ which lag each reports when the primary is idle and when the link is cut.
 
 Set-up, all on 127.0.0.1, every process our child and stopped by its PID:
 
-- `agent.lab.postgres.PgLab`: a real PostgreSQL 15 primary and streaming standby in a temp dir.
+- `lab.postgres.PgLab`: a real PostgreSQL 15 primary and streaming standby in a temp dir.
   Before measuring, `pg_stat_statements` is preloaded on both servers (ALTER SYSTEM through the
   superuser socket, then a restart of each) and two empty databases are created: `exporter`
   (where the exporters connect) and `bench` (where this benchmark's own queries run), so that
@@ -56,21 +56,21 @@ from typing import Any
 import psutil
 import psycopg
 
-from agent.lab.postgres import PgLab, PgNode
 from bench import lab as benchlab
 from bench.common import (
     KeepAliveClient,
     agent_process,
     cpu_seconds,
     exit_on_sigterm,
-    free_port,
     http_get,
     save,
     series,
     stop_process,
     tail,
-    wait_until,
 )
+from lab.ports import free_port
+from lab.postgres import PgLab, PgNode
+from lab.wait import wait_until_sync
 
 NAME = "pg_cluster"
 CHECK = "pair"
@@ -177,7 +177,9 @@ def postgres_exporter(node: PgNode, password: str, queries: Path, work: Path) ->
     server = benchlab.Server(f"postgres_exporter ({node.name})", proc, port, work)
     try:
         try:
-            wait_until(lambda: http_get(server.url, 1.0)[0] == 200, 10, f"{server.name} /", server.alive)
+            wait_until_sync(
+                f"{server.name} /", lambda: http_get(server.url, 1.0)[0] == 200, 10, alive=server.alive
+            )
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"{server.name} did not start: {exc}\n{tail(log)}") from exc
         yield server

@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from agent.lab.postgres import PgLab
 from agent.model import Status
 from agent.runner import execute
 from bench.common import write_result
 from checks.postgres import PostgresCheck, PostgresConfig
+from lab.postgres import PgLab
 from tests.pg import one
 
 COMMITS = "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"

@@ -30,7 +30,6 @@ from bench.common import (
     agent_process,
     agent_python,
     exit_on_sigterm,
-    free_port,
     http_get,
     memory,
     metric_by_label,
@@ -38,8 +37,9 @@ from bench.common import (
     stop_process,
     tail,
     verdict,
-    wait_until,
 )
+from lab.ports import free_port
+from lab.wait import wait_until_sync
 
 NAME = "rss"
 TARGET_DEFAULT_MB = 50.0
@@ -92,7 +92,7 @@ def _default_config(settle: float, tmp: Path) -> dict[str, Any]:
 
         try:
             # The first runs are spread over the 15 s interval.
-            wait_until(both_checks, 60, "results of both default checks", alive, step=0.5)
+            wait_until_sync("results of both default checks", both_checks, 60, alive=alive, interval=0.5)
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"agent (default config): {exc}\n{tail(log)}") from exc
         waited = time.monotonic() - t0
@@ -140,8 +140,12 @@ def _many_checks(tmp: Path, settle: float) -> dict[str, Any]:
                 return len(runs) == MANY_CHECKS and min(runs.values()) >= MIN_RUNS
 
             try:
-                wait_until(
-                    enough_runs, 90, f"{MIN_RUNS} runs of each check", lambda: proc.poll() is None, 0.5
+                wait_until_sync(
+                    f"{MIN_RUNS} runs of each check",
+                    enough_runs,
+                    90,
+                    alive=lambda: proc.poll() is None,
+                    interval=0.5,
                 )
             except (TimeoutError, RuntimeError) as exc:
                 raise RuntimeError(f"agent (100 checks): {exc}\n{tail(log)}") from exc

@@ -1,4 +1,4 @@
-"""Fixtures for tests that need the real PostgreSQL pair of agent/lab/postgres.py.
+"""Fixtures for tests that need the real PostgreSQL pair of lab/postgres.py.
 
     from tests.pg import fixture_pg_cluster, fixture_pg_pair  # noqa: F401  (pytest finds them)
 
@@ -35,7 +35,7 @@ from typing import Any
 import psycopg
 import pytest_asyncio
 
-from agent.lab.postgres import PgLab
+from lab.postgres import PgLab
 
 
 class _Shared:

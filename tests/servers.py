@@ -390,11 +390,3 @@ def _handshake_then_drain(conn: socket.socket, ssl_context: ssl.SSLContext) -> N
     conn.sendall(outgoing.read())
     while conn.recv(65536):
         pass
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, read back, closed): connecting to it is refused."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port

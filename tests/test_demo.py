@@ -1,5 +1,5 @@
-"""`agentctl demo` as a user runs it: a real subprocess, its printed URLs, a fault injected from a
-second `agentctl` process, Ctrl-C (SIGINT) → exit 0 with no process left behind."""
+"""`python -m lab.demo` as a user runs it from a checkout: a real subprocess, its printed URLs, a
+fault injected from a second process, Ctrl-C (SIGINT) → exit 0 with no process left behind."""
 
 from __future__ import annotations
 
@@ -19,16 +19,25 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.lab.stack import Stack
-from tests.conftest import free_port
+from lab import REPO
+from lab.ports import free_port
+from lab.stack import Stack
 
 AGENTCTL = [sys.executable, "-m", "agent.cli"]
+DEMO = [sys.executable, "-m", "lab.demo"]
 LAB_PROCESSES = {"postgres", "haproxy", "prometheus", "prometheus-alertmanager", "mosquitto"}
 
 
 def agentctl(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*AGENTCTL, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+def demo_cmd(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m lab.demo ARGS` from the checkout (the lab is not installed)."""
+    return subprocess.run(
+        [*DEMO, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False, cwd=REPO
     )
 
 
@@ -77,7 +86,8 @@ class Output:
 @pytest.fixture
 def demo(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], Output]]:
     proc = subprocess.Popen(
-        [*AGENTCTL, "demo", "--dir", str(tmp_path / "demo"), "--port", str(free_port())],
+        [*DEMO, "--dir", str(tmp_path / "demo"), "--port", str(free_port())],
+        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -148,7 +158,7 @@ def test_demo_runs_injects_a_fault_and_stops_everything(
     alertmanager = re.search(r"alertmanager\s+(http://127\.0\.0\.1:\d+)", out.text)
     assert prometheus is not None and alertmanager is not None, out.text
     assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t 'mamori/lab/lab-agent/#' -v", out.text)
-    assert "agentctl demo fault primary-down" in out.text
+    assert "python -m lab.demo fault primary-down" in out.text
     for url in urls:
         if url.startswith("https://"):
             continue  # the web lab, TLS with the lab's CA: the agent's checks prove it answers
@@ -163,7 +173,7 @@ def test_demo_runs_injects_a_fault_and_stops_everything(
 
     # A fault from another process reaches the running demo, and the agent reports it.
     assert postgres_result(agent)["status"] == "OK"
-    injected = agentctl("demo", "fault", "primary-down", env=env)
+    injected = demo_cmd("fault", "primary-down", env=env)
     assert injected.returncode == 0, injected.stderr
     assert injected.stdout.startswith("primary-down: primary stopped"), injected.stdout
     deadline = time.monotonic() + 10
@@ -173,11 +183,11 @@ def test_demo_runs_injects_a_fault_and_stops_everything(
     assert result["reason"] == "primary_down"
     out.wait_for(r"postgres: OK → CRITICAL \(primary_down\)", timeout=5)
 
-    unknown = agentctl("demo", "fault", "disk-full", env=env)
+    unknown = demo_cmd("fault", "disk-full", env=env)
     assert unknown.returncode == 3
     assert "unknown fault 'disk-full'" in unknown.stderr and "primary-down" in unknown.stderr
 
-    again = agentctl("demo", "--port", str(free_port()), env=env)
+    again = demo_cmd("--port", str(free_port()), env=env)
     assert again.returncode == 1 and "a demo is already running" in again.stderr, again.stderr
 
     # Ctrl-C: exit 0, and every process it started is gone.
@@ -188,13 +198,13 @@ def test_demo_runs_injects_a_fault_and_stops_everything(
     out.wait_for(r"^Stopped: every process the demo started is gone", timeout=5)
     assert alive(children) == {}
 
-    gone = agentctl("demo", "fault", "primary-down", env=env)
+    gone = demo_cmd("fault", "primary-down", env=env)
     assert gone.returncode == 1
-    assert gone.stderr.strip() == "agentctl: no demo is running (start one with `agentctl demo`)"
+    assert gone.stderr.strip() == "lab.demo: no demo is running (start one with `python -m lab.demo`)"
 
 
 def test_demo_faults_lists_every_fault(env: dict[str, str]) -> None:
-    listed = agentctl("demo", "faults", env=env)
+    listed = demo_cmd("faults", env=env)
     assert listed.returncode == 0
     names = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
     assert names == list(Stack.FAULTS)
@@ -206,6 +216,12 @@ def test_demo_fault_with_a_stale_state_file(env: dict[str, str]) -> None:
     dead.wait()
     state = Path(env["XDG_RUNTIME_DIR"]) / "mamori-demo.json"
     state.write_text(json.dumps({"pid": dead.pid, "host": "127.0.0.1", "port": free_port(), "token": "x"}))
-    stale = agentctl("demo", "fault", "reset", env=env)
+    stale = demo_cmd("fault", "reset", env=env)
     assert stale.returncode == 1
-    assert stale.stderr.strip() == "agentctl: no demo is running (start one with `agentctl demo`)"
+    assert stale.stderr.strip() == "lab.demo: no demo is running (start one with `python -m lab.demo`)"
+
+
+def test_the_product_cli_has_no_demo(env: dict[str, str]) -> None:
+    # The lab is not shipped: the demo runs from a checkout, `python -m lab.demo`.
+    gone = agentctl("demo", env=env)
+    assert gone.returncode == 2 and "invalid choice: 'demo'" in gone.stderr, gone.stderr

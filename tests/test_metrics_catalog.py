@@ -23,13 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import config
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
-from agent.lab.certs import make_certs, server_context
-from agent.lab.mosquitto import Mosquitto
-from agent.lab.postgres import PgLab
-from agent.lab.web import web_lab
 from agent.runtime import Agent
+from lab.certs import make_certs, server_context
+from lab.mosquitto import Mosquitto
+from lab.ports import free_port
+from lab.postgres import PgLab
+from lab.web import web_lab
 from tests.checks.test_pg_backup import backup, fake_pgbackrest, stanza
-from tests.conftest import free_port
 from tests.fakes.docker_engine import fake_docker
 from tests.pg import query
 from tests.servers import banner, serve_http, serve_tcp

@@ -14,7 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import config
 from agent.runtime import Agent
-from tests.conftest import SmallFs, free_port
+from lab.ports import free_port
+from lab.wait import wait_until
+from tests.conftest import SmallFs
 
 
 def get(url: str) -> tuple[int, str]:
@@ -27,20 +29,6 @@ def get(url: str) -> tuple[int, str]:
 
 async def aget(url: str) -> tuple[int, str]:
     return await asyncio.to_thread(get, url)
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll `predicate`; a refused connection (the agent not listening yet) counts as not yet."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            if await predicate():
-                return
-        except OSError:  # urllib's URLError included
-            pass
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -77,7 +65,7 @@ checks:
         status, body = await aget(f"{base}/api/v1/results")
         return status == 200 and len(json.loads(body)["results"]) == 2
 
-    await wait_for(both_ran)
+    await wait_until("both checks to run", both_ran)
     assert await aget(f"{base}/healthz") == (200, "ok\n")
     assert await aget(f"{base}/ready") == (200, "ready\n")
     results = {r["check"]: r for r in json.loads((await aget(f"{base}/api/v1/results"))[1])["results"]}
@@ -168,7 +156,10 @@ alerts:
 
     disk_full = ("mamori_outbox_dropped_total", (("reason", "disk_full"), ("sink", "bus")))
     try:
-        await wait_for(lambda: _is(aget(f"{base}/ready"), (200, "ready\n")))
+        await wait_until(
+            "/ready to answer 200",
+            lambda: _is(aget(f"{base}/ready"), (200, "ready\n")),
+        )
         before = await samples()
         assert before[degraded(alerts)] == before[degraded(outbox)] == 0
         small_fs.fill()
@@ -176,7 +167,7 @@ alerts:
             503,
             f"not ready: durability degraded: cannot write the outbox {outbox}: database or disk is full\n",
         )
-        await wait_for(lambda: _is(aget(f"{base}/ready"), expected))
+        await wait_until("/ready to answer as expected", lambda: _is(aget(f"{base}/ready"), expected))
         server.close()  # the check fails: its alert cannot be stored either
         await server.wait_closed()
         expected = (
@@ -184,7 +175,7 @@ alerts:
             f"not ready: durability degraded: cannot write the alert state file {alerts}: "
             "database or disk is full\n",
         )
-        await wait_for(lambda: _is(aget(f"{base}/ready"), expected))
+        await wait_until("/ready to answer as expected", lambda: _is(aget(f"{base}/ready"), expected))
         during = await samples()
         assert during[degraded(alerts)] == during[degraded(outbox)] == 1
         assert during[disk_full] >= 1
@@ -193,7 +184,10 @@ alerts:
         assert during[("mamori_alert_outbox_depth", (("route", "hook"),))] == 1  # kept in memory
 
         small_fs.free()
-        await wait_for(lambda: _is(aget(f"{base}/ready"), (200, "ready\n")))
+        await wait_until(
+            "/ready to answer 200",
+            lambda: _is(aget(f"{base}/ready"), (200, "ready\n")),
+        )
         after = await samples()
         assert after[degraded(alerts)] == after[degraded(outbox)] == 0
         assert after[disk_full] == during[disk_full] or after[disk_full] > during[disk_full]

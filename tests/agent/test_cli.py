@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from lab.ports import free_port
 from tests.servers import serve_http
 
 

@@ -32,7 +32,7 @@ from agent.metrics import GaugeFamily, MetricRegistry
 from agent.model import CheckResult, Status
 from agent.server import AgentServer
 from exporters.prometheus import LatestResults
-from tests.conftest import free_port
+from lab.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_FD_LIMIT = 1024  # systemd's default soft LimitNOFILE

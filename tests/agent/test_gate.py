@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.lab.apps import AppServer
+from lab.apps import AppServer
 
 
 async def start_apps(n: int) -> list[AppServer]:

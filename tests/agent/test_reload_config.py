@@ -18,7 +18,7 @@ import pytest
 from agent import config
 from agent.config import Config
 from agent.runtime import Agent
-from tests.conftest import free_port
+from lab.ports import free_port
 
 
 def get(url: str) -> str:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import free_port
+from lab.ports import free_port
 from tests.fakes.http_faults import FakeHttpService
 from tests.fakes.otlp_receiver import otlp_receiver
 from tests.fakes.slack import fake_slack

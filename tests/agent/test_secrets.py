@@ -24,8 +24,9 @@ from agent.runtime import Agent
 from agent.secrets import MAX_SECRET_FILE, Secrets, read_secret_file, redact_url, secrets_of
 from alerts.notifiers.config import SlackConfig
 from checks.http import BasicAuth, HttpConfig
-from tests.agent.test_agent import aget, wait_for
-from tests.conftest import free_port
+from lab.ports import free_port
+from lab.wait import wait_until
+from tests.agent.test_agent import aget
 from tests.fakes.otlp_receiver import otlp_receiver
 from tests.servers import Request, response_bytes, serve_http
 
@@ -270,7 +271,7 @@ exporters:
             return ran and len(notifications) >= 3 and len({s.status_message for s in rx.spans}) >= 3
 
         try:
-            await wait_for(everything_seen, timeout=20)
+            await wait_until("every secret-bearing message", everything_seen, timeout=20)
             _, results = await aget(f"{base}/api/v1/results")
             _, metrics = await aget(f"{base}/metrics")
         finally:
@@ -325,7 +326,7 @@ exporters: [{{name: stuck, type: otel, endpoint: "http://127.0.0.1:{free_port()}
         async def ready() -> bool:
             return (await aget(f"http://127.0.0.1:{port}/ready"))[0] == 200
 
-        await wait_for(ready)
+        await wait_until("the agent to be ready", ready)
         await asyncio.sleep(0.5)  # results written: -wal and -shm exist while the agent runs
         modes = {p.name: oct(p.stat().st_mode & 0o777) for p in state.iterdir()}
         agent.stop()

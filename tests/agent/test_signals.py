@@ -14,25 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from lab.ports import free_port
+from lab.wait import wait_until_sync
 
 
 def results(port: int) -> dict[str, dict[str, object]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/results", timeout=5) as resp:
         return {r["check"]: r for r in json.loads(resp.read())["results"]}
-
-
-def wait_until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 def config_text(port: int, checks: list[str]) -> str:
@@ -66,7 +54,7 @@ def agent_proc(tmp_path: Path) -> Iterator[Running]:
     )
     running = Running(proc, port, path)
     try:
-        wait_until(lambda: set(results(port)) == {"a", "b"})
+        wait_until_sync("results of a and b", lambda: set(results(port)) == {"a", "b"}, 15)
         yield running
     finally:
         if proc.poll() is None:
@@ -78,10 +66,10 @@ def test_sighup_with_a_good_config_applies_it_and_keeps_unchanged_checks(agent_p
     port = agent_proc.port
     agent_proc.path.write_text(config_text(port, ["a", "c"]))
     agent_proc.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: set(results(port)) == {"a", "c"})
+    wait_until_sync("results of a and c", lambda: set(results(port)) == {"a", "c"}, 15)
     # `a` kept its schedule: its runs stay 500 ms apart across the reload.
     first = results(port)["a"]["started_at"]
-    wait_until(lambda: results(port)["a"]["started_at"] != first)
+    wait_until_sync("a new run of a", lambda: results(port)["a"]["started_at"] != first, 15)
     gap = float(results(port)["a"]["started_at"]) - float(first)  # type: ignore[arg-type]
     assert 0.4 < gap < 0.6
     log = agent_proc.log()
@@ -155,9 +143,11 @@ def test_sighup_with_an_alias_bomb_keeps_the_agent_answering(agent_proc: Running
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             return 'mamori_config_reloads_total{outcome="failure"} 1.0' in resp.read().decode()
 
-    wait_until(failed)
+    wait_until_sync("the failed reload", failed, 15)
     first = results(port)["a"]["started_at"]
-    wait_until(lambda: results(port)["a"]["started_at"] != first)  # the old checks still run
+    wait_until_sync(
+        "a new run of a", lambda: results(port)["a"]["started_at"] != first, 15
+    )  # the old checks still run
     assert set(results(port)) == {"a", "b"}
     log = agent_proc.log()
     assert f"{agent_proc.path}:6: x-e: the document expands to more than 100000 nodes (YAML aliases)" in log

@@ -25,7 +25,8 @@ from agent.statefile import open_state_file
 from agent.statehealth import StateFileHealth
 from alerts.engine import Silence
 from alerts.store import AlertStore
-from tests.conftest import SmallFs, free_port
+from lab.ports import free_port
+from tests.conftest import SmallFs
 
 T0 = 1_700_000_000.0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from alerts.notifiers.pagerduty import PagerDutyNotifier
 from alerts.notifiers.slack import SlackNotifier
 from alerts.sink import PENDING_LIMIT, AlertSink
 from alerts.store import AlertStore
+from lab.wait import wait_until
 from tests.conftest import SmallFs
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
 from tests.fakes.slack import FakeSlack, fake_slack
@@ -50,14 +51,6 @@ def config(state_file: Path) -> AlertsConfig:
 def result(status: Status) -> CheckResult:
     reason = Reason.OK if status is Status.OK else Reason.REFUSED
     return CheckResult("web", "http", "https://web.example/", status, 0.0, 0.1, reason=reason)
-
-
-async def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -138,18 +131,18 @@ async def test_a_trigger_made_on_a_full_disk_is_sent_once_there_is_space_then_it
                     "it can be written"
                 ]
                 small_fs.free()
-                await wait_for("the trigger", lambda: svc.pd.state_changes == [(KEY, "triggered")])
+                await wait_until("the trigger", lambda: svc.pd.state_changes == [(KEY, "triggered")])
                 assert not sink.store.health.degraded
                 infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
                 assert len(infos) == 1 and f"alert state file {path} is writable again" in infos[0]
-            await wait_for("the Slack trigger", lambda: svc.slack_events() == ["trigger"])
+            await wait_until("the Slack trigger", lambda: svc.slack_events() == ["trigger"])
 
             for _ in range(2):  # success_threshold: 2
                 await agent.publish(Status.OK)
-            await wait_for(
+            await wait_until(
                 "the resolve", lambda: svc.pd.state_changes == [(KEY, "triggered"), (KEY, "resolved")]
             )
-            await wait_for("the Slack resolve", lambda: svc.slack_events() == ["trigger", "resolve"])
+            await wait_until("the Slack resolve", lambda: svc.slack_events() == ["trigger", "resolve"])
         assert [e["event_action"] for e in svc.pd.events] == ["trigger", "resolve"]
         assert svc.pd.rejected == []
 
@@ -166,10 +159,10 @@ async def test_failure_and_recovery_on_a_full_disk_send_trigger_then_resolve_nev
                 await asyncio.sleep(0.1)
             assert svc.pd.events == [] and svc.slack.messages == []
             small_fs.free()
-            await wait_for(
+            await wait_until(
                 "trigger and resolve", lambda: svc.pd.state_changes == [(KEY, "triggered"), (KEY, "resolved")]
             )
-            await wait_for("Slack", lambda: svc.slack_events() == ["trigger", "resolve"])
+            await wait_until("Slack", lambda: svc.slack_events() == ["trigger", "resolve"])
         assert [e["event_action"] for e in svc.pd.events] == ["trigger", "resolve"]
 
 
@@ -194,7 +187,7 @@ async def test_a_restart_during_the_spell_pages_again_rather_than_resolving_what
             await asyncio.sleep(0.3)
             assert svc.pd.events == [] and svc.slack.messages == []  # no lone resolve
             await sink.consume(result(Status.CRITICAL))  # still failing: paged now
-            await wait_for("the trigger", lambda: svc.pd.state_changes == [(KEY, "triggered")])
+            await wait_until("the trigger", lambda: svc.pd.state_changes == [(KEY, "triggered")])
         finally:
             await sink.aclose()
 
@@ -212,16 +205,16 @@ async def test_a_delivery_that_cannot_be_recorded_is_not_sent_again(
         await sink.start()
         try:
             await sink.consume(result(Status.CRITICAL))
-            await wait_for("the held request", lambda: svc.pd.attempts == 1)
+            await wait_until("the held request", lambda: svc.pd.attempts == 1)
             small_fs.fill()
             svc.pd.release()  # answered 503: a retry that cannot be recorded either
-            await wait_for("a retry", lambda: svc.pd.attempts == 2 and svc.pd.state_changes, timeout=5)
+            await wait_until("a retry", lambda: svc.pd.attempts == 2 and svc.pd.state_changes, timeout=5)
             await asyncio.sleep(1.5)
             assert svc.pd.state_changes == [(KEY, "triggered")] and len(svc.pd.events) == 1  # once
             small_fs.free()
             for _ in range(2):
                 await sink.consume(result(Status.OK))
-            await wait_for(
+            await wait_until(
                 "the resolve", lambda: svc.pd.state_changes == [(KEY, "triggered"), (KEY, "resolved")]
             )
         finally:

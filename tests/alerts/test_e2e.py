@@ -20,10 +20,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,11 @@ from typing import Any
 import yaml
 
 from agent import config
-from agent.lab.postgres import PgLab
-from agent.lab.stack import alertmanager_config as stack_alertmanager_config
 from agent.runtime import Agent
-from tests.conftest import free_port
+from lab.ports import free_port
+from lab.postgres import PgLab
+from lab.stack import alertmanager_config as stack_alertmanager_config
+from lab.wait import wait_until
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
 from tests.fakes.slack import FakeSlack, fake_slack
 
@@ -63,26 +63,9 @@ async def fetch(url: str) -> str:
     return await asyncio.to_thread(_fetch, url)
 
 
-async def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> float:
-    """Poll `predicate` (sync or async) until truthy; return the seconds it took."""
-    began = time.monotonic()
-    while True:
-        try:
-            result = predicate()
-            if asyncio.iscoroutine(result):
-                result = await result
-        except OSError:
-            result = False
-        if result:
-            return time.monotonic() - began
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 def alertmanager_config(am_yml: str, directory: Path, pd: FakePagerDuty, slack: FakeSlack) -> str:
     """The deployed config, pointed at the fakes, with short group timings and secrets in `directory`
-    (the rewrite itself is the lab stack's, agent/lab/stack.py)."""
+    (the rewrite itself is the lab stack's, lab/stack.py)."""
     return stack_alertmanager_config(
         am_yml,
         directory,
@@ -173,7 +156,7 @@ class E2EStack:
             )
             return len(up) == len(self.agent_names) and len(reachable) == len(self.agent_names)
 
-        took = await wait_for("a healthy baseline", healthy, timeout, 0.25)
+        took = await wait_until("a healthy baseline", healthy, timeout, interval=0.25)
         if not first:
             return took
         assert self.failover_events("trigger") == []
@@ -295,8 +278,8 @@ async def e2e_stack(agents: int = 2) -> AsyncIterator[E2EStack]:
                 await fetch(url)  # raises OSError (retried) until it answers 200
                 return True
 
-            await wait_for("Alertmanager ready", lambda: ready(f"{stack.alertmanager_url}/-/ready"), 20)
-            await wait_for("Prometheus ready", lambda: ready(f"{stack.prometheus_url}/-/ready"), 20)
+            await wait_until("Alertmanager ready", lambda: ready(f"{stack.alertmanager_url}/-/ready"), 20)
+            await wait_until("Prometheus ready", lambda: ready(f"{stack.prometheus_url}/-/ready"), 20)
             yield stack
     finally:
         for agent, _ in runs:
@@ -324,12 +307,12 @@ async def test_primary_down_pages_failover_and_resolves_on_both_paths() -> None:
         assert stack.failover_events("trigger") == []
 
         await stack.lab.stop_primary()
-        await wait_for(
+        await wait_until(
             "each agent's own trigger",
             lambda: all(stack.agent_events(a, "trigger") for a in stack.agent_names),
             agent_bound,
         )
-        await wait_for(
+        await wait_until(
             "Alertmanager's failover trigger", lambda: stack.failover_events("trigger"), trigger_bound
         )
         trigger = stack.failover_events("trigger")[0]
@@ -344,12 +327,12 @@ async def test_primary_down_pages_failover_and_resolves_on_both_paths() -> None:
             assert "primary_down" in event["payload"]["summary"]
 
         await stack.lab.start_primary()
-        await wait_for(
+        await wait_until(
             "Alertmanager's failover resolve",
             lambda: (dedup, "resolved") in stack.pd.state_changes,
             resolve_bound,
         )
-        await wait_for(
+        await wait_until(
             "each agent's own resolve",
             lambda: all(stack.agent_events(a, "resolve") for a in stack.agent_names),
             resolve_bound,

@@ -34,7 +34,7 @@ from alerts.notifiers.config import (
 from alerts.notifiers.pagerduty import PagerDutyNotifier, dedup_key
 from alerts.notifiers.slack import SlackNotifier
 from alerts.notifiers.webhook import WebhookNotifier
-from tests.conftest import free_port
+from lab.ports import free_port
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
 from tests.fakes.slack import FakeSlack, fake_slack
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,9 @@ from aiohttp import web
 
 from agent import config
 from agent.runtime import Agent
-from tests.conftest import SmallFs, free_port
+from lab.ports import free_port
+from lab.wait import wait_until
+from tests.conftest import SmallFs
 
 
 @asynccontextmanager
@@ -62,14 +64,6 @@ RULE_WARN = "    - {name: also, check: closed, status: critical, severity: warni
 RULE_THIRD = "    - {name: third, check: closed, status: critical, severity: critical}\n"
 
 
-async def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def events(bodies: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(b["alert"], b["event"]) for b in bodies]
 
@@ -84,12 +78,12 @@ async def test_reload_restarts_alerting_with_state(tmp_path: Path, caplog: pytes
         agent = Agent(config.load(path, {}), path, {})
         task = asyncio.create_task(agent.run())
         try:
-            await wait_for("the first page", lambda: events(bodies) == [("down", "trigger")])
+            await wait_until("the first page", lambda: events(bodies) == [("down", "trigger")])
 
             # A second rule: it pages; the first, still firing, is not paged again.
             path.write_text(text.replace(RULE_DOWN, RULE_DOWN + RULE_WARN))
             agent.reload()
-            await wait_for("the new rule's page", lambda: ("also", "trigger") in events(bodies))
+            await wait_until("the new rule's page", lambda: ("also", "trigger") in events(bodies))
             await asyncio.sleep(0.6)  # three more runs of the check
             assert events(bodies) == [("down", "trigger"), ("also", "trigger")]
 
@@ -98,7 +92,7 @@ async def test_reload_restarts_alerting_with_state(tmp_path: Path, caplog: pytes
             bad = text.replace(str(tmp_path / "alerts.db"), str(tmp_path / "file" / "alerts.db"))
             path.write_text(bad.replace(RULE_DOWN, RULE_DOWN + RULE_WARN))
             agent.reload()
-            await wait_for("the fallback", lambda: "alerting kept on the previous config" in caplog.text)
+            await wait_until("the fallback", lambda: "alerting kept on the previous config" in caplog.text)
             assert "cannot create the directory of the alert state file" in caplog.text
             await asyncio.sleep(0.6)
             assert events(bodies) == [("down", "trigger"), ("also", "trigger")]
@@ -114,8 +108,8 @@ async def test_reload_restarts_alerting_with_state(tmp_path: Path, caplog: pytes
             # incident of the removed rule is closed once, "down" is not paged again.
             path.write_text(text.replace(RULE_DOWN, RULE_DOWN + RULE_THIRD))
             agent.reload()
-            await wait_for("the third rule's page", lambda: ("third", "trigger") in events(bodies))
-            await wait_for("the removed rule's resolve", lambda: ("also", "resolve") in events(bodies))
+            await wait_until("the third rule's page", lambda: ("third", "trigger") in events(bodies))
+            await wait_until("the removed rule's resolve", lambda: ("also", "resolve") in events(bodies))
             await asyncio.sleep(0.6)
             assert sorted(events(bodies)) == [
                 ("also", "resolve"),
@@ -142,20 +136,20 @@ async def test_reload_while_the_state_file_cannot_be_written_keeps_alerting_runn
         agent = Agent(config.load(path, {}), path, {})
         task = asyncio.create_task(agent.run())
         try:
-            await wait_for("the first page", lambda: events(bodies) == [("down", "trigger")])
+            await wait_until("the first page", lambda: events(bodies) == [("down", "trigger")])
             small_fs.fill()
-            await wait_for("the state file failing", lambda: agent.state_files["alerts"].degraded)
+            await wait_until("the state file failing", lambda: agent.state_files["alerts"].degraded)
             path.write_text(text.replace(RULE_DOWN, RULE_DOWN + RULE_WARN))
             agent.reload()
-            await wait_for(
+            await wait_until(
                 "the reload kept", lambda: "cannot be written now; send SIGHUP again" in caplog.text
             )
             await asyncio.sleep(0.6)
             assert events(bodies) == [("down", "trigger")]
             small_fs.free()
-            await wait_for("writable again", lambda: not agent.state_files["alerts"].degraded)
+            await wait_until("writable again", lambda: not agent.state_files["alerts"].degraded)
             agent.reload()
-            await wait_for("the new rule's page", lambda: ("also", "trigger") in events(bodies))
+            await wait_until("the new rule's page", lambda: ("also", "trigger") in events(bodies))
             assert events(bodies) == [("down", "trigger"), ("also", "trigger")]
         finally:
             agent.stop()

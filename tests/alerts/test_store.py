@@ -3,10 +3,8 @@ loses no resolve."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +14,7 @@ from alerts.engine import AlertRecord, Silence
 from alerts.model import AlertState, Delivery, Event, Notification, Outcome, Severity
 from alerts.sink import AlertSink
 from alerts.store import AlertStore
+from lab.wait import wait_until
 from tests.alerts.test_delivery import Clock, RecordingNotifier
 
 T0 = 1_700_000_000.0
@@ -85,14 +84,6 @@ def result(status: Status) -> CheckResult:
     return CheckResult("web", "http", "https://web", status, T0, 0.1, reason=reason)
 
 
-async def wait_for(predicate: Any, timeout: float = 2.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
 async def test_restart_during_an_incident_no_duplicate_trigger_and_the_resolve_arrives(
     tmp_path: Path,
 ) -> None:
@@ -101,7 +92,7 @@ async def test_restart_during_an_incident_no_duplicate_trigger_and_the_resolve_a
     pager = RecordingNotifier("pager", clock)
     sink = AlertSink(alerts_config(path), {"pager": pager}, "host1", clock=clock)
     await sink.consume(result(Status.CRITICAL))
-    await wait_for(lambda: len(pager.delivered) == 1)
+    await wait_until("len(pager.delivered) == 1", lambda: len(pager.delivered) == 1)
     clock.t += 30
     await sink.consume(result(Status.OK))  # one good result of the two needed
     await sink.aclose()
@@ -114,7 +105,7 @@ async def test_restart_during_an_incident_no_duplicate_trigger_and_the_resolve_a
     for status in (Status.CRITICAL, Status.CRITICAL, Status.OK, Status.OK):
         clock.t += 30
         await sink.consume(result(status))
-    await wait_for(lambda: len(pager2.delivered) == 1)
+    await wait_until("len(pager2.delivered) == 1", lambda: len(pager2.delivered) == 1)
     await sink.aclose()
     assert [(n.event, n.dedup_key) for n in pager.delivered + pager2.delivered] == [
         (Event.TRIGGER, "mamori:host1:down:web"),
@@ -139,7 +130,7 @@ async def test_restart_with_an_undelivered_resolve_delivers_it_after_its_trigger
     clock.t += 3600
     sink = AlertSink(alerts_config(path), {"pager": up}, "host1", clock=clock)
     await sink.start()
-    await wait_for(lambda: len(up.delivered) == 2)
+    await wait_until("len(up.delivered) == 2", lambda: len(up.delivered) == 2)
     await sink.aclose()
     assert [n.event for n in up.delivered] == [Event.TRIGGER, Event.RESOLVE]
     assert sink.counts() == {("pager", Outcome.DELIVERED): 2}
@@ -154,5 +145,5 @@ async def test_sink_silence_api_applies_at_once(tmp_path: Path) -> None:
     assert sink.pending() == {"pager": 0}
     assert sink.remove_silence("s1") is True
     await sink.consume(result(Status.CRITICAL))
-    await wait_for(lambda: len(pager.delivered) == 1)
+    await wait_until("len(pager.delivered) == 1", lambda: len(pager.delivered) == 1)
     await sink.aclose()

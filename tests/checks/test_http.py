@@ -20,7 +20,8 @@ from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks import check_class
 from checks.http import HttpCheck, HttpConfig, parse_json_path
-from tests.servers import Request, echo, free_port, json_ok, redirect, respond, response_bytes, serve_http
+from lab.ports import free_port
+from tests.servers import Request, echo, json_ok, redirect, respond, response_bytes, serve_http
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 HEALTHY_BODY = b'{"status": "ok", "db": {"status": "up"}}'

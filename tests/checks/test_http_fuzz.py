@@ -29,12 +29,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agent.lab.certs import Certs, make_certs, server_context
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks.http import HttpCheck
 from checks.lb import LbCheck, LbConfig
 from checks.net import printable, quote_bytes
+from lab.certs import Certs, make_certs, server_context
 from tests.servers import HOST, Server, hard_reset, serve
 
 TIMEOUT = 0.3

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from agent.lab.web import WebLab, web_lab
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks.lb import LbCheck, LbConfig
+from lab.web import WebLab, web_lab
 
 PUBLIC = "app.example.test"
 

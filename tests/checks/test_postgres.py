@@ -4,7 +4,7 @@ Part 1, fast and pure: the cluster verdict (checks/pg_cluster.py) on hand-built 
 precedence, NULL handling, readiness and recommendation reasons — plus config validation and
 the failure classification.
 
-Part 2, against the real PostgreSQL 15 pair of agent/lab/postgres.py (tests/pg.py), connecting
+Part 2, against the real PostgreSQL 15 pair of lab/postgres.py (tests/pg.py), connecting
 as the least-privileged `mamori` role: the healthy baseline and every fault switch, each
 changing the expected metric and reason within one interval; a frozen primary under the real
 scheduler; no connection leak over 500 runs; the idle primary for two minutes.
@@ -29,7 +29,6 @@ import pytest
 
 from agent import config
 from agent.config import ConfigError
-from agent.lab.postgres import PgLab
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from agent.scheduler import Scheduler
@@ -53,6 +52,7 @@ from checks.pg_cluster import (
     judge,
 )
 from checks.postgres import PostgresCheck, PostgresConfig, failure
+from lab.postgres import PgLab
 from tests.agent.fakes import SleepCheck, SleepConfig
 from tests.pg import fixture_pg_cluster, fixture_pg_pair, one, query  # noqa: F401  (fixtures)
 

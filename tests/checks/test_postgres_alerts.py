@@ -3,7 +3,7 @@
 Two paths page on a Postgres fault: the agent's own notifier, on the check's status and reason
 (deploy/examples/production.yml pages `archive_failing`, `replay_paused`, … at WARNING), and
 Prometheus, on the samples the check exports (alerts/rules/postgres.yml). Here the real check
-runs on the real lab pair (agent/lab/postgres.py, PostgreSQL's default `archive_timeout = 0`)
+runs on the real lab pair (lab/postgres.py, PostgreSQL's default `archive_timeout = 0`)
 into a fault; its result, rendered exactly as `/metrics` renders it, is held steady for longer
 than every `for:` of the rules and evaluated by promtool. The alerts that fire must be the ones
 the check's problems mean (REASON_ALERTS), no more, no fewer — and an idle primary, long past
@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.lab.postgres import PgLab
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks.postgres import PostgresCheck
 from exporters.prometheus import render_result
+from lab.postgres import PgLab
 from tests.checks.test_postgres import (
     archive_a_segment,
     has,

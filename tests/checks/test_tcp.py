@@ -16,7 +16,8 @@ from checks import check_class
 from checks.base import Outcome
 from checks.net import ProbeError, resolve
 from checks.tcp import TcpCheck, TcpConfig
-from tests.servers import banner, chatter, free_port, rst_after_read, serve_tcp, silent
+from lab.ports import free_port
+from tests.servers import banner, chatter, rst_after_read, serve_tcp, silent
 
 from .test_http import assert_catalogued, value
 

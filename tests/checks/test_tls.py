@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.lab.certs import Certs, Leaf, make_certs, server_context
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks.http import HttpCheck
 from checks.net import Failure
 from checks.tcp import TcpCheck
 from checks.tls import CertInfo, TlsConfig, TlsReport
+from lab.certs import Certs, Leaf, make_certs, server_context
 from tests.servers import banner, redirect, serve_handshake_only, serve_http, serve_tcp
 
 from .test_http import assert_catalogued, value

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from lab.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy/docker/Dockerfile"
@@ -486,6 +486,72 @@ def test_image_commands_run_as_uid_10001(shared_tmp: Path) -> None:
         log.close()
     after = healthcheck()
     assert after.returncode == 1, after.stdout
+
+
+# --- the lab stays out of the product ------------------------------------------------------------
+
+SHIPPED = ("agent", "checks", "exporters", "alerts")
+
+
+def _lab_code(names: list[str]) -> list[str]:
+    """Paths (relative to site-packages or the wheel's root) that are lab or demo code."""
+    return [
+        n
+        for n in names
+        if n.split("/")[0] in ("lab", "tests", "bench") or Path(n).name.startswith(("demo", "lab_stack"))
+    ]
+
+
+def test_shipped_packages_never_import_the_lab() -> None:
+    import ast
+
+    offenders = []
+    for package in SHIPPED:
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    if module.split(".")[0] in ("lab", "tests", "bench"):
+                        offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {module}")
+    assert offenders == []
+
+
+def test_pyproject_ships_no_lab() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == [f"{p}*" for p in SHIPPED]
+
+
+@pytest.mark.timeout(400)
+def test_wheel_and_image_contain_no_lab_code(shared_tmp: Path) -> None:
+    """The builder's wheel, and the image's venv it installs into, hold the four product
+    packages and no lab, demo, test or benchmark code."""
+    import zipfile
+
+    builder = parse_dockerfile(DOCKERFILE.read_text(encoding="utf-8")).stage("builder")
+    copied = [src.rstrip("/") for ins in builder.all("COPY") for src in ins.args.split()[:-1]]
+    assert set(copied) == {"pyproject.toml", "README.md", *SHIPPED}, copied
+    python = python_for([])
+    assert python is not None, "no Python 3.11 with venv"
+    _, venv = build_like_the_builder(shared_tmp, python, "")
+    (wheel,) = (shared_tmp / "wheels").glob("mamori-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    assert {n.split("/")[0] for n in names if not n.startswith("mamori-")} == set(SHIPPED), names
+    assert _lab_code(names) == []
+    (site,) = venv.glob("lib/python3*/site-packages")
+    installed = [str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()]
+    assert _lab_code(installed) == []
+    assert not (site / "lab").exists() and not (site / "agent" / "demo.py").exists()
+    # and the installed CLI has no demo command
+    done = subprocess.run(
+        [str(venv / "bin/agentctl"), "demo"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2 and "invalid choice: 'demo'" in done.stderr, done.stderr
 
 
 # --- Compose --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +20,15 @@ import pytest
 import pytest_asyncio
 
 from agent import config
-from agent.lab.mosquitto import Mosquitto
-from agent.lab.postgres import LinkProxy, PgLab
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.runtime import Agent
 from exporters import mqtt
 from exporters.base import ExportContext
 from exporters.fleet import Fleet, FleetConfig, View, views_of
-from tests.conftest import free_port
+from lab.mosquitto import Mosquitto
+from lab.ports import free_port
+from lab.postgres import LinkProxy, PgLab
+from lab.wait import wait_until
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
 from tests.pg import fixture_pg_cluster, fixture_pg_pair  # noqa: F401  (pytest finds them)
 
@@ -230,7 +231,7 @@ async def test_a_newcomer_judges_only_once_every_retained_view_is_in(broker: Mos
     exporter = mqtt.build(cfg, ExportContext("newcomer", {"site": "burst"}, 0.2, published.append))
     try:
         await exporter.start()
-        await wait_for("a verdict", lambda: published, 5)
+        await wait_until("a verdict", lambda: published, 5)
         await asyncio.sleep(0.5)  # a few ticks more
     finally:
         await exporter.aclose()
@@ -345,15 +346,6 @@ async def three_agents(
         await asyncio.to_thread(bus_link.close)
 
 
-async def wait_for(what: str, predicate: Callable[[], object], timeout: float) -> float:
-    began = time.monotonic()
-    while not predicate():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - began
-
-
 async def watch(members: list[Member], seconds: float) -> list[tuple[str, Status, dict[str, float]]]:
     """Every fleet verdict the agents hold during `seconds` (polled every 20 ms)."""
     seen: list[tuple[str, Status, dict[str, float]]] = []
@@ -397,12 +389,12 @@ async def test_three_agents_confirm_only_what_a_quorum_sees(
             )
 
         # Healthy: three live agents, none sees the primary down.
-        await wait_for("three agents reaching the primary", lambda: everywhere(3, 0), 15)
+        await wait_until("three agents reaching the primary", lambda: everywhere(3, 0), 15)
         assert all(m.status() == (Status.OK, Reason.OK) for m in members)
 
         # agent3 alone cannot reach the primary (its path is partitioned): one vote, no confirmation.
         await asyncio.to_thread(a3.pg_link.cut)
-        await wait_for("agent3's vote", lambda: everywhere(3, 1), 5 * INTERVAL)
+        await wait_until("agent3's vote", lambda: everywhere(3, 1), 5 * INTERVAL)
         seen = await watch(members, 2 * WINDOW)
         assert seen and all(status == Status.OK for _, status, _ in seen), seen
         assert all(
@@ -411,22 +403,22 @@ async def test_three_agents_confirm_only_what_a_quorum_sees(
         )
         assert pd.events == []
         await asyncio.to_thread(a3.pg_link.restore)
-        await wait_for("agent3 reaching the primary again", lambda: everywhere(3, 0), 5 * INTERVAL)
+        await wait_until("agent3 reaching the primary again", lambda: everywhere(3, 0), 5 * INTERVAL)
 
         # The primary really down: every agent sees it, confirmed within three intervals.
         await pg_pair.stop_primary()
-        took = await wait_for(
+        took = await wait_until(
             "the confirmation on every agent",
             lambda: all(m.status() == (Status.CRITICAL, Reason.PRIMARY_DOWN_CONFIRMED) for m in members),
             3 * INTERVAL,
         )
         assert took <= 3 * INTERVAL  # (measured here: ~0.4 s)
-        await wait_for("every vote", lambda: everywhere(3, 3), 3 * INTERVAL)  # (2 of 3 confirm already)
+        await wait_until("every vote", lambda: everywhere(3, 3), 3 * INTERVAL)  # (2 of 3 confirm already)
         r = a1.fleet()
         assert r is not None and r.status == Status.CRITICAL
         assert r.message.startswith("primary of cluster db down, confirmed: 3 of 3 live agents see it down")
         # ...and the agents' own alert rule pages on it, through the engine, once per agent.
-        await wait_for(
+        await wait_until(
             "a page from every agent", lambda: all(pages(pd, m.name, "trigger") for m in members), 5
         )
         event = pages(pd, "agent1", "trigger")[0]
@@ -436,7 +428,7 @@ async def test_three_agents_confirm_only_what_a_quorum_sees(
         # (well before its retained view would age out), and two votes of two still confirm.
         await asyncio.to_thread(a3.bus_link.cut)
         await asyncio.to_thread(a3.bus_link.reset)
-        left = await wait_for(
+        left = await wait_until(
             "agent3 leaving the quorum",
             lambda: all(m.samples().get("mamori_fleet_agents") == 2 for m in (a1, a2)),
             WINDOW,
@@ -447,12 +439,12 @@ async def test_three_agents_confirm_only_what_a_quorum_sees(
         assert all(m.status() == (Status.CRITICAL, Reason.PRIMARY_DOWN_CONFIRMED) for m in (a1, a2))
         # Back on the bus: online again, its views republished, counted again.
         await asyncio.to_thread(a3.bus_link.restore)
-        await wait_for("agent3 back in the quorum", lambda: everywhere(3, 3), 5)
+        await wait_until("agent3 back in the quorum", lambda: everywhere(3, 3), 5)
         assert await retained_status(broker.port, "agent3") == b"online"
 
         # The primary back: not confirmed any more, and the pages resolve.
         await pg_pair.start_primary()
-        await wait_for("the all-clear", lambda: everywhere(3, 0), 10)
-        await wait_for("the pages resolved", lambda: all(pages(pd, m.name, "resolve") for m in members), 5)
+        await wait_until("the all-clear", lambda: everywhere(3, 0), 10)
+        await wait_until("the pages resolved", lambda: all(pages(pd, m.name, "resolve") for m in members), 5)
         assert pd.rejected == []
         assert all(len(pages(pd, m.name, "trigger")) == 1 for m in members), pd.events

@@ -1,4 +1,4 @@
-"""The MQTT exporter (exporters/mqtt.py) against a real Mosquitto 2.0 on 127.0.0.1 (agent/lab/mosquitto.py):
+"""The MQTT exporter (exporters/mqtt.py) against a real Mosquitto 2.0 on 127.0.0.1 (lab/mosquitto.py):
 topics, QoS, retain and payloads as a subscriber sees them; the last will on an unclean disconnect and
 `online` again on reconnect; a broker restart while results keep coming (buffered in the durable
 outbox, then every one delivered in order); a wrong password (one clear log line, no secret); TLS
@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,16 @@ import pytest_asyncio
 
 from agent import config
 from agent.errors import ConfigError, StartupError
-from agent.lab.certs import Certs, make_certs
-from agent.lab.mosquitto import Mosquitto
-from agent.lab.postgres import LinkProxy
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.outbox import Outbox
 from agent.runtime import Agent
 from exporters import mqtt
 from exporters.base import ExportContext, Pump
-from tests.conftest import free_port
+from lab.certs import Certs, make_certs
+from lab.mosquitto import Mosquitto
+from lab.ports import free_port
+from lab.postgres import LinkProxy
+from lab.wait import wait_until
 from tests.servers import banner, serve_tcp
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -133,15 +134,6 @@ async def pumped(
     assert [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("mqtt")] == []
 
 
-async def wait_for(what: str, predicate: Callable[[], object], timeout: float = 5.0) -> float:
-    began = time.monotonic()
-    while not predicate():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - began
-
-
 @dataclass
 class Seen:
     topic: str
@@ -224,9 +216,9 @@ async def test_results_are_published_as_json_with_qos1_and_retained(broker: Brok
         Watcher(broker.port, ("mamori/lab/h1/#",)) as live,
         pumped(exporter_config(broker.port), tmp_path) as p,
     ):
-        await wait_for("online", lambda: p.exporter.connected)
+        await wait_until("online", lambda: p.exporter.connected)
         p.send(results)
-        await wait_for(
+        await wait_until(
             "3 results",
             lambda: len(live.on("mamori/lab/h1/web")) == 2 and live.on("mamori/lab/h1/api/orders"),
         )
@@ -237,7 +229,7 @@ async def test_results_are_published_as_json_with_qos1_and_retained(broker: Brok
             assert not seen.retain  # a live delivery; the retained copy is checked below
             assert json.loads(seen.payload) == {**r.to_json(), "agent": "h1", "site": "lab", "host": "h1"}
         assert live.payloads("mamori/lab/h1/status")[-1] == b"online"
-        await wait_for("the PUBACKs acked in the outbox", lambda: p.outbox.depth("bus") == 0)
+        await wait_until("the PUBACKs acked in the outbox", lambda: p.outbox.depth("bus") == 0)
         assert p.pump.sent == 3 and p.pump.failures == 0
 
         # A newcomer sees the latest result of every check, and the agent online, at once.
@@ -257,12 +249,12 @@ async def test_qos0_a_prefix_and_a_reserved_check_name(broker: Broker, tmp_path:
     context = ExportContext(agent="h2", labels={}, interval=1.0)  # no site label: "default"
     cfg = exporter_config(broker.port, qos=0, topic_prefix="acme/mon", client_id="agent-h2-test")
     async with Watcher(broker.port, ("acme/mon/default/h2/#",)) as live, pumped(cfg, tmp_path, context) as p:
-        await wait_for("online", lambda: p.exporter.connected)
+        await wait_until("online", lambda: p.exporter.connected)
         p.send([result(1, check="status"), result(2, check="fleet/pg/db"), result(3)])
-        await wait_for("the web result", lambda: live.on("acme/mon/default/h2/web"))
+        await wait_until("the web result", lambda: live.on("acme/mon/default/h2/web"))
         assert live.on("acme/mon/default/h2/web")[0].qos == 0
         assert json.loads(live.on("acme/mon/default/h2/web")[0].payload)["site"] == "default"
-        await wait_for("all handled", lambda: p.outbox.depth("bus") == 0)
+        await wait_until("all handled", lambda: p.outbox.depth("bus") == 0)
         # The two reserved names took no topic: dropped, counted, the status untouched.
         assert p.outbox.dropped[("bus", "invalid")] == 2
         assert live.payloads("acme/mon/default/h2/status") == [b"online"]
@@ -297,21 +289,23 @@ async def test_last_will_on_an_unclean_disconnect_then_online_again(broker: Brok
             Watcher(broker.port, ("mamori/lab/h3/status",)) as live,
             pumped(cfg, tmp_path, context) as p,
         ):
-            await wait_for("online", lambda: live.payloads("mamori/lab/h3/status") == [b"online"])
+            await wait_until("online", lambda: live.payloads("mamori/lab/h3/status") == [b"online"])
             # Both sides get a TCP RST: the broker never saw a DISCONNECT, so it sends the will.
             await asyncio.to_thread(proxy.reset)
-            await wait_for("the last will", lambda: b"offline" in live.payloads("mamori/lab/h3/status"))
-            await wait_for("online again", lambda: live.payloads("mamori/lab/h3/status")[-1:] == [b"online"])
+            await wait_until("the last will", lambda: b"offline" in live.payloads("mamori/lab/h3/status"))
+            await wait_until(
+                "online again", lambda: live.payloads("mamori/lab/h3/status")[-1:] == [b"online"]
+            )
             assert live.payloads("mamori/lab/h3/status") == [b"online", b"offline", b"online"]
             # `online` is published first thing on a connect, before the exporter counts it.
-            await wait_for("the second connect counted", lambda: p.exporter.connects == 2)
+            await wait_until("the second connect counted", lambda: p.exporter.connects == 2)
             latest = await retained(broker.port, "mamori/lab/h3/status")
             assert latest["mamori/lab/h3/status"].payload == b"online"
 
             # Gone for good (the link cut, then reset): the will stays as the retained status.
             await asyncio.to_thread(proxy.cut)
             await asyncio.to_thread(proxy.reset)
-            await wait_for(
+            await wait_until(
                 "the last will again", lambda: live.payloads("mamori/lab/h3/status")[-1:] == [b"offline"]
             )
             latest = await retained(broker.port, "mamori/lab/h3/status")
@@ -348,9 +342,9 @@ async def test_a_broker_restart_loses_nothing(tmp_path: Path) -> None:
         def runs() -> list[str]:
             return [json.loads(s.payload)["message"] for s in live.on(topic)]
 
-        await wait_for("online", lambda: p.exporter.connected)
+        await wait_until("online", lambda: p.exporter.connected)
         await feed(20)
-        await wait_for("the first 20", lambda: len(runs()) >= 20)
+        await wait_until("the first 20", lambda: len(runs()) >= 20)
         await broker.stop()  # SIGTERM: the broker saves the watcher's session and exits
         await feed(30)  # ~0.6 s without a broker
         assert not p.exporter.connected
@@ -358,9 +352,9 @@ async def test_a_broker_restart_loses_nothing(tmp_path: Path) -> None:
         assert waiting >= 25, waiting  # (a few may have gone before the exporter noticed)
         await broker.start()  # the same port
         await feed(20)
-        await wait_for("every result", lambda: len(set(runs())) == 70, timeout=15)
+        await wait_until("every result", lambda: len(set(runs())) == 70, timeout=15)
         assert p.pump.failures >= 1
-        await wait_for("every PUBACK acked", lambda: p.outbox.depth("bus") == 0)
+        await wait_until("every PUBACK acked", lambda: p.outbox.depth("bus") == 0)
     first_seen = list(dict.fromkeys(runs()))
     assert first_seen == [f"run {i}" for i in sent]  # all of them, in order (a resend may repeat one)
     assert live.connects >= 2
@@ -377,7 +371,7 @@ async def test_a_wrong_password_is_one_clear_error_without_the_secret(
     cfg = exporter_config(broker.port, password=wrong)
     async with pumped(cfg, tmp_path) as p:
         p.send([result(1)])
-        await wait_for("several attempts", lambda: p.exporter.failures >= 5)
+        await wait_until("several attempts", lambda: p.exporter.failures >= 5)
         answer = await p.exporter.push([])
         assert p.outbox.depth("bus") == 1  # waiting, not lost
     errors = [r for r in caplog.records if r.name == "mamori.exporters.mqtt" and r.levelno >= logging.WARNING]
@@ -405,7 +399,7 @@ exporters:
     )
     (exporter_cfg,) = cfg.exporters
     async with pumped(exporter_cfg, tmp_path, ExportContext("h4", {"site": "lab"}, 1.0)) as p:
-        await wait_for("online", lambda: p.exporter.connected)
+        await wait_until("online", lambda: p.exporter.connected)
 
 
 # --- TLS -----------------------------------------------------------------------------------------------
@@ -417,9 +411,9 @@ async def test_tls_verified_and_its_failures(
     # Verified against the test CA; the certificate names 127.0.0.1.
     cfg = exporter_config(broker.tls_port, tls={"ca_file": str(broker.certs.ca_file)})
     async with pumped(cfg, tmp_path) as p:
-        await wait_for("online over TLS", lambda: p.exporter.connected)
+        await wait_until("online over TLS", lambda: p.exporter.connected)
         p.send([result(1, check="tls-web")])
-        await wait_for("delivered", lambda: p.pump.sent == 1)
+        await wait_until("delivered", lambda: p.pump.sent == 1)
     latest = await retained(broker.port, "mamori/lab/h1/tls-web")
     assert json.loads(latest["mamori/lab/h1/tls-web"].payload)["message"] == "run 1"
 
@@ -428,7 +422,7 @@ async def test_tls_verified_and_its_failures(
         broker.tls_port, tls={"ca_file": str(broker.certs.ca_file), "server_name": "app.example.test"}
     )
     async with pumped(cfg, tmp_path) as p:
-        await wait_for("online by name", lambda: p.exporter.connected)
+        await wait_until("online by name", lambda: p.exporter.connected)
 
     # Another CA, a name the certificate does not have, TLS to the plain port: never connected.
     other = make_certs(tmp_path)
@@ -446,7 +440,7 @@ async def test_tls_verified_and_its_failures(
         caplog.clear()
         async with pumped(exporter_config(port, tls=tls), tmp_path) as p:
             p.send([result(1)])
-            await wait_for("a failed attempt", lambda: p.exporter.failures >= 2)
+            await wait_until("a failed attempt", lambda: p.exporter.failures >= 2)
             assert not p.exporter.connected and p.pump.sent == 0
             answer = await p.exporter.push([])
             assert error in answer.error, (tls, answer.error)
@@ -457,7 +451,7 @@ async def test_tls_verified_and_its_failures(
 
     # Without verification the wrong CA does not matter (a lab setting, off only when asked).
     async with pumped(exporter_config(broker.tls_port, tls={"verify": False}), tmp_path) as p:
-        await wait_for("online unverified", lambda: p.exporter.connected)
+        await wait_until("online unverified", lambda: p.exporter.connected)
 
 
 async def test_a_client_certificate(tmp_path: Path) -> None:
@@ -472,11 +466,11 @@ async def test_a_client_certificate(tmp_path: Path) -> None:
     async with mtls:
         tls = {"ca_file": str(certs.ca_file)}
         async with pumped(exporter_config(mtls.tls_port or 0, tls=tls, timeout=0.5), tmp_path) as p:
-            await wait_for("refused without a certificate", lambda: p.exporter.failures >= 1)
+            await wait_until("refused without a certificate", lambda: p.exporter.failures >= 1)
             assert not p.exporter.connected
         tls |= {"cert_file": str(certs.client.cert_file), "key_file": str(certs.client.key_file)}
         async with pumped(exporter_config(mtls.tls_port or 0, tls=tls), tmp_path) as p:
-            await wait_for("online with a certificate", lambda: p.exporter.connected)
+            await wait_until("online with a certificate", lambda: p.exporter.connected)
 
 
 # --- a real agent ----------------------------------------------------------------------------------------
@@ -507,14 +501,14 @@ exporters:
             agent = Agent(cfg, None)
             task = asyncio.create_task(agent.run())
             try:
-                await wait_for("two runs", lambda: len(live.on("mamori/osaka/edge-1/smtp")) >= 2)
+                await wait_until("two runs", lambda: len(live.on("mamori/osaka/edge-1/smtp")) >= 2)
             finally:
                 agent.stop()
                 assert await task == 0
             body = json.loads(live.on("mamori/osaka/edge-1/smtp")[0].payload)
             assert body["check"] == "smtp" and body["type"] == "tcp" and body["status"] == "OK"
             assert (body["agent"], body["site"], body["host"]) == ("edge-1", "osaka", "edge-1")
-            await wait_for(
+            await wait_until(
                 "offline", lambda: live.payloads("mamori/osaka/edge-1/status")[-1:] == [b"offline"]
             )
             assert live.payloads("mamori/osaka/edge-1/status") == [b"online", b"offline"]

@@ -31,7 +31,7 @@ from exporters.base import ExportContext, OutboxSink, Pump, PushResult
 from exporters.config import ExtraMissing, validate_exporter
 from exporters.oci import AGE_MARGIN, MAX_AGE, Config, OciExporter, build, fix_value
 from exporters.samples import flatten
-from tests.conftest import free_port
+from lab.ports import free_port
 from tests.fakes.oci_monitoring import (
     NOT_AUTHENTICATED,
     ApiKey,

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ from exporters.base import ExportContext, Pump
 from exporters.config import ExtraMissing
 from exporters.otel import Config, OtelExporter, build, resource_attributes, span_ids, unix_nano
 from exporters.samples import flatten
-from tests.conftest import free_port
+from lab.ports import free_port
+from lab.wait import wait_until
 from tests.fakes.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.servers import redirect, serve_http
 
@@ -302,7 +303,7 @@ async def test_503_is_retried_by_the_running_pump(results: list[CheckResult], tm
         pump.start()
         outbox.append(results)
         pump.wake()
-        await wait_for(lambda: outbox.depth("otel") == 0, timeout=10)
+        await wait_until("the outbox to drain", lambda: outbox.depth("otel") == 0, timeout=10)
         await pump.stop()
         await otel.aclose()
     assert pump.failures >= 1 and pump.last_error.startswith("HTTP 503 from /v1/metrics")
@@ -572,14 +573,6 @@ def test_the_documented_example_is_valid() -> None:
 # --- the whole agent ------------------------------------------------------------------------------
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 async def in_thread(url: str) -> str:
     def get() -> str:
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -618,7 +611,10 @@ exporters:
         )
         agent = Agent(cfg, None)
         task = asyncio.create_task(agent.run())
-        await wait_for(lambda: any(s.name == "check self" for s in rx.spans))
+        await wait_until(
+            'any(s.name == "check self" for s in rx.spans)',
+            lambda: any(s.name == "check self" for s in rx.spans),
+        )
         metrics = await in_thread(f"http://127.0.0.1:{port}/metrics")
         api = json.loads(await in_thread(f"http://127.0.0.1:{port}/api/v1/results?check=self"))
         agent.stop()

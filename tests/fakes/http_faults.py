@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from tests.conftest import free_port
+from lab.ports import free_port
 
 
 class FakeHttpService:

@@ -4,7 +4,7 @@ Static: every dashboard is valid JSON with unique ids and uids, names only the p
 datasource, has the site/host (and, with Postgres panels, cluster) variables, filters every panel
 by them, reads only metrics the agent emits, and every query parses (promtool).
 
-On real data: the lab stack (agent/lab/stack.py: HAProxy + app servers, a Postgres primary and
+On real data: the lab stack (lab/stack.py: HAProxy + app servers, a Postgres primary and
 standby, Mosquitto, a real agent watching them all, and Prometheus running the shipped
 deploy/prometheus/prometheus.yml with alerts/rules/) is started; every template variable is
 resolved through Prometheus' label-values API as Grafana would, the lab's values are picked
@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, all_metrics
-from agent.lab.stack import Stack, lab_stack
+from lab.stack import Stack, lab_stack
 from tests.checks.test_pg_backup import backup, fake_pgbackrest, stanza
 from tests.fakes.docker_engine import fake_docker
 from tests.grafana.grafana import (

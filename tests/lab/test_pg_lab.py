@@ -23,7 +23,8 @@ import psutil
 import psycopg
 import pytest
 
-from agent.lab.postgres import MONITORING_ROLE_SQL, PgLab, PgLabError
+from lab.postgres import MONITORING_ROLE_SQL, PgLab, PgLabError
+from lab.wait import wait_until
 from tests.pg import fixture_pg_cluster, fixture_pg_pair, one, query  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -41,12 +42,7 @@ def timed(what: str) -> Iterator[None]:
 
 async def until(dsn: str, sql: str, timeout: float, what: str) -> float:
     """Poll a one-boolean query until true; return the seconds waited."""
-    began = time.monotonic()
-    while not await one(dsn, sql):
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"not {what} after {timeout} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - began
+    return await wait_until(what, lambda: one(dsn, sql), timeout)
 
 
 async def refuses(port: int) -> bool:
@@ -525,7 +521,7 @@ async def test_a_directory_the_postgres_user_cannot_reach_is_named(tmp_path: Pat
 _CHILD = """
 import asyncio, json, sys
 from pathlib import Path
-from agent.lab.postgres import PgLab
+from lab.postgres import PgLab
 
 async def main() -> None:
     lab = PgLab(Path(sys.argv[1]))

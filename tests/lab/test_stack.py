@@ -1,4 +1,4 @@
-"""The lab stack (agent/lab/stack.py) and the shipped deploy/prometheus/prometheus.yml it runs.
+"""The lab stack (lab/stack.py) and the shipped deploy/prometheus/prometheus.yml it runs.
 
 One real stack: the web lab, the Postgres pair, Mosquitto, the in-process agent, Prometheus and
 Alertmanager from the shipped files. It must start, be healthy, be scraped with the file_sd
@@ -19,16 +19,16 @@ import pytest
 import yaml
 
 from agent import cli
-from agent.lab.stack import (
+from agent.model import Status
+from lab import REPO
+from lab.stack import (
     PROMETHEUS_YML,
-    REPO,
     RULES_DIR,
     Stack,
     StackError,
     lab_stack,
     prometheus_config,
 )
-from agent.model import Status
 
 TARGETS_EXAMPLE = REPO / "deploy" / "prometheus" / "targets" / "mamori.example.yml"
 BASELINE_CHECKS = {"lb", "http", "tcp", "host", "postgres", "pg_backup", "fleet:db"}
@@ -221,7 +221,7 @@ async def test_taken_port_is_one_line(tmp_path: Path) -> None:
 async def test_without_postgres_binaries_the_rest_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agent.lab.stack.PG_BIN", tmp_path / "no-postgresql")
+    monkeypatch.setattr("lab.stack.PG_BIN", tmp_path / "no-postgresql")
     async with lab_stack(tmp_path / "s", prometheus=False, mqtt=False) as stack:
         assert stack.skipped == {
             "postgres": "PostgreSQL 15 not installed (apt install postgresql)",

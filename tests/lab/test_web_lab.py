@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from agent.lab.apps import AppServer
-from agent.lab.haproxy import Backend, HAProxy, HAProxyError
-from agent.lab.web import WebLab, web_lab
+from lab.apps import AppServer
+from lab.haproxy import Backend, HAProxy, HAProxyError
+from lab.web import WebLab, web_lab
 
 HOST = "127.0.0.1"
 PUBLIC_NAME = "app.example.test"

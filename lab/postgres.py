@@ -50,7 +50,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +61,10 @@ import psutil
 import psycopg
 from psycopg import sql
 
+from lab import REPO
+from lab.ports import free_port
+from lab.wait import wait_until
+
 HOST = "127.0.0.1"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"  # runs the servers, initdb and pg_basebackup when we are root
@@ -68,7 +72,7 @@ SUPERUSER = "postgres"  # the database superuser (trust on the Unix socket only)
 MONITORING_USER = "mamori"
 SLOT = "standby1"  # the standby's physical slot, also its application_name
 LAGGING_SLOT = "lagging"
-MONITORING_ROLE_SQL = Path(__file__).resolve().parents[2] / "deploy" / "postgres" / "monitoring-role.sql"
+MONITORING_ROLE_SQL = REPO / "deploy" / "postgres" / "monitoring-role.sql"
 
 StopMode = Literal["fast", "immediate"]
 
@@ -82,13 +86,6 @@ _POLL = 0.02
 
 class PgLabError(RuntimeError):
     """A lab step failed; the message says which, with the command's or the server's output."""
-
-
-def _free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (bound to port 0, read back, closed)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _clean_env(home: Path) -> dict[str, str]:
@@ -483,7 +480,7 @@ class PgLab:
     def _node(self, name: str, socket_dir: Path) -> PgNode:
         return PgNode(
             name=name,
-            port=_free_port(),
+            port=free_port(),
             data_dir=self.directory / name,
             log_file=self.directory / f"{name}.log",
             socket_dir=socket_dir,
@@ -606,7 +603,9 @@ class PgLab:
         await self._quiesce()
         await self._report_caught_up()
         # Connections the standby gave up on during a cut are closed once forwarded again.
-        await self._until(lambda: self.proxy.connections == 1, 5.0, "the link to carry one connection")
+        await wait_until(
+            "the link to carry one connection", lambda: self.proxy.connections == 1, 5.0, interval=0.005
+        )
         self.last_reset_seconds = time.monotonic() - began
         return self.last_reset_seconds
 
@@ -690,7 +689,12 @@ class PgLab:
             raise PgLabError("the primary is not running")
         node.frozen = True
         processes = _signal_tree(node.pid, signal.SIGSTOP)
-        await self._until(lambda: all(_stopped(p) for p in processes), 5.0, "the primary's processes to stop")
+        await wait_until(
+            "the primary's processes to stop",
+            lambda: all(_stopped(p) for p in processes),
+            5.0,
+            interval=0.005,
+        )
 
     async def thaw_primary(self) -> None:
         """SIGCONT the primary's processes; returns once it answers a query again."""
@@ -915,7 +919,7 @@ class PgLab:
     def _archive_script_text(self) -> str:
         flag, archive = shlex.quote(str(self.archive_flag)), shlex.quote(str(self.archive_dir))
         return f"""#!/bin/sh
-# Written by agent/lab/postgres.py: the lab primary's archive_command, called with "%p" "%f".
+# Written by lab/postgres.py: the lab primary's archive_command, called with "%p" "%f".
 # break_archiving() creates the flag file and every attempt fails until fix_archiving().
 if [ -e {flag} ]; then
     echo "mamori lab: archiving broken on purpose (break_archiving)" >&2
@@ -939,7 +943,7 @@ cp "$1" "$dest.tmp" && mv "$dest.tmp" "$dest"
         with (data / "postgresql.conf").open("a") as conf:
             conf.write(self._config_text())
         (data / "pg_hba.conf").write_text(
-            "# Written by agent/lab/postgres.py.\n"
+            "# Written by lab/postgres.py.\n"
             "# TYPE  DATABASE     USER      ADDRESS        METHOD\n"
             f"local   all          {SUPERUSER}                 trust\n"
             f"local   replication  {SUPERUSER}                 trust\n"
@@ -973,9 +977,7 @@ cp "$1" "$dest.tmp" && mv "$dest.tmp" "$dest"
             "shared_buffers": "32MB",
         }
         lines = [f"{name} = '{value.replace(chr(39), chr(39) * 2)}'" for name, value in settings.items()]
-        return (
-            "\n# --- written by agent/lab/postgres.py (the standby copies it) ---\n" + "\n".join(lines) + "\n"
-        )
+        return "\n# --- written by lab/postgres.py (the standby copies it) ---\n" + "\n".join(lines) + "\n"
 
     async def _setup_primary(self) -> None:
         await self._sql(self.primary, "SELECT pg_create_physical_replication_slot(%s, true)", (SLOT,))
@@ -1216,7 +1218,7 @@ cp "$1" "$dest.tmp" && mv "$dest.tmp" "$dest"
                 # (before the first successful start only: later, callers hold the port).
                 if node._started_once or attempt == 2 or "could not bind" not in str(exc):
                     raise
-                node.port = _free_port()
+                node.port = free_port()
                 continue
             except BaseException:
                 await self._stop_node(node, "immediate")
@@ -1324,21 +1326,11 @@ cp "$1" "$dest.tmp" && mv "$dest.tmp" "$dest"
         self, node: PgNode, query: LiteralString | sql.Composed, what: str, timeout: float = 10.0
     ) -> None:
         """Poll a one-boolean query until it is true. Raises TimeoutError naming `what`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not (await self._sql(node, query))[0][0]:
-            if loop.time() > deadline:
-                raise TimeoutError(f"waited {timeout:g} s for {what}")
-            await asyncio.sleep(_POLL)
 
-    @staticmethod
-    async def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not condition():
-            if loop.time() > deadline:
-                raise TimeoutError(f"waited {timeout:g} s for {what}")
-            await asyncio.sleep(0.005)
+        async def holds() -> bool:
+            return bool((await self._sql(node, query))[0][0])
+
+        await wait_until(what, holds, timeout, interval=_POLL)
 
 
 _WAL_PAGE = 8192  # XLOG_BLCKSZ

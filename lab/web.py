@@ -5,7 +5,7 @@
         await lab.apps[0].down()      # any AppServer switch; await lab.haproxy.break_route(), ...
         await lab.wait_until_haproxy_sees({"app-1": "DOWN"})
 
-Layout of `directory`: `certs/` (the test CA and leaves of agent/lab/certs.py) and `haproxy/`
+Layout of `directory`: `certs/` (the test CA and leaves of lab/certs.py) and `haproxy/`
 (config, certificate bundle, HAProxy's stderr). The load balancer presents `certs.valid` (valid
 for 127.0.0.1, localhost and the public name); with `backend_tls` the apps present `certs.named`
 (the public name only), as containers behind a load balancer usually do.
@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from agent.lab.apps import AppServer
-from agent.lab.certs import DEFAULT_DNS_NAME, Certs, make_certs, server_context
-from agent.lab.haproxy import Backend, HAProxy
+from lab.apps import AppServer
+from lab.certs import DEFAULT_DNS_NAME, Certs, make_certs, server_context
+from lab.haproxy import Backend, HAProxy
 
 # Startup waits until HAProxy has checked every app once (the first checks are spread over one
 # 500 ms interval), so a lab that starts is a lab whose every path works.

@@ -15,7 +15,7 @@ instance answered. The fault switches apply to every path.
 
 The behaviour switches take effect at the next request and are kept across `down()`/`up()`: a
 container that restarts with the same bug still has it. They are plain methods so a test, a
-benchmark or `agentctl demo` flips them from the same event loop without restarting anything.
+benchmark or `python -m lab.demo` flips them from the same event loop without restarting anything.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Literal
 from aiohttp import web
 
 HOST = "127.0.0.1"
-# HAProxy's health checks send this User-Agent (see agent/lab/haproxy.py), so they are counted
+# HAProxy's health checks send this User-Agent (see lab/haproxy.py), so they are counted
 # apart from the traffic a test sends: `requests` then says exactly which instance the LB chose.
 HEALTH_CHECK_AGENT = "mamori-lab-health-check"
 # How long stop()/down() let a request in progress finish before cancelling it. Short, because

@@ -1,5 +1,5 @@
 """The whole lab as one object: web lab, Postgres pair, Mosquitto, an agent watching them all,
-and Prometheus + Alertmanager running the shipped configs and rules. `agentctl demo` runs it;
+and Prometheus + Alertmanager running the shipped configs and rules. `python -m lab.demo` runs it;
 tests use it for anything that needs "a real agent on real data".
 
     async with lab_stack(tmp_dir) as stack:          # ~5-10 s; everything stopped at exit, even on error
@@ -9,12 +9,12 @@ tests use it for anything that needs "a real agent on real data".
 
 What runs, all on 127.0.0.1 (ports picked free unless asked for):
 
-- the web lab (agent/lab/web.py): HAProxy (TLS) in front of app-1..app-3;
-- the Postgres lab (agent/lab/postgres.py): primary + streaming standby behind a link proxy, WAL
+- the web lab (lab/web.py): HAProxy (TLS) in front of app-1..app-3;
+- the Postgres lab (lab/postgres.py): primary + streaming standby behind a link proxy, WAL
   archiving, the monitoring role of deploy/postgres/monitoring-role.sql; one real base backup
   (`pg_basebackup`) in `pg/backups/` for the pg_backup check. Optional: skipped (with a note in
   `Stack.skipped`) when the PostgreSQL 15 binaries are missing, or with `postgres=False`;
-- Mosquitto (agent/lab/mosquitto.py) when installed, with the agent's MQTT exporter (fleet on);
+- Mosquitto (lab/mosquitto.py) when installed, with the agent's MQTT exporter (fleet on);
 - the agent, in this process (agent/runtime.py), from the config file this module writes
   (`agent/agent.yml`); its checks are named after their types: `lb`, `http`, `tcp`, `host`,
   `postgres` (cluster `db`), `pg_backup`, plus the fleet's `fleet:db` with MQTT;
@@ -48,18 +48,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
-from agent.lab.ports import accepts
+from lab import REPO
+from lab.agent_config import AgentSetup, PgTarget, agent_yaml
+from lab.ports import accepts, free_port
+from lab.wait import wait_until
 
-if TYPE_CHECKING:  # the labs are imported when started: `agentctl demo fault` stays light
-    from agent.lab.mosquitto import Mosquitto
-    from agent.lab.postgres import PgLab
-    from agent.lab.web import WebLab
+if TYPE_CHECKING:  # the labs are imported when started: `python -m lab.demo fault` stays light
     from agent.model import CheckResult
     from agent.runtime import Agent
+    from lab.mosquitto import Mosquitto
+    from lab.postgres import PgLab
+    from lab.web import WebLab
 
 log = logging.getLogger("mamori.lab.stack")
 
-REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
 ALERTMANAGER_YML = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 RULES_DIR = REPO / "alerts" / "rules"
@@ -88,21 +90,6 @@ class StackError(RuntimeError):
 
 class AgentStopped(StackError):
     """The in-process agent stopped while the stack waited for it (its SIGINT/SIGTERM handler)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 # --- config rewrites (pure; tested on their own and used by tests/alerts/test_e2e.py) ----------
@@ -517,7 +504,7 @@ class Stack:
             self._agent_alive()
             return expected <= set(self.results())
 
-        await _until(complete, timeout, "a result from every check")
+        await wait_until("a result from every check", complete, timeout, interval=0.1)
 
     def _agent_alive(self) -> None:
         task = self.agent_task
@@ -571,7 +558,7 @@ class Stack:
             result = await self.query(promql)
             return bool(result) and float(result[0]["value"][1]) >= 2
 
-        await _until(scraped, timeout, "two scrapes of the agent by Prometheus")
+        await wait_until("two scrapes of the agent by Prometheus", scraped, timeout, interval=0.1)
 
     # --- faults ---
 
@@ -681,9 +668,9 @@ class Stack:
         prometheus_port: int | None,
         alertmanager_port: int | None,
     ) -> None:
-        from agent.lab.mosquitto import Mosquitto
-        from agent.lab.postgres import PgLab
-        from agent.lab.web import WebLab
+        from lab.mosquitto import Mosquitto
+        from lab.postgres import PgLab
+        from lab.web import WebLab
 
         d = self.directory
         for sub in ("agent", "prometheus", "alertmanager", "secrets", "web", "mosquitto"):
@@ -884,7 +871,7 @@ class Stack:
                 except aiohttp.ClientError:
                     return False
 
-            await _until(ready, 10, "the agent to listen")
+            await wait_until("the agent to listen", ready, 10, interval=0.1)
 
     @property
     def agent_task(self) -> asyncio.Task[int] | None:
@@ -892,125 +879,30 @@ class Stack:
         return self._agent_task
 
     def _agent_yaml(self, port: int) -> str:
-        d = self.directory
-        lab = self.web
-        ca = lab.ca_file
-        every = f"{self.interval:g}s"
-        lb_url = lab.url
-        backends = "\n".join(f"      - {{name: {a.name}, address: '{HOST}:{a.port}'}}" for a in lab.apps)
         pg = self._pg
-        tcp_port = pg.primary.port if pg is not None else lab.haproxy.port
-        tcp_what = "the Postgres primary's port" if pg is not None else "HAProxy's port"
-        text = f"""# Written by agent/lab/stack.py: the agent of the Mamori lab (agentctl demo).
-# Everything it watches runs on 127.0.0.1. Check it: agentctl validate {self.agent_config}
-agent:
-  name: {self.host}
-  labels: {{site: {self.site}}}
-  listen: "{HOST}:{port}"
-  interval: {every}
-  timeout: {every}
-  shutdown_timeout: 5s
-
-outbox: {{path: {d / "agent" / "outbox.db"}}}
-
-checks:
-  # The load balancer, and each app behind it probed directly (2 of 3 must be healthy).
-  - name: lb
-    type: lb
-    url: {lb_url}
-    tls: {{ca_file: {ca}}}
-    json: [{{path: db.status, equals: up}}]
-    latency_warning: 300ms
-    backends:
-{backends}
-    verdict: {{quorum: 2}}
-    tags: [web]
-
-  # What a user sees: the public URL through the load balancer.
-  - name: http
-    type: http
-    url: {lb_url}
-    tls: {{ca_file: {ca}}}
-    json: [{{path: db.status, equals: up}}]
-    latency_warning: 300ms
-    tags: [web]
-
-  # {tcp_what}
-  - name: tcp
-    type: tcp
-    host: {HOST}
-    port: {tcp_port}
-
-  # This machine. Thresholds are loose: the lab shares it with whatever else you run.
-  - name: host
-    type: host
-    memory_warning: 0.97
-    memory_critical: 0.99
-    disk_warning: 0.95
-    disk_critical: 0.98
-"""
-        if pg is not None:
-            text += f"""
-  # The Postgres pair: replication, heartbeat, archiving, failover readiness.
-  - name: postgres
-    type: postgres
-    cluster: {self.cluster}
-    nodes:
-      - {{name: primary, host: {HOST}, port: {pg.primary.port}}}
-      - {{name: standby, host: {HOST}, port: {pg.standby.port}, application_name: standby1}}
-    user: mamori
-    password_file: {d / "secrets" / "pg-password"}
-    sslmode: disable
-    expected_standbys: [standby1]
-    rpo: 15m
-    tags: [db]
-
-  # The base backups the lab made with pg_basebackup.
-  - name: pg_backup
-    type: pg_backup
-    directory: {pg.directory / "backups"}
-    max_age: 26h
-    tags: [db]
-"""
-        text += f"""
-# The agent's own notifier (no Prometheus needed), to the lab's recorder (Stack.notifications).
-notifiers:
-  - {{name: lab-webhook, type: webhook, url: "{self._recorder.base_url}/agent-webhook"}}
-alerts:
-  state_file: {d / "agent" / "alerts.db"}
-  group_wait: 0s
-  rules:
-    - {{name: web_down, check: lb, status: critical, failure_threshold: 2, severity: critical}}
-    - {{name: check_degraded, check: "*", status: warning, failure_threshold: 3, severity: warning}}
-"""
-        if pg is not None:
-            text += """    - name: pg_primary_down
-      check: postgres
-      status: critical
-      reason: [primary_down]
-      failure_threshold: 2
-      severity: critical
-    - name: fleet_primary_down
-      check: "fleet:*"
-      status: critical
-      reason: [primary_down_confirmed]
-      severity: critical
-"""
-        text += """  routes: {critical: [lab-webhook], warning: [lab-webhook]}
-"""
-        if self.mqtt is not None:
-            text += f"""
-exporters:
-  # Every result to the lab's broker, retained:
-  #   mosquitto_sub -h {HOST} -p {self.mqtt.port} -t '{self.mqtt_topics}' -v
-  # min_votes 1: the lab has one agent; production keeps the default 2.
-  - name: bus
-    type: mqtt
-    host: {HOST}
-    port: {self.mqtt.port}
-    fleet: {{enabled: true, min_votes: 1}}
-"""
-        return text
+        setup = AgentSetup(
+            name=self.host,
+            site=self.site,
+            port=port,
+            interval=self.interval,
+            directory=self.directory,
+            lb_url=self.web.url,
+            ca_file=self.web.ca_file,
+            backends=tuple((a.name, a.port) for a in self.web.apps),
+            haproxy_port=self.web.haproxy.port,
+            notify_url=f"{self._recorder.base_url}/agent-webhook",
+            cluster=self.cluster,
+            pg=None
+            if pg is None
+            else PgTarget(
+                primary_port=pg.primary.port,
+                standby_port=pg.standby.port,
+                password_file=self.directory / "secrets" / "pg-password",
+                backups=pg.directory / "backups",
+            ),
+            mqtt_port=self.mqtt.port if self.mqtt is not None else None,
+        )
+        return agent_yaml(setup, self.agent_config)
 
     async def _stop(self) -> None:
         """Stop everything (Prometheus first, so it does not alert on the teardown), each step
@@ -1067,22 +959,6 @@ async def _gather(*aws: Any) -> None:
             raise result
 
 
-async def _until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-        except (OSError, TimeoutError):
-            value = False
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 MARKER = ".mamori-lab"  # in a directory the stack has used: reusing it may replace its contents
 
 
@@ -1101,9 +977,7 @@ def prepare_directory(directory: Path | None) -> Path:
             raise StackError(f"cannot use {root}: {exc.strerror or exc}") from None
         if used and not (root / MARKER).exists():
             raise StackError(f"{root} is not empty and not a lab directory: give a new or empty one")
-    (root / MARKER).write_text(
-        "A Mamori lab stack's directory (agent/lab/stack.py); rewritten at each start.\n"
-    )
+    (root / MARKER).write_text("A Mamori lab stack's directory (lab/stack.py); rewritten at each start.\n")
     return root
 
 

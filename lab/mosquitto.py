@@ -23,14 +23,13 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 
-from agent.lab.certs import Leaf
-from agent.lab.ports import accepts
+from lab.certs import Leaf
+from lab.ports import accepts, free_port
 
 HOST = "127.0.0.1"
 _START_TIMEOUT = 5.0  # the broker listens within ~10 ms; this only bounds a broken start
@@ -40,13 +39,6 @@ _SETPRIV = shutil.which("setpriv")
 
 class MosquittoError(RuntimeError):
     """The broker did not start (or did not listen); the message ends with its log."""
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class Mosquitto:

@@ -26,16 +26,15 @@ import asyncio
 import csv
 import io
 import shutil
-import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.lab.apps import HEALTH_CHECK_AGENT
-from agent.lab.certs import DEFAULT_DNS_NAME, Leaf
-from agent.lab.ports import accepts
+from lab.apps import HEALTH_CHECK_AGENT
+from lab.certs import DEFAULT_DNS_NAME, Leaf
+from lab.ports import accepts, free_port
 
 HOST = "127.0.0.1"
 BACKEND = "app"  # the backend every request goes to while the route is intact
@@ -56,13 +55,6 @@ class Backend:
 
     name: str
     port: int
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (bound to port 0, read back, closed)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class HAProxy:
@@ -150,7 +142,7 @@ class HAProxy:
             state_file = f"\n    server-state-file {self.state_file}"
             load_state = "\n    load-server-state-from-file global"
         return f"""\
-# Written by agent/lab/haproxy.py; the lab's fault switches rewrite it and restart HAProxy.
+# Written by lab/haproxy.py; the lab's fault switches rewrite it and restart HAProxy.
 global
     nbthread 1
     maxconn 4096

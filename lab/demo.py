@@ -1,8 +1,11 @@
-"""`agentctl demo`: the whole lab (agent/lab/stack.py) in one terminal, faults from another.
+"""`python -m lab.demo`: the whole lab (lab/stack.py) in one terminal, faults from another.
 
-    agentctl demo [--dir DIR] [--port PORT] [--no-prometheus]   # runs until Ctrl-C / SIGTERM
-    agentctl demo fault primary-down                            # from another terminal
-    agentctl demo faults                                        # the list
+    python -m lab.demo [--dir DIR] [--port PORT] [--no-prometheus]   # runs until Ctrl-C / SIGTERM
+    python -m lab.demo fault primary-down                            # from another terminal
+    python -m lab.demo faults                                        # the list
+
+Run from a checkout (`make demo` does, after installing what it needs): the lab is not part of
+the installed product.
 
 The running demo listens for faults on a loopback TCP port picked at start and writes its
 address, with a random token, to a state file only its user can read: `$XDG_RUNTIME_DIR/
@@ -12,11 +15,13 @@ reads it and sends one JSON line `{"token": …, "fault": NAME}`; the demo answe
 demo stops; a stale one (its PID gone, or nobody listening) means "no demo running".
 
 Exit codes: 0 (stopped by Ctrl-C / SIGTERM, or the fault was injected), 1 (the lab could not
-start, a demo is already running, no demo is running, the fault failed), 3 (unknown fault).
+start, a demo is already running, no demo is running, the fault failed), 3 (unknown fault or bad
+arguments). A failure is one line on stderr, `lab.demo: …`, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hmac
@@ -29,13 +34,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from agent.lab.stack import AgentStopped, Stack, StackError, lab_stack, port_is_free, prepare_directory
+from lab.ports import port_is_free
+from lab.stack import AgentStopped, Stack, StackError, lab_stack, prepare_directory
 
 if TYPE_CHECKING:
-    from agent.lab.stack import Notification
+    from lab.stack import Notification
 
+COMMAND = "python -m lab.demo"
+PROG = "lab.demo"  # the prefix of its error lines
 AGENT_PORT, PROMETHEUS_PORT, ALERTMANAGER_PORT = 9630, 9090, 9093  # used when free
 FAULT_TIMEOUT = 120.0  # `reset` rebuilding a standby takes ~1 s; a stopped primary's restart a few
 EXIT_UNKNOWN_FAULT = 3
@@ -73,7 +81,7 @@ def _read_state() -> dict[str, Any] | None:
     return state
 
 
-# --- agentctl demo faults / fault NAME -----------------------------------------------------------
+# --- demo faults / fault NAME -----------------------------------------------------------------------
 
 
 def faults_table() -> str:
@@ -89,19 +97,19 @@ def _out(text: str, stream: TextIO | None = None) -> None:
 
 
 def cmd_faults() -> int:
-    _out("Faults for `agentctl demo fault NAME` (the demo must be running):")
+    _out(f"Faults for `{COMMAND} fault NAME` (the demo must be running):")
     _out(faults_table())
     return 0
 
 
 def cmd_fault(name: str) -> int:
     if name not in Stack.FAULTS:
-        _out(f"agentctl: unknown fault {name!r}; the faults are:", sys.stderr)
+        _out(f"{PROG}: unknown fault {name!r}; the faults are:", sys.stderr)
         _out(faults_table(), sys.stderr)
         return EXIT_UNKNOWN_FAULT
     state = _read_state()
     if state is None:
-        raise DemoError("no demo is running (start one with `agentctl demo`)")
+        raise DemoError(f"no demo is running (start one with `{COMMAND}`)")
     try:
         answer = asyncio.run(_send(state, name))
     except (OSError, TimeoutError, ValueError):
@@ -128,7 +136,7 @@ async def _send(state: dict[str, Any], name: str) -> dict[str, Any]:
     return answer
 
 
-# --- agentctl demo ---------------------------------------------------------------------------------
+# --- the demo --------------------------------------------------------------------------------------
 
 
 def cmd_demo(directory: Path | None, port: int | None, prometheus: bool) -> int:
@@ -331,8 +339,8 @@ class _Demo:
             if shutil.which("mosquitto_sub") is None:
                 say("                (mosquitto_sub: apt install mosquitto-clients)")
         say()
-        say("Inject faults from another terminal (`agentctl demo faults` lists them; `reset` heals all):")
-        say("  agentctl demo fault primary-down" if stack.has_postgres else "  agentctl demo fault app-down")
+        say(f"Inject faults from another terminal (`{COMMAND} faults` lists them; `reset` heals all):")
+        say(f"  {COMMAND} fault " + ("primary-down" if stack.has_postgres else "app-down"))
         if stack.skipped:
             say()
             say("Skipped:")
@@ -389,3 +397,46 @@ def _log_to(path: Path) -> logging.Handler:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     return handler
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # bad arguments exit 3, like an unknown fault
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_UNKNOWN_FAULT, f"{PROG}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=COMMAND,
+        description="Run the lab and an agent watching it until Ctrl-C; `fault NAME` injects faults.",
+    )
+    p.add_argument("--dir", metavar="DIR", help="keep configs, logs and data here (default: a temp dir)")
+    p.add_argument("--port", type=int, metavar="PORT", help="the agent's port (default 9630, or a free one)")
+    p.add_argument("--no-prometheus", action="store_true", help="without Prometheus and Alertmanager")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    s = actions.add_parser("fault", help="inject a fault into the running demo (see `faults`)")
+    s.add_argument("fault", metavar="NAME")
+    actions.add_parser("faults", help="list the faults")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.action == "faults":
+            return cmd_faults()
+        if args.action == "fault":
+            return cmd_fault(args.fault)
+        return cmd_demo(Path(args.dir) if args.dir else None, args.port, not args.no_prometheus)
+    except DemoError as exc:
+        _out(f"{PROG}: {exc}", sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

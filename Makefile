@@ -35,9 +35,11 @@ TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto 
 debs:
 	@bash .ci/ensure-debs $(TEST_DEBS)
 
+## lint: ruff, and the layering contracts of pyproject.toml ([tool.importlinter])
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check agent checks exporters alerts
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -13,6 +13,7 @@ import pytest
 
 from checks import REGISTRY
 
+pytest_plugins = ["tests.lanes"]  # the markers unit / service / e2e / deploy
 
 def free_port() -> int:
     """A port that was free a moment ago on 127.0.0.1."""

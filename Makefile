@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck unit bench docs clean debs demo
+.PHONY: run test lint typecheck unit suite lane-service e2e lane-deploy bench docs clean debs demo
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,8 @@ demo: $(STAMP)
 	@bash .ci/ensure-debs $(TEST_DEBS) mosquitto-clients
 	$(BIN)/python -m lab.demo
 
-## test: lint, type check, then the whole test suite
-test: $(STAMP) debs lint typecheck unit
+## test: lint, type check, then the whole test suite (every lane)
+test: $(STAMP) debs lint typecheck suite
 
 # Debian packages the test suite runs for real (installed only when missing).
 TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto docker-compose python3.11-venv
@@ -36,15 +36,35 @@ TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto 
 debs:
 	@bash .ci/ensure-debs $(TEST_DEBS)
 
+## lint: ruff, and the layering contracts of pyproject.toml ([tool.importlinter])
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check agent checks exporters alerts lab
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# pytest exits 5 when it collected no test: a lane (or PYTEST_ARGS) that selects nothing fails.
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider
+
+## suite: every test, all lanes (PYTEST_ARGS=... to narrow it)
+suite: $(STAMP)
+	$(PYTEST) $(PYTEST_ARGS)
+
+## unit: the fast lane for the edit-test loop, under a minute, no service started
 unit: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTEST) -m unit $(PYTEST_ARGS)
+
+## lane-service, e2e, lane-deploy: the other lanes (tests/lanes.py says which test is where)
+lane-service: $(STAMP) debs
+	$(PYTEST) -m service $(PYTEST_ARGS)
+
+e2e: $(STAMP) debs
+	$(PYTEST) -m e2e $(PYTEST_ARGS)
+
+lane-deploy: $(STAMP) debs
+	$(PYTEST) -m deploy $(PYTEST_ARGS)
 
 ## bench: benchmarks against their anchors; figures go to bench/results/
 bench: $(STAMP)

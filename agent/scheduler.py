@@ -6,7 +6,8 @@ Guarantees:
 - never two runs of one check at once: a run that overruns its interval skips the missed slots
   (counted in `mamori_scheduler_skipped_runs_total`) instead of queueing them;
 - at most `concurrency` runs at once across all checks; time waiting for a slot counts as lateness;
-- the monotonic clock drives the schedule, so wall-clock jumps neither bunch nor starve runs;
+- the monotonic clock drives the schedule, so wall-clock jumps neither bunch nor starve runs
+  (`clock`: the real one in the agent, a fake one in tests);
 - `apply()` with a new config keeps the task, state and phase of every unchanged check.
 """
 
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.clock import REAL_CLOCK, Clock
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from agent.telemetry import AgentMetrics
@@ -49,8 +50,10 @@ class Scheduler:
         concurrency: int,
         *,
         spread: bool = True,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         self._publish = publish
+        self._clock = clock
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
         self._spread = spread
@@ -104,7 +107,8 @@ class Scheduler:
     async def _loop(self, entry: _Entry) -> None:
         cfg = entry.config
         interval = cfg.interval
-        next_at = time.monotonic() + (phase_offset(cfg.name, interval) if self._spread else 0.0)
+        clock = self._clock
+        next_at = clock.monotonic() + (phase_offset(cfg.name, interval) if self._spread else 0.0)
         runs = {s: self._metrics.runs.labels(check=cfg.name, status=s.label) for s in Status}
         run_duration = self._metrics.run_duration
         errors = self._metrics.check_errors.labels(check=cfg.name)
@@ -112,11 +116,11 @@ class Scheduler:
         attempts_ok = self._metrics.attempts.labels(check=cfg.name, outcome="success")
         attempts_failed = self._metrics.attempts.labels(check=cfg.name, outcome="failure")
         while True:
-            delay = next_at - time.monotonic()
+            delay = next_at - clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await clock.sleep(delay)
             async with self._slots:
-                self._metrics.lateness.observe(max(0.0, time.monotonic() - next_at))
+                self._metrics.lateness.observe(max(0.0, clock.monotonic() - next_at))
                 self._metrics.running.inc()
                 try:
                     result = await execute(entry.check)
@@ -131,7 +135,7 @@ class Scheduler:
                 errors.inc()
             self._publish(result)
             next_at += interval
-            behind = time.monotonic() - next_at
+            behind = clock.monotonic() - next_at
             if behind > 0:
                 missed = int(behind // interval) + 1
                 skipped.inc(missed)

@@ -12,6 +12,7 @@ import pytest
 
 from checks import REGISTRY
 
+pytest_plugins = ["tests.lanes"]  # the markers unit / service / e2e / deploy
 
 @pytest.fixture
 def fake_checks() -> Iterator[None]:

@@ -1,11 +1,12 @@
-"""Scheduler guarantees, with test-only check types (no network)."""
+"""Scheduler guarantees, with test-only check types (no network). Where a guarantee is about
+time (spreading, skipped runs, lateness), a fake clock drives it, never a real sleep."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from agent.model import CheckResult, Reason, Status
 from agent.scheduler import Scheduler, phase_offset
 from agent.telemetry import AgentMetrics
+from checks import REGISTRY
+from tests.agent.fakeclock import ClockSleepCheck, ClockSleepConfig, FakeClock
 from tests.agent.fakes import BoomConfig, SleepCheck, SleepConfig
 
 pytestmark = pytest.mark.usefixtures("fake_checks")
@@ -31,10 +34,31 @@ def sample(metrics: AgentMetrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
+def clock_cfg(
+    name: str, interval: float, seconds: float = 0.0, timeout: float | None = None
+) -> ClockSleepConfig:
+    return ClockSleepConfig(
+        name=name, type="clocksleep", interval=interval, timeout=timeout or interval, seconds=seconds
+    )
+
+
 @pytest.fixture(autouse=True)
 def clear_log() -> None:
     SleepCheck.log.clear()
     SleepCheck.closed.clear()
+    ClockSleepCheck.log.clear()
+
+
+@pytest.fixture
+def clock() -> Iterator[FakeClock]:
+    """A fake clock at 0, which the `clocksleep` check type takes its time from."""
+    clock = FakeClock()
+    ClockSleepCheck.clock = clock
+    REGISTRY["clocksleep"] = "tests.agent.fakeclock:ClockSleepCheck"
+    try:
+        yield clock
+    finally:
+        REGISTRY.pop("clocksleep", None)
 
 
 def test_phase_offsets_are_stable_and_spread() -> None:
@@ -46,47 +70,48 @@ def test_phase_offsets_are_stable_and_spread() -> None:
     assert max(buckets) < 40, buckets
 
 
-async def test_first_runs_are_spread_over_the_interval() -> None:
+async def test_first_runs_are_spread_over_the_interval(clock: FakeClock) -> None:
     results: list[CheckResult] = []
-    sched = Scheduler(results.append, AgentMetrics(), concurrency=100)
-    sched.apply([sleep_cfg(f"c{i}", interval=1.0) for i in range(40)])
-    t0 = time.monotonic()
-    await asyncio.sleep(1.05)
+    sched = Scheduler(results.append, AgentMetrics(), concurrency=100, clock=clock)
+    sched.apply([clock_cfg(f"c{i}", interval=1.0) for i in range(40)])
+    t0 = clock.monotonic()
+    await clock.advance(1.05)
     await sched.aclose()
     firsts: dict[str, float] = {}
-    for name, start, _ in SleepCheck.log:
+    for name, start, _ in ClockSleepCheck.log:
         firsts.setdefault(name, start - t0)
     starts = sorted(firsts.values())
     assert len(starts) == 40
     assert starts[0] < 0.25 and starts[-1] > 0.75  # not all at once
 
 
-async def test_a_check_never_overlaps_itself_and_missed_slots_are_skipped() -> None:
+async def test_a_check_never_overlaps_itself_and_missed_slots_are_skipped(clock: FakeClock) -> None:
     metrics = AgentMetrics()
     results: list[CheckResult] = []
-    sched = Scheduler(results.append, metrics, concurrency=10, spread=False)
-    sched.apply([sleep_cfg("slow", interval=0.1, seconds=0.25, timeout=0.1 * 10)])
-    await asyncio.sleep(1.0)
+    sched = Scheduler(results.append, metrics, concurrency=10, spread=False, clock=clock)
+    sched.apply([clock_cfg("slow", interval=0.1, seconds=0.25, timeout=0.1 * 10)])
+    await clock.advance(1.0)
     await sched.aclose()
-    runs = [(s, e) for n, s, e in SleepCheck.log if n == "slow"]
+    runs = [(s, e) for n, s, e in ClockSleepCheck.log if n == "slow"]
     assert len(runs) >= 3
     for (_, end), (start, _) in itertools.pairwise(runs):
         assert start >= end  # the next run starts after the previous ended
     assert sample(metrics, "mamori_scheduler_skipped_runs_total", check="slow") >= 4
 
 
-async def test_concurrency_limit_is_global() -> None:
+async def test_concurrency_limit_is_global(clock: FakeClock) -> None:
     metrics = AgentMetrics()
-    sched = Scheduler(lambda r: None, metrics, concurrency=2, spread=False)
-    sched.apply([sleep_cfg(f"c{i}", interval=5, seconds=0.2) for i in range(6)])
-    await asyncio.sleep(0.75)
+    sched = Scheduler(lambda r: None, metrics, concurrency=2, spread=False, clock=clock)
+    sched.apply([clock_cfg(f"c{i}", interval=5, seconds=0.2) for i in range(6)])
+    await clock.advance(0.75)
     await sched.aclose()
-    events = sorted([(s, 1) for _, s, _ in SleepCheck.log] + [(e, -1) for _, _, e in SleepCheck.log])
+    log = ClockSleepCheck.log
+    events = sorted([(s, 1) for _, s, _ in log] + [(e, -1) for _, _, e in log])
     running = peak = 0
     for _, delta in events:
         running += delta
         peak = max(peak, running)
-    assert len(SleepCheck.log) == 6
+    assert len(log) == 6
     assert peak == 2
     # Waiting for a slot is lateness: the last pair started ~0.4 s late.
     assert sample(metrics, "mamori_scheduler_lateness_seconds_bucket", le="0.25") == 4
@@ -94,14 +119,14 @@ async def test_concurrency_limit_is_global() -> None:
 
 
 async def test_a_check_that_raises_is_unknown_check_error_logged_once(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, clock: FakeClock
 ) -> None:
     metrics = AgentMetrics()
     results: list[CheckResult] = []
-    sched = Scheduler(results.append, metrics, concurrency=4, spread=False)
+    sched = Scheduler(results.append, metrics, concurrency=4, spread=False, clock=clock)
     with caplog.at_level(logging.ERROR):
         sched.apply([BoomConfig(name="buggy", type="boom", interval=0.05, timeout=0.05)])
-        await asyncio.sleep(0.3)
+        await clock.advance(0.3)
         await sched.aclose()
     assert len(results) >= 3
     assert {(r.status, r.reason) for r in results} == {(Status.UNKNOWN, Reason.CHECK_ERROR)}
@@ -112,16 +137,18 @@ async def test_a_check_that_raises_is_unknown_check_error_logged_once(
     assert sample(metrics, "mamori_check_runs_total", check="buggy", status="unknown") == len(results)
 
 
-async def test_a_check_changed_by_a_reload_reports_its_bug_again(caplog: pytest.LogCaptureFixture) -> None:
-    """"Reported once" is per check object, not per name for the life of the process: a reload
+async def test_a_check_changed_by_a_reload_reports_its_bug_again(
+    caplog: pytest.LogCaptureFixture, clock: FakeClock
+) -> None:
+    """ "Reported once" is per check object, not per name for the life of the process: a reload
     that changes the check (a new object) logs its first traceback again."""
     results: list[CheckResult] = []
-    sched = Scheduler(results.append, AgentMetrics(), concurrency=4, spread=False)
+    sched = Scheduler(results.append, AgentMetrics(), concurrency=4, spread=False, clock=clock)
     with caplog.at_level(logging.ERROR):
         sched.apply([BoomConfig(name="buggy", type="boom", interval=0.05, timeout=0.05)])
-        await asyncio.sleep(0.2)
+        await clock.advance(0.2)
         sched.apply([BoomConfig(name="buggy", type="boom", interval=0.06, timeout=0.05)])  # changed
-        await asyncio.sleep(0.2)
+        await clock.advance(0.2)
         await sched.aclose()
     assert len([r for r in caplog.records if r.exc_info]) == 2
 

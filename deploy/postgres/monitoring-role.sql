@@ -12,7 +12,7 @@
 --     psql -X -v ON_ERROR_STOP=1 -v mamori_password=SECRET -d postgres -f monitoring-role.sql
 --
 -- Idempotent: a second run changes nothing (and re-strips anything granted to mamori by hand
--- that the ALTER ROLE below names). The lab (agent/lab/postgres.py) runs this file verbatim,
+-- that the ALTER ROLE below names). The lab (lab/postgres.py) runs this file verbatim,
 -- then sets a generated password. pg_hba.conf must let mamori in with a password (scram-sha-256).
 
 -- A login role that owns nothing. CREATE ROLE has no IF NOT EXISTS, hence the DO block.

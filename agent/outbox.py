@@ -42,6 +42,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.delivery.outcome import PushResult
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.statefile import is_environmental, open_state_file
 from agent.statehealth import StateFileHealth
@@ -263,13 +264,26 @@ class Outbox:
         if self._save_cursors():
             self._collect()
 
+    def settle(self, sink: str, records: Sequence[Record], result: PushResult) -> None:
+        """The delivery log's settle (agent/delivery/pump.py): ack the handled prefix, count what
+        the exporter gave up on (`result.dropped`). Never raises for the disk."""
+        if result.handled:
+            self.ack(sink, records[result.handled - 1].seq)
+        for reason, n in result.dropped.items():
+            self.count_dropped(sink, reason, n)
+
+    def hold(self, sink: str) -> float:
+        """Never: an ack the file does not have yet moves the cursor in memory (at-least-once)."""
+        return 0.0
+
     def schedule(self, sink: str) -> tuple[float, int]:
         """`sink`'s (earliest next attempt as a unix time, failed pushes in a row), as last saved:
         a restarted agent waits out a Retry-After or backoff given before it stopped."""
         return self._schedules[sink]
 
-    def set_schedule(self, sink: str, next_attempt_at: float, streak: int) -> None:
-        """Persist `sink`'s retry schedule (with its cursor). Never raises for the disk."""
+    def set_schedule(self, sink: str, next_attempt_at: float, streak: int, error: str = "") -> None:
+        """Persist `sink`'s retry schedule (with its cursor; the error is not kept). Never raises
+        for the disk."""
         if self._schedules[sink] == (next_attempt_at, streak):
             return
         self._schedules[sink] = (next_attempt_at, streak)

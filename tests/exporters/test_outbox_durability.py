@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox, encode
-from exporters.base import ExportCollector, Pump, PushResult
+from agent.delivery.outcome import PushResult
+from agent.delivery.pump import Pump
+from agent.outbox import Outbox, Record, encode
+from exporters.base import ExportCollector
 from tests.conftest import SmallFs
 from tests.exporters.test_outbox import Clock, Recorder, drain, result
 
 
-def families(box: Outbox, pumps: list[Pump]) -> dict[str, dict[tuple[str, ...], float]]:
+def families(box: Outbox, pumps: list[Pump[Record]]) -> dict[str, dict[tuple[str, ...], float]]:
     out: dict[str, dict[tuple[str, ...], float]] = {}
     for family in ExportCollector(box, pumps).collect():
         for s in family.samples:

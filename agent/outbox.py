@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.delivery.outcome import PushResult
+from agent.delivery.schema import add_column, migrate
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.statefile import is_environmental, open_state_file
 from agent.statehealth import StateFileHealth
@@ -57,30 +58,24 @@ CREATE TABLE IF NOT EXISTS cursors (
     sink TEXT PRIMARY KEY, seq INTEGER NOT NULL, next_attempt_at REAL NOT NULL DEFAULT 0,
     streak INTEGER NOT NULL DEFAULT 0);
 """
-# Schema version (PRAGMA user_version). 1: cursors carry the retry schedule (next_attempt_at,
-# streak). A version 0 file (written before) is migrated in place when opened; an older agent
-# still reads and writes a version 1 file (the new columns have defaults).
-_VERSION = 1
 _LOW_WATER = 0.9  # after hitting the cap, delete down to this share of it
 
 
+def _v1(db: sqlite3.Connection) -> None:
+    """Version 1: cursors carry the retry schedule (next_attempt_at, streak)."""
+    add_column(db, "cursors", "next_attempt_at", "REAL NOT NULL DEFAULT 0")
+    add_column(db, "cursors", "streak", "INTEGER NOT NULL DEFAULT 0")
+
+
+# Schema versions (PRAGMA user_version, agent/delivery/schema.py), one step each. A version 0
+# file (written before) is migrated in place when opened; an older agent still reads and writes a
+# version 1 file (the new columns have defaults).
+_STEPS = (_v1,)
+
+
 def _setup(db: sqlite3.Connection) -> None:
-    """The schema, created or migrated (see `_VERSION`)."""
-    db.executescript(_SCHEMA)
-    if int(db.execute("PRAGMA user_version").fetchone()[0]) >= _VERSION:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(cursors)")}
-        if "next_attempt_at" not in columns:
-            db.execute("ALTER TABLE cursors ADD COLUMN next_attempt_at REAL NOT NULL DEFAULT 0")
-        if "streak" not in columns:
-            db.execute("ALTER TABLE cursors ADD COLUMN streak INTEGER NOT NULL DEFAULT 0")
-        db.execute(f"PRAGMA user_version = {_VERSION}")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+    """The schema, created or migrated (see `_STEPS`)."""
+    migrate(db, _SCHEMA, _STEPS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ Guarantees:
 - A write that fails (disk full, unwritable) raises, after rolling back and reporting to the
   file's `health` (agent/statefile.py: durability degraded, `/ready` 503). The callers keep what
   they could not store and retry it (alerts/sink.py, alerts/delivery.py).
-- Opening decides what to do with a damaged, empty or unwritable file (agent/statefile.py).
+- Opening decides what to do with a damaged, empty or unwritable file (agent/statefile.py), and
+  migrates the schema of a file an older release wrote (`_STEPS`, PRAGMA user_version).
 
 Every call is a short synchronous statement (well under a millisecond on a local disk with
 `synchronous=NORMAL`), made from the event loop thread; there is no background thread to stop.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.delivery.schema import migrate
 from agent.statefile import is_environmental, open_state_file
 from agent.statehealth import StateFileHealth
 from alerts.engine import AlertRecord, Silence
@@ -98,8 +100,18 @@ class OutboxItem:
         return self.notification.id
 
 
+def _v1(db: sqlite3.Connection) -> None:
+    """Version 1: the file has a version (the tables are those of the files written before it)."""
+
+
+# Schema versions (PRAGMA user_version, agent/delivery/schema.py), one step each: a file written
+# before versions existed (0) is migrated in place when opened, and still opens in that release.
+_STEPS = (_v1,)
+
+
 def _setup(db: sqlite3.Connection) -> None:
-    db.executescript(_SCHEMA)
+    """The schema, created or migrated (see `_STEPS`)."""
+    migrate(db, _SCHEMA, _STEPS)
 
 
 def store_health(path: Path | str) -> StateFileHealth:

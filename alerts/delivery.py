@@ -19,31 +19,27 @@ Guarantees:
 - REJECTED is never retried: the row moves to the store's `dead` table and is logged.
 - Only what is stored is sent (the sink stores before it wakes us). An outcome the store cannot
   record (disk full) is kept in memory: a delivered or rejected notification is then never sent
-  again — and nothing behind it is sent before its outcome is stored (`NotificationLog.hold`), so
+  again — and nothing behind it is sent before its outcome is stored (`DurableLog.hold`), so
   a crash cannot resend a trigger after its resolve — while a retry waits out its deadline in
   memory. The store's health (agent/statefile.py) logs that once and makes `/ready` answer 503.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 from agent.delivery.outcome import Outcome, PushResult
 from agent.delivery.pump import Pump
-from agent.statefile import is_environmental
 from alerts.model import Notifier
 from alerts.store import AlertStore, OutboxItem
 
 log = logging.getLogger("mamori.alerts.delivery")
 
 PAGE_BACKOFF_CAP = 10.0  # seconds: the longest a page waits after its service recovers
-UNSAVED_RETRY = 5.0  # seconds between attempts to record an outcome the store could not
 
 
 class RouteConsumer:
@@ -66,73 +62,44 @@ class RouteConsumer:
 
 
 class NotificationLog:
-    """One route's share of the alert store's outbox, as the pump's `Log`. Never raises for the
-    disk: an outcome the store cannot record is kept here and recorded before anything else."""
+    """One route's view of the alert store's notifications (a strict, addressed `DurableLog`,
+    agent/delivery/log.py), as the pump's `Log`: entries decoded, a rejection logged. Never
+    raises for the disk: an outcome the store cannot record yet is kept by the log, which holds
+    the route until it is recorded."""
 
     def __init__(self, store: AlertStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
-        self._head: OutboxItem | None = None  # the entry last read: the one a schedule is about
-        self._settle: Callable[[], None] | None = None  # DELIVERED/REJECTED, not recorded yet
-        self._retry: Callable[[], None] | None = None  # a RETRY's schedule, not recorded yet
 
     def read(self, consumer: str, limit: int) -> list[OutboxItem]:
-        page = self.store.head(consumer, limit)
-        self._head = page[0] if page else None
-        return page
+        return self.store.head(consumer, limit)
 
     def settle(self, consumer: str, entries: Sequence[OutboxItem], result: PushResult) -> None:
         item = entries[0]
-        if result.dropped:
-            log.error(
-                "route %s rejected notification %s (%s %s): %s",
-                consumer,
-                item.id,
-                item.notification.event.value,
-                item.notification.dedup_key,
-                result.detail,
-            )
-            save = functools.partial(self.store.reject, item, result.detail or "rejected", self.clock())
-        else:
-            save = functools.partial(self.store.delivered, item.id)
-        self._retry = None  # the head is settled: its schedule no longer matters
-        self._settle = None if self._record(save) else save
+        if not result.dropped:
+            self.store.log.ack(consumer, item.seq)
+            return
+        log.error(
+            "route %s rejected notification %s (%s %s): %s",
+            consumer,
+            item.id,
+            item.notification.event.value,
+            item.notification.dedup_key,
+            result.detail,
+        )
+        self.store.reject(item, result.detail or "rejected", self.clock())
 
     def schedule(self, consumer: str) -> tuple[float, int]:
-        """The head's: its next attempt and its attempts so far (0, 0 when there is none)."""
-        page = self.store.head(consumer, 1)
-        return (page[0].next_attempt_at, page[0].attempts) if page else (0.0, 0)
+        return self.store.log.schedule(consumer)
 
     def set_schedule(self, consumer: str, next_attempt_at: float, streak: int, error: str = "") -> None:
-        if streak == 0 or self._head is None:
-            return  # a settled head: its successor starts with a clean row
-        save = functools.partial(self.store.retry, self._head.id, streak, next_attempt_at, error)
-        self._retry = None if self._record(save) else save
+        self.store.log.set_schedule(consumer, next_attempt_at, streak, error)
 
     def hold(self, consumer: str) -> float:
-        """Record what could not be; while a settled notification is not, nothing may be sent —
-        neither it again nor anything behind it."""
-        if self._settle is not None:
-            if not self._record(self._settle):
-                return UNSAVED_RETRY
-            self._settle = None
-        if self._retry is not None and self._record(self._retry):
-            self._retry = None
-        return 0.0
+        return self.store.log.hold(consumer)
 
     def depth(self, consumer: str) -> int:
-        return self.store.pending(consumer)
-
-    @staticmethod
-    def _record(save: Callable[[], None]) -> bool:
-        """Run a store write; False if the file cannot be written (the store's health logged it)."""
-        try:
-            save()
-        except (sqlite3.Error, OSError) as exc:
-            if not is_environmental(exc):
-                raise
-            return False
-        return True
+        return self.store.log.depth(consumer)
 
 
 class Deliverer:

@@ -181,8 +181,8 @@ async def test_a_state_file_written_before_schema_versions_opens_migrated_and_de
     tmp_path: Path,
 ) -> None:
     """An alerts.db of the previous release: its undelivered notifications (with their retry
-    schedule), dead letters and alert states are kept; the file gets version 1; the head's
-    Retry-After is waited out and the route then delivers in order."""
+    schedule, moved to the route's cursor), dead letters and alert states are kept; the file gets
+    version 2; the head's Retry-After is waited out and the route then delivers in order."""
     from alerts.delivery import Deliverer
     from alerts.store import notification_to_json
     from tests.alerts.test_delivery import Clock as FakeClock
@@ -207,7 +207,7 @@ async def test_a_state_file_written_before_schema_versions_opens_migrated_and_de
     db.close()
 
     store = AlertStore(path)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
     assert store.load_states() == [record]
     assert [(i.id, i.attempts, i.next_attempt_at, i.last_error) for i in store.head("pager")] == [
         ("n1", 3, T0 + 30, "HTTP 429"),
@@ -224,6 +224,6 @@ async def test_a_state_file_written_before_schema_versions_opens_migrated_and_de
     assert await d.step() is None
     assert [n.id for n in pager.delivered] == ["n1", "n2"]
     store.close()
-    store = AlertStore(path)  # and opens again as version 1
-    assert store.pending() == 0 and store.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    store = AlertStore(path)  # and opens again as version 2
+    assert store.pending() == 0 and store.db.execute("PRAGMA user_version").fetchone()[0] == 2
     store.close()

@@ -18,6 +18,7 @@ from alerts.model import AlertState, Delivery, Event, Notification, Outcome, Sev
 from alerts.sink import AlertSink
 from alerts.store import AlertStore
 from tests.alerts.test_delivery import Clock, RecordingNotifier
+from tests.conftest import SmallFs
 
 T0 = 1_700_000_000.0
 
@@ -226,4 +227,39 @@ async def test_a_state_file_written_before_schema_versions_opens_migrated_and_de
     store.close()
     store = AlertStore(path)  # and opens again as version 2
     assert store.pending() == 0 and store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    store.close()
+
+
+async def test_a_rejection_that_cannot_be_recorded_holds_the_route_and_is_recorded_once_there_is_space(
+    small_fs: SmallFs,
+) -> None:
+    """The notification log on a full disk: a REJECTED head cannot be dead-lettered yet, so it is
+    neither sent again nor overtaken; once there is space its dead letter is written and the
+    route goes on."""
+    from agent.delivery.log import UNSAVED_RETRY
+    from alerts.delivery import Deliverer
+    from tests.alerts.test_delivery import Clock as FakeClock
+
+    store = AlertStore(small_fs.path / "alerts.db")
+    store.commit([], [note(1), note(2, Event.RESOLVE)])
+    clock = FakeClock(T0)
+
+    def script(n: Notification, now: float) -> Delivery:
+        return Delivery(Outcome.REJECTED, "HTTP 400") if n.id == "n1" else Delivery(Outcome.DELIVERED)
+
+    pager = RecordingNotifier("pager", clock, script)
+    d = Deliverer("pager", pager, store, clock)
+    small_fs.fill()
+    try:
+        assert await d.step() == T0 + UNSAVED_RETRY
+        assert await d.step() == T0 + UNSAVED_RETRY  # still full: held, nothing sent
+        assert [nid for _, nid, _ in pager.attempts] == ["n1"] and store.dead() == []
+    finally:
+        small_fs.free()
+    assert await d.step() is None
+    assert [nid for _, nid, _ in pager.attempts] == ["n1", "n2"]
+    assert [(n.id, reason) for n, reason in store.dead()] == [("n1", "HTTP 400")]
+    store.close()
+    store = AlertStore(small_fs.path / "alerts.db")
+    assert store.pending() == 0 and [n.id for n, _ in store.dead()] == ["n1"]
     store.close()

@@ -53,9 +53,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from agent import yamldoc
+from agent.backoff import backoff, retry_after_header
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
 from agent.errors import ConfigError, ConfigIssue
-from agent.retry import backoff, retry_after_header
 from agent.yamldoc import DocumentError, YamlDoc, format_path
 from exporters.oci_client import NoRegion, import_sdk, monitoring_client, signer_for
 

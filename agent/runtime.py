@@ -131,7 +131,7 @@ class Agent:
         """Push exporters behind the durable outbox (exporters/): imported only when configured."""
         from agent.errors import StartupError
         from agent.outbox import Outbox, outbox_health
-        from exporters.base import ExportCollector, ExportContext, OutboxSink, Pump
+        from exporters.base import ExportCollector, ExportContext, OutboxSink, exporter_pump
         from exporters.config import ExtraMissing, exporter_module
 
         context = ExportContext(
@@ -147,7 +147,7 @@ class Agent:
         health = self._healths.setdefault(cfg.outbox.path, outbox_health(cfg.outbox.path))
         outbox = Outbox(cfg.outbox.path, cfg.outbox.max_size, [e.name for e in exporters], health)
         self.state_files["outbox"] = health
-        pumps = [Pump(e, outbox) for e in exporters]
+        pumps = [exporter_pump(e, outbox) for e in exporters]
         self._pumps = pumps
         self.metrics.registry.register(ExportCollector(outbox, pumps))
         return OutboxSink(outbox, pumps)

@@ -1,4 +1,7 @@
-"""One `Deliverer` per route: outbox → `Notifier`, in order, with retries.
+"""A notifier route as a consumer of the one delivery loop (agent/delivery/pump.py).
+
+`Deliverer` = the route's notifier (`RouteConsumer`, one notification at a time) + the route's
+share of alerts.db's outbox (`NotificationLog`) + the one `Pump`, with a page's backoff cap.
 
 Guarantees:
 - Strict FIFO per route: the head of a route's outbox is sent before anything behind it, so a
@@ -11,54 +14,97 @@ Guarantees:
 - RETRY waits `retry_after` when the service gave one (capped at 1 h), else exponential backoff
   with jitter: base 1 s doubling to a `PAGE_BACKOFF_CAP` of 10 s, times a random factor in
   [0.5, 1). A page is worth a request every few seconds: an outage of any length is followed by
-  the page within 10 s of the service's recovery (exporters keep the 5 min cap of agent/retry.py).
+  the page within 10 s of the service's recovery (exporters keep the 5 min cap of
+  agent/backoff.py). The head's attempts and next attempt are in its row: a restart keeps them.
 - REJECTED is never retried: the row moves to the store's `dead` table and is logged.
-- Memory is bounded: the outbox is read `page_size` rows at a time.
 - Only what is stored is sent (the sink stores before it wakes us). An outcome the store cannot
   record (disk full) is kept in memory: a delivered or rejected notification is then never sent
-  again — and nothing behind it is sent before its outcome is stored, so a crash cannot resend a
-  trigger after its resolve — while a retry waits out its deadline in memory. The store's health
-  (agent/statefile.py) logs that once and makes `/ready` answer 503.
+  again — and nothing behind it is sent before its outcome is stored (`DurableLog.hold`), so
+  a crash cannot resend a trigger after its resolve — while a retry waits out its deadline in
+  memory. The store's health (agent/statefile.py) logs that once and makes `/ready` answer 503.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
 import random
-import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
-from agent.logs import FailureLog
-from agent.retry import RETRY_AFTER_CAP, backoff
-from agent.statefile import is_environmental
-from alerts.model import Delivery, Notification, Notifier, Outcome
-from alerts.store import AlertStore
+from agent.delivery.outcome import Outcome, PushResult
+from agent.delivery.pump import Pump
+from alerts.model import Notifier
+from alerts.store import AlertStore, OutboxItem
 
 log = logging.getLogger("mamori.alerts.delivery")
 
 PAGE_BACKOFF_CAP = 10.0  # seconds: the longest a page waits after its service recovers
-UNSAVED_RETRY = 5.0  # seconds between attempts to record an outcome the store could not
 
 
-@dataclass(frozen=True)
-class _Unsaved:
-    """An outcome of a send that the store could not record yet (see the module docstring)."""
+class RouteConsumer:
+    """A notifier as a delivery consumer: one notification per push, its `Delivery` the answer."""
 
-    save: Callable[[], None]  # the store call that failed
-    outcome: Outcome
-    attempts: int = 0  # RETRY: attempts so far
-    due: float = 0.0  # RETRY: when it is next due
+    batch = 1  # strict FIFO: the head, alone
+
+    def __init__(self, route: str, notifier: Notifier) -> None:
+        self.name = route
+        self.notifier = notifier
+
+    async def start(self) -> None:
+        """Nothing to start: a notifier connects per request."""
+
+    async def push(self, entries: Sequence[OutboxItem]) -> PushResult:
+        return PushResult.of(await self.notifier.send(entries[0].notification))
+
+    async def aclose(self) -> None:
+        """Nothing: the alert sink owns and closes its notifiers."""
+
+
+class NotificationLog:
+    """One route's view of the alert store's notifications (a strict, addressed `DurableLog`,
+    agent/delivery/log.py), as the pump's `Log`: entries decoded, a rejection logged. Never
+    raises for the disk: an outcome the store cannot record yet is kept by the log, which holds
+    the route until it is recorded."""
+
+    def __init__(self, store: AlertStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def read(self, consumer: str, limit: int) -> list[OutboxItem]:
+        return self.store.head(consumer, limit)
+
+    def settle(self, consumer: str, entries: Sequence[OutboxItem], result: PushResult) -> None:
+        item = entries[0]
+        if not result.dropped:
+            self.store.log.ack(consumer, item.seq)
+            return
+        log.error(
+            "route %s rejected notification %s (%s %s): %s",
+            consumer,
+            item.id,
+            item.notification.event.value,
+            item.notification.dedup_key,
+            result.detail,
+        )
+        self.store.reject(item, result.detail or "rejected", self.clock())
+
+    def schedule(self, consumer: str) -> tuple[float, int]:
+        return self.store.log.schedule(consumer)
+
+    def set_schedule(self, consumer: str, next_attempt_at: float, streak: int, error: str = "") -> None:
+        self.store.log.set_schedule(consumer, next_attempt_at, streak, error)
+
+    def hold(self, consumer: str) -> float:
+        return self.store.log.hold(consumer)
+
+    def depth(self, consumer: str) -> int:
+        return self.store.log.depth(consumer)
 
 
 class Deliverer:
-    """Delivers one route's outbox through its notifier. `run()` is the task; `step()` does one
-    pass and is what tests drive with a fake clock.
+    """Delivers one route's outbox through its notifier. `run()` (via `start()`) is the pump's
+    task; `step()` sends what is due and is what tests drive with a fake clock.
 
     `counts[outcome]` counts send attempts by outcome (a notifier exception counts as RETRY and in
     `errors`); the lead exports them as `mamori_notifications_total{route,outcome}`."""
@@ -70,130 +116,61 @@ class Deliverer:
         store: AlertStore,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
-        page_size: int = 50,
     ) -> None:
         self.route = route
         self.notifier = notifier
         self.store = store
-        self.clock = clock
-        self.rand = rand
-        self.page_size = page_size
-        self.counts: Counter[Outcome] = Counter()
-        self.errors = 0
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._unsaved: dict[str, _Unsaved] = {}  # notification id -> outcome not stored yet
-        self._failures = FailureLog(log)  # a failing pass: first, then once a minute
+        self.log = NotificationLog(store, clock)
+        self.pump = Pump(
+            RouteConsumer(route, notifier),
+            self.log,
+            clock,
+            rand,
+            clock,
+            label=f"route {route}",
+            backoff_cap=PAGE_BACKOFF_CAP,
+            logger=log,
+        )
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.log.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.log.clock = self.pump.clock = self.pump.wall = clock
+
+    @property
+    def counts(self) -> Counter[Outcome]:
+        return self.pump.counts
+
+    @property
+    def errors(self) -> int:
+        return self.pump.errors
 
     def wake(self) -> None:
         """New notifications are in the outbox. Never blocks."""
-        self._wake.set()
+        self.pump.wake()
 
     async def step(self) -> float | None:
         """Send what is due, in order. Returns when the head is next due (None: outbox empty)."""
         while True:
-            page = self.store.head(self.route, self.page_size)
-            if not page:
+            now = self.clock()
+            if (hold := self.log.hold(self.route)) > 0:
+                return now + hold
+            if not self.store.head(self.route, 1):
                 return None
-            for item in page:
-                now = self.clock()
-                attempts, due = item.attempts, item.next_attempt_at
-                unsaved = self._unsaved.get(item.id)
-                if unsaved is not None:
-                    if self._record(item.id, unsaved):
-                        break  # recorded at last: re-read what the store now says of it
-                    if unsaved.outcome is not Outcome.RETRY:
-                        return now + UNSAVED_RETRY  # sent already: never again, nothing behind it yet
-                    attempts, due = unsaved.attempts, unsaved.due
-                if due > now:
-                    return due
-                delivery = await self._send(item.notification)
-                self.counts[delivery.outcome] += 1
-                now = self.clock()
-                if delivery.outcome == Outcome.DELIVERED:
-                    if not self._record(
-                        item.id, _Unsaved(functools.partial(self.store.delivered, item.id), Outcome.DELIVERED)
-                    ):
-                        return now + UNSAVED_RETRY
-                elif delivery.outcome == Outcome.REJECTED:
-                    log.error(
-                        "route %s rejected notification %s (%s %s): %s",
-                        self.route,
-                        item.id,
-                        item.notification.event.value,
-                        item.notification.dedup_key,
-                        delivery.detail,
-                    )
-                    reject = functools.partial(self.store.reject, item, delivery.detail or "rejected", now)
-                    if not self._record(item.id, _Unsaved(reject, Outcome.REJECTED)):
-                        return now + UNSAVED_RETRY
-                else:
-                    attempts += 1
-                    if delivery.retry_after is not None:
-                        delay = min(max(delivery.retry_after, 0.0), RETRY_AFTER_CAP)
-                    else:
-                        delay = backoff(attempts, self.rand, cap=PAGE_BACKOFF_CAP)
-                    retry = functools.partial(
-                        self.store.retry, item.id, attempts, now + delay, delivery.detail
-                    )
-                    self._record(item.id, _Unsaved(retry, Outcome.RETRY, attempts, now + delay))
-                    if attempts == 1 or attempts % 10 == 0:  # an outage must not flood the log
-                        log.warning(
-                            "route %s: attempt %d failed (%s), retrying in %.1fs",
-                            self.route,
-                            attempts,
-                            delivery.detail,
-                            delay,
-                        )
-                    return now + delay
-
-    def _record(self, notification_id: str, outcome: _Unsaved) -> bool:
-        """Store an outcome; if the store cannot be written (disk full), keep it in memory (False)."""
-        try:
-            outcome.save()
-        except (sqlite3.Error, OSError) as exc:
-            if not is_environmental(exc):
-                raise
-            self._unsaved[notification_id] = outcome  # the store's health has logged it
-            return False
-        self._unsaved.pop(notification_id, None)
-        return True
-
-    async def _send(self, notification: Notification) -> Delivery:
-        try:
-            return await self.notifier.send(notification)
-        except Exception as exc:  # the protocol says never raise; a bug must not stop the route
-            self.errors += 1
-            log.error("notifier %s raised %s: %s", self.route, type(exc).__name__, exc)
-            return Delivery(Outcome.RETRY, f"notifier raised {type(exc).__name__}")
-
-    async def run(self) -> None:
-        """Deliver until cancelled, sleeping until the head is due or `wake()` is called."""
-        while True:
-            self._wake.clear()
-            try:
-                due = await self.step()
-            except Exception as exc:  # e.g. a damaged page: keep the task alive and retry
-                self.errors += 1
-                error = f"{type(exc).__name__}: {exc}"
-                self._failures.failed(
-                    error, "route %s: delivery pass failed: %s (retrying every 5s)", self.route, error
-                )
-                due = self.clock() + UNSAVED_RETRY
-            else:
-                self._failures.ok()
-            timeout = None if due is None else max(0.0, due - self.clock())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a stop()
-                    await self._wake.wait()
+            if self.pump.not_before > now:
+                return self.pump.not_before
+            delay = await self.pump.step()
+            if delay is None:
+                return None
+            if delay > 0:
+                return self.clock() + delay
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name=f"alerts:deliver:{self.route}")
+        self.pump.start()
 
     async def stop(self) -> None:
         """Cancel the task; an in-flight send is abandoned and resent after restart. Safe twice."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self.pump.stop()

@@ -3,7 +3,7 @@
 The engine (alerts/engine.py) turns check results into `Alert` state changes; each change that
 must reach people becomes a `Notification`, stored durably before any attempt to send it
 (alerts/store.py), and delivered by a `Notifier` (alerts/notifiers/) that answers with a
-`Delivery`. Nothing here does I/O.
+`Delivery` (agent/delivery/outcome.py). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from typing import Protocol
+
+# The one vocabulary of delivery (agent/delivery/outcome.py), shared with the push exporters.
+from agent.delivery.outcome import Delivery as Delivery
+from agent.delivery.outcome import Outcome as Outcome
 
 
 class AlertState(enum.StrEnum):
@@ -53,19 +57,6 @@ class Notification:
     # service that matches a resolve to its trigger by labels (Alertmanager) needs them unchanged,
     # even when the reason moved on or another check of a grouped incident recovered last.
     identity: dict[str, str] = field(default_factory=dict)
-
-
-class Outcome(enum.StrEnum):
-    DELIVERED = "delivered"
-    RETRY = "retry"  # transient: 429, 5xx, timeout, connection error
-    REJECTED = "rejected"  # permanent: 4xx other than 429 — logged and dropped, never retried
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    outcome: Outcome
-    detail: str = ""  # one line, no secrets
-    retry_after: float | None = None  # seconds, when the service said (Retry-After)
 
 
 class Notifier(Protocol):

@@ -4,13 +4,17 @@ Guarantees:
 - `commit()` writes alert states and the notifications they caused in ONE transaction, before any
   send is attempted. After a crash either both are there or neither, so a restart neither re-pages
   an alert already paged nor loses a resolve.
-- An outbox row leaves only when delivered (`delivered`) or rejected (`reject`, which moves it to
-  `dead` with the reason; `dead` keeps the newest `dead_limit` rows).
+- The outbox is the delivery engine's log (`log`, agent/delivery/log.py: addressed, strict): a
+  row leaves only when delivered (`delivered`) or rejected (`reject`, which moves it to `dead`
+  with the reason; `dead` keeps the newest `dead_limit` rows), in the transaction that moves its
+  route's cursor past it; the route's retry schedule is saved with that cursor. An outcome that
+  cannot be written is kept in memory, and the route held until it is (never raises).
 - Reads are paged (`head(route, limit)`), so memory stays bounded however long an outage lasts.
-- A write that fails (disk full, unwritable) raises, after rolling back and reporting to the
-  file's `health` (agent/statefile.py: durability degraded, `/ready` 503). The callers keep what
-  they could not store and retry it (alerts/sink.py, alerts/delivery.py).
-- Opening decides what to do with a damaged, empty or unwritable file (agent/statefile.py).
+- A write of alert state or silences that fails (disk full, unwritable) raises, after rolling
+  back and reporting to the file's `health` (agent/statefile.py: durability degraded, `/ready`
+  503). The sink keeps what it could not store and retries it (alerts/sink.py).
+- Opening decides what to do with a damaged, empty or unwritable file (agent/statefile.py), and
+  migrates the schema of a file an older release wrote (`_STEPS`, PRAGMA user_version).
 
 Every call is a short synchronous statement (well under a millisecond on a local disk with
 `synchronous=NORMAL`), made from the event loop thread; there is no background thread to stop.
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.delivery.log import DurableLog, Layout, NewEntry, Row
+from agent.delivery.schema import migrate
 from agent.statefile import is_environmental, open_state_file
 from agent.statehealth import StateFileHealth
 from alerts.engine import AlertRecord, Silence
@@ -45,7 +51,25 @@ CREATE INDEX IF NOT EXISTS outbox_route ON outbox (route, seq);
 CREATE TABLE IF NOT EXISTS dead (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, route TEXT NOT NULL, payload TEXT NOT NULL,
     reason TEXT NOT NULL, attempts INTEGER NOT NULL, created_at REAL NOT NULL, died_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cursors (
+    route TEXT PRIMARY KEY, seq INTEGER NOT NULL, next_attempt_at REAL NOT NULL DEFAULT 0,
+    streak INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '');
 """
+
+# The notifications are the delivery engine's log (agent/delivery/log.py), addressed: each row is
+# for its route, and goes in the transaction that moves the route's cursor past it. The rows'
+# own attempts/next_attempt_at/last_error columns are those of version 1 (kept for it to read).
+NOTIFICATIONS = Layout(
+    entries="outbox",
+    time="created_at",
+    cursors="cursors",
+    key="route",
+    consumer="route",
+    errors=True,
+    extra=("id", "dedup_key", "next_attempt_at"),
+    dead="dead",
+    dead_extra=("id",),
+)
 
 
 def notification_to_json(n: Notification) -> str:
@@ -98,8 +122,29 @@ class OutboxItem:
         return self.notification.id
 
 
+def _v1(db: sqlite3.Connection) -> None:
+    """Version 1: the file has a version (the tables are those of the files written before it)."""
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    """Version 2: a route's retry schedule is its cursor's (`cursors`), no longer its head
+    notification's: moved there."""
+    db.execute(
+        "INSERT OR IGNORE INTO cursors (route, seq, next_attempt_at, streak, last_error)"
+        " SELECT route, 0, next_attempt_at, attempts, last_error FROM outbox AS o"
+        " WHERE attempts > 0 AND seq = (SELECT min(seq) FROM outbox WHERE route = o.route)"
+    )
+
+
+# Schema versions (PRAGMA user_version, agent/delivery/schema.py), one step each: a file written
+# by an older release is migrated in place when opened, and still opens in it (it then sees each
+# route's head with the attempts it had when it was migrated).
+_STEPS = (_v1, _v2)
+
+
 def _setup(db: sqlite3.Connection) -> None:
-    db.executescript(_SCHEMA)
+    """The schema, created or migrated (see `_STEPS`)."""
+    migrate(db, _SCHEMA, _STEPS)
 
 
 def store_health(path: Path | str) -> StateFileHealth:
@@ -140,6 +185,7 @@ class AlertStore:
             probe=probe,
             health=self.health,
         )
+        self.log = DurableLog(self._db, NOTIFICATIONS, self.health, strict=True, dead_limit=dead_limit)
 
     @contextlib.contextmanager
     def _writing(self, operation: str) -> Iterator[sqlite3.Connection]:
@@ -163,8 +209,10 @@ class AlertStore:
         return self._db
 
     def close(self) -> None:
-        """Checkpoint and close. Safe to call twice."""
+        """Checkpoint and close. Safe to call twice. Deliveries not recorded yet (a full disk) get
+        a last chance; if that fails too, a restart sends them again (at-least-once)."""
         if self._db is not None:
+            self.log.close()
             self._db.close()
             self._db = None
 
@@ -178,13 +226,13 @@ class AlertStore:
                 'INSERT OR REPLACE INTO alerts (rule, "check", data) VALUES (?, ?, ?)',
                 [(r.rule, r.check, json.dumps(r.to_json(), sort_keys=True)) for r in records],
             )
-            db.executemany(
-                "INSERT INTO outbox (id, route, dedup_key, payload, next_attempt_at, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+            self.log.insert(
                 [
-                    (n.id, n.route, n.dedup_key, notification_to_json(n), n.created_at, n.created_at)
+                    NewEntry(
+                        notification_to_json(n), n.created_at, n.route, (n.id, n.dedup_key, n.created_at)
+                    )
                     for n in notifications
-                ],
+                ]
             )
             db.execute("COMMIT")
 
@@ -231,64 +279,60 @@ class AlertStore:
         with self._writing("silences") as db:
             return db.execute("DELETE FROM silences WHERE ends_at <= ?", (now,)).rowcount
 
-    # -- the outbox -----------------------------------------------------------------------------
+    # -- the outbox: the delivery engine's log (agent/delivery/log.py) --------------------------
 
     def head(self, route: str, limit: int = 50) -> list[OutboxItem]:
-        """The oldest `limit` undelivered notifications of `route`, in the order they were made."""
-        rows = self.db.execute(
-            "SELECT seq, payload, attempts, next_attempt_at, last_error, created_at FROM outbox"
-            " WHERE route = ? ORDER BY seq LIMIT ?",
-            (route, limit),
-        ).fetchall()
-        return [OutboxItem(r[0], notification_from_json(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+        """The oldest `limit` undelivered notifications of `route`, in the order they were made;
+        the first carries the route's retry schedule (attempts, next attempt, last error)."""
+        rows = self.log.read(route, limit)
+        next_attempt_at, attempts = self.log.schedule(route)
+        error = self.log.last_error(route)
+        items = []
+        for i, row in enumerate(rows):
+            head = i == 0 and attempts > 0
+            items.append(
+                OutboxItem(
+                    row.seq,
+                    notification_from_json(row.payload),
+                    attempts if head else 0,
+                    next_attempt_at if head else row.at,
+                    error if head else "",
+                    row.at,
+                )
+            )
+        return items
+
+    def _row(self, notification_id: str) -> tuple[str, Row]:
+        route, seq, payload, at = self.db.execute(
+            "SELECT route, seq, payload, created_at FROM outbox WHERE id = ?", (notification_id,)
+        ).fetchone()
+        return str(route), Row(int(seq), str(payload), float(at))
 
     def delivered(self, notification_id: str) -> None:
-        with self._writing("deliveries") as db:
-            db.execute("DELETE FROM outbox WHERE id = ?", (notification_id,))
+        """Never raises for the disk (see agent/delivery/log.py)."""
+        route, row = self._row(notification_id)
+        self.log.ack(route, row.seq)
 
     def retry(self, notification_id: str, attempts: int, next_attempt_at: float, error: str) -> None:
-        with self._writing("deliveries") as db:
-            db.execute(
-                "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-                (attempts, next_attempt_at, error[:500], notification_id),
-            )
+        """The route's schedule, its head being `notification_id`. Never raises for the disk."""
+        route, _ = self._row(notification_id)
+        self.log.set_schedule(route, next_attempt_at, attempts, error)
 
     def reject(self, item: OutboxItem, reason: str, now: float) -> None:
-        """Move a permanently refused notification to `dead` (keeping the newest `dead_limit`)."""
-        with self._writing("deliveries") as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM outbox WHERE id = ?", (item.id,))
-            db.execute(
-                "INSERT INTO dead (id, route, payload, reason, attempts, created_at, died_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    item.id,
-                    item.notification.route,
-                    notification_to_json(item.notification),
-                    reason[:500],
-                    item.attempts + 1,
-                    item.created_at,
-                    now,
-                ),
-            )
-            db.execute(
-                "DELETE FROM dead WHERE seq <= (SELECT MAX(seq) FROM dead) - ?",
-                (self.dead_limit,),
-            )
-            db.execute("COMMIT")
+        """Move a permanently refused notification to `dead` (keeping the newest `dead_limit`).
+        Never raises for the disk."""
+        row = Row(item.seq, notification_to_json(item.notification), item.created_at)
+        self.log.reject(item.notification.route, row, reason, item.attempts + 1, now)
 
     def dead(self, limit: int = 100) -> list[tuple[Notification, str]]:
         """The newest dead letters with their reasons, newest first."""
-        rows = self.db.execute(
-            "SELECT payload, reason FROM dead ORDER BY seq DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [(notification_from_json(r[0]), r[1]) for r in rows]
+        return [(notification_from_json(p), reason) for p, reason in self.log.dead(limit)]
 
     def pending(self, route: str | None = None) -> int:
         if route is None:
-            return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-        return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE route = ?", (route,)).fetchone()[0])
+            return sum(self.log.depth(r) for r in self.log.consumers_waiting())
+        return self.log.depth(route)
 
     def routes(self) -> list[str]:
         """Routes that have undelivered notifications (a route removed from the config may too)."""
-        return [r[0] for r in self.db.execute("SELECT DISTINCT route FROM outbox ORDER BY route")]
+        return self.log.consumers_waiting()

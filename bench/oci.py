@@ -234,13 +234,13 @@ async def _steady(
 ) -> dict[str, Any]:
     """The steady state through the real OutboxSink, Outbox and Pump (see the module's doc)."""
     from agent.outbox import Outbox
-    from exporters.base import OutboxSink, Pump
+    from exporters.base import OutboxSink, exporter_pump
     from exporters.oci import build
 
     checks, interval = args.steady_checks, args.steady_interval
     outbox = Outbox(directory / "outbox-steady.db", 256 * 2**20, [cfg.name])
     exporter = build(cfg, context)
-    pump = Pump(exporter, outbox)
+    pump = exporter_pump(exporter, outbox)
     sink = OutboxSink(outbox, [pump])
     before = fake.stats()
     loop = asyncio.get_running_loop()
@@ -327,7 +327,7 @@ def _shape(exporter: Any, cpu: float, wall: float, r0: int, d0: int) -> dict[str
 async def _measure(args: argparse.Namespace, directory: Path, fake: FakeProcess) -> dict[str, Any]:
     from agent.model import CheckResult
     from agent.outbox import Outbox, Record
-    from exporters.base import ExportContext, Pump
+    from exporters.base import ExportContext, exporter_pump
     from exporters.oci import Config, build
 
     setup = json.loads((directory / "setup.json").read_text())
@@ -408,7 +408,7 @@ async def _measure(args: argparse.Namespace, directory: Path, fake: FakeProcess)
         for k in range(intervals):
             outbox.append(_results(checks, [start + k * args.interval])[0])
         exporter = build(cfg, context)
-        pump = Pump(exporter, outbox)
+        pump = exporter_pump(exporter, outbox)
         rss0 = proc.memory_info().rss
         if traced:
             tracemalloc.start()

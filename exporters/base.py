@@ -1,38 +1,37 @@
 """Push exporters (OCI Monitoring, MQTT, OpenTelemetry) and the machinery they share.
 
     results ─► FanOut ─► OutboxSink ─► Outbox (sqlite, a cursor per exporter)
-                                          │ read(name, batch)         ▲ ack(seq)
+                                          │ read(name, batch)         ▲ settle: ack(seq), drops
                                           ▼                           │
-                                     Pump (one task per exporter) ─► exporter.push(records)
+                         agent/delivery Pump (one task per exporter) ─► exporter.push(records)
 
 An exporter never sees the fan-out: it is handed records (sequence number + result) from the
-durable outbox, oldest first, and answers with a `PushResult` saying how many of them, from the
-front, are done with (sent, or given up on and counted). The pump acks those and retries the rest
-with exponential backoff and jitter (or the service's Retry-After), so an exporter whose service is
-down costs disk (capped, see agent/outbox.py) and no memory, and resumes after a restart where it
-stopped, with the results' original timestamps — and with its retry schedule: the earliest next
-attempt and the backoff streak are saved with the cursor, so a Retry-After given before a restart
-(kill -9 included) is waited out after it.
+durable outbox, oldest first, and answers with a `PushResult` (agent/delivery/outcome.py) saying
+how many of them, from the front, are settled (delivered, or rejected and counted). The pump —
+the one delivery loop of exporters and notifier routes (agent/delivery/pump.py) — acks those
+and retries the rest with exponential backoff and jitter (or the service's Retry-After), so an
+exporter whose service is down costs disk (capped, see agent/outbox.py) and no memory, and
+resumes after a restart where it stopped, with the results' original timestamps — and with its
+retry schedule: the earliest next attempt and the backoff streak are saved with the cursor, so a
+Retry-After given before a restart (kill -9 included) is waited out after it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from agent.catalog import AGENT_METRICS
-from agent.logs import FailureLog
+from agent.delivery.outcome import PushResult
+from agent.delivery.pump import Pump
 from agent.metrics import CounterFamily, GaugeFamily, MetricFamily
 from agent.model import CheckResult
 from agent.outbox import Outbox, Record
-from agent.retry import RETRY_AFTER_CAP, backoff
 from agent.statehealth import LOSS_REASONS
 from agent.types import Model
 
@@ -62,23 +61,11 @@ class ExportContext:
         return self.labels.get("site", "default")
 
 
-@dataclass
-class PushResult:
-    """`handled`: how many records, from the front of the batch, are done with (sent or dropped);
-    the rest are offered again. `retry_after`: the service asked to wait (429/503). `error`: why
-    the push (or the rest of it) failed, one line without secrets. `dropped`: records given up on,
-    by reason (included in `handled`), e.g. {"expired": 3}."""
-
-    handled: int
-    error: str = ""
-    retry_after: float | None = None
-    dropped: dict[str, int] = field(default_factory=dict)
-
-
 class PushExporter(Protocol):
-    """Optionally also `linger` (seconds) and `fills(records) -> bool` (would a push of these be
-    full?): the pump then holds back a push that would not be full, up to `linger`, so that more
-    results join it (OCI Monitoring: each push is a request, and requests per tenancy are few)."""
+    """A consumer of the outbox (agent/delivery/pump.py, `Consumer`). Optionally also `linger`
+    (seconds) and `fills(records) -> bool` (would a push of these be full?): the pump then holds
+    back a push that would not be full, up to `linger`, so that more results join it (OCI
+    Monitoring: each push is a request, and requests per tenancy are few)."""
 
     name: str
     batch: int
@@ -93,178 +80,9 @@ class PushExporter(Protocol):
         """Release everything. Safe to call twice."""
 
 
-class Pump:
-    """Moves one exporter's share of the outbox to it, forever, in order."""
-
-    def __init__(
-        self,
-        exporter: PushExporter,
-        outbox: Outbox,
-        clock: Callable[[], float] = time.monotonic,
-        rand: Callable[[], float] = random.random,
-        wall: Callable[[], float] = time.time,
-    ) -> None:
-        self.exporter = exporter
-        self.outbox = outbox
-        self.clock = clock
-        self.rand = rand
-        self.wall = wall  # the retry schedule is saved in unix time: it must survive a restart
-        self.failures = 0  # pushes that failed (not handled in full), ever
-        self.sent = 0  # results handled and not dropped
-        # Failed pushes in a row, and the earliest next attempt (unix time; 0: now): saved in the
-        # outbox with the cursor, so a restart (kill -9 included) keeps the backoff and waits out
-        # a Retry-After given before it. Capped as a Retry-After is, against a clock set back.
-        not_before, self.streak = outbox.schedule(exporter.name)
-        self.not_before = min(not_before, wall() + RETRY_AFTER_CAP)
-        self.last_error = ""
-        self._failures = FailureLog(log)  # "outbox failed": first, then once a minute
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._held: tuple[int, float] | None = None  # (head seq, since when) of records held back
-
-    @property
-    def name(self) -> str:
-        return self.exporter.name
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _hold(self, records: Sequence[Record]) -> float:
-        """Seconds left to hold `records` back for more to join them (<= 0: push now), counted
-        from when the pump first held back this head record (see `PushExporter`)."""
-        linger = float(getattr(self.exporter, "linger", 0.0))
-        fills = getattr(self.exporter, "fills", None)
-        if linger <= 0 or fills is None or fills(records):
-            self._held = None
-            return 0.0
-        now = self.clock()
-        if self._held is None or self._held[0] != records[0].seq:
-            self._held = (records[0].seq, now)
-        return self._held[1] + linger - now
-
-    async def step(self, hold: bool = False) -> float | None:
-        """One push. Returns seconds to wait before the next (0: go on; None: nothing to send).
-        `hold` (the running pump; never drain()): first wait for the exporter's linger."""
-        records = self.outbox.read(self.name, self.exporter.batch)
-        while hold and records and (wait := self._hold(records)) > 0:
-            self._wake.clear()  # no await since the read: a result appended since wakes us
-            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel (stop()) that
-            # comes with the wake-up, and the pump would then never stop.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
-            records = self.outbox.read(self.name, self.exporter.batch)
-        if not records:
-            return None
-        try:
-            result = await self.exporter.push(records)
-        except Exception as exc:  # the protocol says never raise: a bug must not stop the pump
-            log.error("exporter %s raised %s: %s", self.name, type(exc).__name__, exc)
-            result = PushResult(0, f"exporter raised {type(exc).__name__}")
-        handled = max(0, min(result.handled, len(records)))
-        if handled:
-            self.outbox.ack(self.name, records[handled - 1].seq)
-        for reason, n in result.dropped.items():
-            self.outbox.count_dropped(self.name, reason, n)
-        self.sent += handled - sum(result.dropped.values())
-        if handled and not result.error:
-            # All taken, or a prefix (e.g. a request's stream limit): the service is up, go on.
-            if self.streak:
-                log.info("exporter %s: delivering again after %d failed attempts", self.name, self.streak)
-            self.streak = 0
-            self.not_before = 0.0
-            self.outbox.set_schedule(self.name, 0.0, 0)  # no write unless it changed
-            return 0.0
-        self.failures += 1
-        self.streak += 1
-        self.last_error = result.error
-        if result.retry_after is not None:
-            delay = min(max(result.retry_after, 0.0), RETRY_AFTER_CAP)
-        else:
-            delay = backoff(self.streak, self.rand)
-        self.not_before = self.wall() + delay
-        self.outbox.set_schedule(self.name, self.not_before, self.streak)
-        if self.streak == 1 or self.streak % 10 == 0:  # an outage must not flood the log
-            log.warning(
-                "exporter %s: push failed (%s); %d results waiting, retrying in %.1fs",
-                self.name,
-                result.error or "no reason given",
-                self.outbox.depth(self.name),
-                delay,
-            )
-        return delay
-
-    async def run(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.exporter.start()
-        wait = self.not_before - self.wall()
-        if wait > 0:  # asked before a restart: a Retry-After or backoff still running
-            log.info("exporter %s: next attempt in %.1fs, as scheduled before the restart", self.name, wait)
-            await self._retry_wait(wait)
-        while True:
-            self._wake.clear()
-            try:
-                delay = await self.step(hold=True)
-            except Exception as exc:  # e.g. a damaged page: keep the task alive
-                self._log_failure(f"{type(exc).__name__}: {exc}")
-                delay = 5.0
-            else:
-                self._failures.ok()
-            if delay == 0.0:
-                await asyncio.sleep(0)
-                continue
-            if delay is None:
-                await self._wake.wait()
-            else:
-                await self._retry_wait(delay)
-
-    def _log_failure(self, error: str) -> None:
-        self._failures.failed(error, "exporter %s: outbox failed: %s (retrying every 5s)", self.name, error)
-
-    async def _retry_wait(self, delay: float) -> None:
-        """Wait `delay` before retrying. New results do not cut it short; an exporter that knows
-        its service is back (`reconnected`, an asyncio.Event it sets on each connect: MQTT) does,
-        so a backlog is not held for minutes of backoff after an outage ends."""
-        event = getattr(self.exporter, "reconnected", None)
-        if not isinstance(event, asyncio.Event):
-            await asyncio.sleep(delay)
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):  # not wait_for: on 3.11 it can swallow a stop()
-                await event.wait()
-        if event.is_set():
-            self.not_before = 0.0  # the service is back: the schedule no longer applies
-        event.clear()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name=f"export:{self.name}")
-
-    async def drain(self, timeout: float) -> bool:
-        """Push until nothing is waiting (True) or a push fails or `timeout` passes (False).
-        Inside a Retry-After or backoff wait it does not push at all (False unless nothing waits)."""
-        if self.not_before > self.wall():
-            return self.outbox.depth(self.name) == 0
-        deadline = self.clock() + timeout
-        while self.clock() < deadline:
-            if self.outbox.depth(self.name) == 0:
-                return True
-            try:
-                async with asyncio.timeout(max(0.0, deadline - self.clock())):
-                    delay = await self.step()
-            except TimeoutError:
-                return False
-            if delay is None:
-                return True
-            if delay > 0:
-                return False
-        return False
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+def exporter_pump(exporter: PushExporter, outbox: Outbox) -> Pump[Record]:
+    """The one delivery loop (agent/delivery/pump.py) for an exporter: 5 min backoff cap."""
+    return Pump(exporter, outbox, logger=log)
 
 
 class OutboxSink:
@@ -272,7 +90,7 @@ class OutboxSink:
 
     name = "outbox"
 
-    def __init__(self, outbox: Outbox, pumps: Sequence[Pump]) -> None:
+    def __init__(self, outbox: Outbox, pumps: Sequence[Pump[Record]]) -> None:
         self.outbox = outbox
         self.pumps = list(pumps)
         self._closed = False
@@ -292,7 +110,7 @@ class OutboxSink:
         await asyncio.gather(*(pump.drain(3.0) for pump in self.pumps), return_exceptions=True)
         for pump in self.pumps:
             try:
-                await pump.exporter.aclose()
+                await pump.consumer.aclose()
             except Exception as exc:
                 log.error("exporter %s failed to close: %s: %s", pump.name, type(exc).__name__, exc)
         self.outbox.close()
@@ -301,7 +119,7 @@ class OutboxSink:
 class ExportCollector:
     """mamori_outbox_* and mamori_export_*, read from the outbox and the pumps at scrape time."""
 
-    def __init__(self, outbox: Outbox, pumps: Sequence[Pump]) -> None:
+    def __init__(self, outbox: Outbox, pumps: Sequence[Pump[Record]]) -> None:
         self._outbox = outbox
         self._pumps = list(pumps)
 
@@ -330,7 +148,7 @@ class ExportCollector:
             dropped.add_metric([sink, reason], float(n))
         skipped = counter("mamori_export_samples_skipped_total", ["sink", "reason"])
         for pump in self._pumps:
-            skips: dict[str, int] = {"non_finite": 0, **getattr(pump.exporter, "skipped", {})}
+            skips: dict[str, int] = {"non_finite": 0, **getattr(pump.consumer, "skipped", {})}
             for reason, n in sorted(skips.items()):
                 skipped.add_metric([pump.name, reason], float(n))
         size = gauge("mamori_outbox_bytes", [])

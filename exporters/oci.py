@@ -57,11 +57,12 @@ from pydantic import (
     model_validator,
 )
 
+from agent.backoff import retry_after_header
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
+from agent.delivery.outcome import PushResult
 from agent.errors import StartupError
-from agent.retry import retry_after_header
 from agent.types import Duration, parse_duration, secret_value
-from exporters.base import ExportContext, ExporterBase, PushResult
+from exporters.base import ExportContext, ExporterBase
 from exporters.config import ExtraMissing
 from exporters.oci_client import NoRegion, import_sdk, monitoring_client, signer_for
 from exporters.samples import flatten, unit

@@ -44,14 +44,15 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from agent import __version__
+from agent.backoff import parse_retry_after
 from agent.catalog import CHECK_METRICS
+from agent.delivery.outcome import PushResult
 from agent.headers import name_problem, value_problem
 from agent.model import CheckResult, Status
 from agent.outbox import Record
-from agent.retry import parse_retry_after
 from agent.secrets import read_secret_file, secrets_of
 from agent.types import Duration
-from exporters.base import ExportContext, ExporterBase, PushResult
+from exporters.base import ExportContext, ExporterBase
 from exporters.config import ExtraMissing
 from exporters.samples import flatten, unit
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.retry import parse_retry_after
+from agent.backoff import parse_retry_after
 from agent.secrets import Secrets
 from alerts.model import Delivery, Outcome
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.retry import backoff
+from agent.backoff import backoff
 from alerts.delivery import Deliverer
 from alerts.model import Delivery, Event, Notification, Outcome, Severity
 from alerts.store import AlertStore

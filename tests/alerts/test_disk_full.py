@@ -197,7 +197,7 @@ async def test_a_delivery_that_cannot_be_recorded_is_not_sent_again(
 ) -> None:
     """The trigger is stored and sent, then the disk fills before the row can be deleted: it must
     not be resent every 5 s, and its resolve waits until the trigger's delivery is recorded."""
-    monkeypatch.setattr("alerts.delivery.UNSAVED_RETRY", 0.1)  # try to record it 10 times a second
+    monkeypatch.setattr("agent.delivery.log.UNSAVED_RETRY", 0.1)  # try to record it 10 times a second
     path = small_fs.path / "alerts.db"
     async with services() as svc:
         svc.pd.hang()  # hold the trigger's request while the disk fills

@@ -3,6 +3,7 @@ loses no resolve."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from alerts.sink import AlertSink
 from alerts.store import AlertStore
 from lab.wait import wait_until
 from tests.alerts.test_delivery import Clock, RecordingNotifier
+from tests.conftest import SmallFs
 
 T0 = 1_700_000_000.0
 
@@ -147,3 +149,108 @@ async def test_sink_silence_api_applies_at_once(tmp_path: Path) -> None:
     await sink.consume(result(Status.CRITICAL))
     await wait_until("len(pager.delivered) == 1", lambda: len(pager.delivered) == 1)
     await sink.aclose()
+
+
+# alerts.db as the release before schema versions wrote it (PRAGMA user_version 0).
+_UNVERSIONED = """
+CREATE TABLE alerts (
+    rule TEXT NOT NULL, "check" TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (rule, "check"));
+CREATE TABLE silences (
+    id TEXT PRIMARY KEY, matchers TEXT NOT NULL, starts_at REAL NOT NULL, ends_at REAL NOT NULL,
+    comment TEXT NOT NULL, created_by TEXT NOT NULL);
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, route TEXT NOT NULL,
+    dedup_key TEXT NOT NULL, payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL, last_error TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL);
+CREATE INDEX outbox_route ON outbox (route, seq);
+CREATE TABLE dead (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, route TEXT NOT NULL, payload TEXT NOT NULL,
+    reason TEXT NOT NULL, attempts INTEGER NOT NULL, created_at REAL NOT NULL, died_at REAL NOT NULL);
+"""
+
+
+async def test_a_state_file_written_before_schema_versions_opens_migrated_and_delivers_in_order(
+    tmp_path: Path,
+) -> None:
+    """An alerts.db of the previous release: its undelivered notifications (with their retry
+    schedule, moved to the route's cursor), dead letters and alert states are kept; the file gets
+    version 2; the head's Retry-After is waited out and the route then delivers in order."""
+    from alerts.delivery import Deliverer
+    from alerts.store import notification_to_json
+    from tests.alerts.test_delivery import Clock as FakeClock
+
+    path = tmp_path / "alerts.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_UNVERSIONED)
+    record = AlertRecord("down", "web", "https://web", AlertState.FIRING, told=True, incident="k:1")
+    db.execute("INSERT INTO alerts VALUES (?, ?, ?)", ("down", "web", json.dumps(record.to_json())))
+    for n, attempts, due, error in ((note(1), 3, T0 + 30, "HTTP 429"), (note(2, Event.RESOLVE), 0, T0, "")):
+        db.execute(
+            "INSERT INTO outbox (id, route, dedup_key, payload, attempts, next_attempt_at, last_error,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (n.id, n.route, n.dedup_key, notification_to_json(n), attempts, due, error, T0),
+        )
+    db.execute(
+        "INSERT INTO dead (id, route, payload, reason, attempts, created_at, died_at)"
+        " VALUES ('n0', 'pager', ?, 'HTTP 400', 1, ?, ?)",
+        (notification_to_json(note(0)), T0, T0),
+    )
+    db.close()
+
+    store = AlertStore(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store.load_states() == [record]
+    assert [(i.id, i.attempts, i.next_attempt_at, i.last_error) for i in store.head("pager")] == [
+        ("n1", 3, T0 + 30, "HTTP 429"),
+        ("n2", 0, T0, ""),
+    ]
+    assert [(n.id, reason) for n, reason in store.dead()] == [("n0", "HTTP 400")]
+
+    clock = FakeClock(T0)
+    pager = RecordingNotifier("pager", clock)
+    d = Deliverer("pager", pager, store, clock)
+    assert await d.step() == T0 + 30  # the Retry-After given before the upgrade
+    assert pager.attempts == []
+    clock.t = T0 + 30
+    assert await d.step() is None
+    assert [n.id for n in pager.delivered] == ["n1", "n2"]
+    store.close()
+    store = AlertStore(path)  # and opens again as version 2
+    assert store.pending() == 0 and store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    store.close()
+
+
+async def test_a_rejection_that_cannot_be_recorded_holds_the_route_and_is_recorded_once_there_is_space(
+    small_fs: SmallFs,
+) -> None:
+    """The notification log on a full disk: a REJECTED head cannot be dead-lettered yet, so it is
+    neither sent again nor overtaken; once there is space its dead letter is written and the
+    route goes on."""
+    from agent.delivery.log import UNSAVED_RETRY
+    from alerts.delivery import Deliverer
+    from tests.alerts.test_delivery import Clock as FakeClock
+
+    store = AlertStore(small_fs.path / "alerts.db")
+    store.commit([], [note(1), note(2, Event.RESOLVE)])
+    clock = FakeClock(T0)
+
+    def script(n: Notification, now: float) -> Delivery:
+        return Delivery(Outcome.REJECTED, "HTTP 400") if n.id == "n1" else Delivery(Outcome.DELIVERED)
+
+    pager = RecordingNotifier("pager", clock, script)
+    d = Deliverer("pager", pager, store, clock)
+    small_fs.fill()
+    try:
+        assert await d.step() == T0 + UNSAVED_RETRY
+        assert await d.step() == T0 + UNSAVED_RETRY  # still full: held, nothing sent
+        assert [nid for _, nid, _ in pager.attempts] == ["n1"] and store.dead() == []
+    finally:
+        small_fs.free()
+    assert await d.step() is None
+    assert [nid for _, nid, _ in pager.attempts] == ["n1", "n2"]
+    assert [(n.id, reason) for n, reason in store.dead()] == [("n1", "HTTP 400")]
+    store.close()
+    store = AlertStore(small_fs.path / "alerts.db")
+    assert store.pending() == 0 and [n.id for n, _ in store.dead()] == ["n1"]
+    store.close()

@@ -22,12 +22,13 @@ import pytest
 import pytest_asyncio
 
 from agent import config
+from agent.delivery.pump import Pump
 from agent.errors import ConfigError, StartupError
 from agent.model import CheckResult, Reason, Sample, Status
-from agent.outbox import Outbox
+from agent.outbox import Outbox, Record
 from agent.runtime import Agent
 from exporters import mqtt
-from exporters.base import ExportContext, Pump
+from exporters.base import ExportContext
 from lab.certs import Certs, make_certs
 from lab.mosquitto import Mosquitto
 from lab.ports import free_port
@@ -107,7 +108,7 @@ def exporter_config(port: int, **extra: Any) -> mqtt.Config:
 class Pumped:
     exporter: mqtt.MqttExporter
     outbox: Outbox
-    pump: Pump
+    pump: Pump[Record]
 
     def send(self, results: Iterable[CheckResult]) -> None:
         """What the agent's OutboxSink does with each result."""

@@ -24,10 +24,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import config
+from agent.delivery.outcome import PushResult
+from agent.delivery.pump import Pump
 from agent.errors import StartupError
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.outbox import Outbox, Record
-from exporters.base import ExportContext, OutboxSink, Pump, PushResult
+from exporters.base import ExportContext, OutboxSink
 from exporters.config import ExtraMissing, validate_exporter
 from exporters.oci import AGE_MARGIN, MAX_AGE, Config, OciExporter, build, fix_value
 from exporters.samples import flatten
@@ -127,7 +129,7 @@ def records(*results: CheckResult) -> list[Record]:
     return [Record(i + 1, r) for i, r in enumerate(results)]
 
 
-async def drain(pump: Pump, clock: Clock, limit: int = 1000) -> list[float]:
+async def drain(pump: Pump[Record], clock: Clock, limit: int = 1000) -> list[float]:
     """Step the pump until nothing waits, moving the fake clock over every wait. The delays."""
     delays: list[float] = []
     for _ in range(limit):

@@ -22,13 +22,14 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from agent import __version__, config
+from agent.delivery.pump import Pump
 from agent.errors import ConfigError
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.outbox import Outbox, Record
 from agent.runner import execute
 from agent.runtime import Agent
 from checks.http import HttpCheck
-from exporters.base import ExportContext, Pump
+from exporters.base import ExportContext
 from exporters.config import ExtraMissing
 from exporters.otel import Config, OtelExporter, build, resource_attributes, span_ids, unix_nano
 from exporters.samples import flatten

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from agent import config
+from agent.backoff import backoff
+from agent.delivery.outcome import PushResult
+from agent.delivery.pump import Pump
 from agent.errors import ConfigError, StartupError
 from agent.model import CheckResult, Reason, Sample, Status, result_from_json
 from agent.outbox import Outbox, Record, encode
-from agent.retry import backoff
-from exporters.base import ExportCollector, OutboxSink, Pump, PushResult
+from exporters.base import ExportCollector, OutboxSink
 
 T0 = 1_700_000_000.0
 
@@ -77,7 +79,7 @@ class Clock:
         return self.t
 
 
-async def drain(pump: Pump, clock: Clock, limit: int = 10_000) -> list[float]:
+async def drain(pump: Pump[Record], clock: Clock, limit: int = 10_000) -> list[float]:
     """Run the pump on the fake clock until nothing is left; returns the waits it asked for."""
     waits: list[float] = []
     for _ in range(limit):

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox, encode
-from exporters.base import ExportCollector, Pump, PushResult
+from agent.delivery.outcome import PushResult
+from agent.delivery.pump import Pump
+from agent.outbox import Outbox, Record, encode
+from exporters.base import ExportCollector
 from tests.conftest import SmallFs
 from tests.exporters.test_outbox import Clock, Recorder, drain, result
 
 
-def families(box: Outbox, pumps: list[Pump]) -> dict[str, dict[tuple[str, ...], float]]:
+def families(box: Outbox, pumps: list[Pump[Record]]) -> dict[str, dict[tuple[str, ...], float]]:
     out: dict[str, dict[tuple[str, ...], float]] = {}
     for family in ExportCollector(box, pumps).collect():
         for s in family.samples:
@@ -212,3 +214,42 @@ def test_a_failure_after_a_success_is_logged_at_once(
         failures.ok()  # it worked in between: the next failure is news
         failures.failed("disk full", "x %s", "3")
     assert [r.getMessage() for r in caplog.records] == ["x 1", "x 3"]
+
+
+def test_an_outbox_written_by_the_previous_release_keeps_its_unsent_results_and_schedule(
+    tmp_path: Path,
+) -> None:
+    """A version 1 outbox (as the release before the one delivery engine wrote it): each sink's
+    unsent results, with their original timestamps, and its retry schedule are kept."""
+    path = tmp_path / "outbox.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(
+        """
+        CREATE TABLE results (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL, size INTEGER NOT NULL,
+            payload TEXT NOT NULL);
+        CREATE TABLE cursors (
+            sink TEXT PRIMARY KEY, seq INTEGER NOT NULL, next_attempt_at REAL NOT NULL DEFAULT 0,
+            streak INTEGER NOT NULL DEFAULT 0);
+        PRAGMA user_version = 1;
+        """
+    )
+    for i in range(4):
+        payload = encode(result(i))
+        db.execute(
+            "INSERT INTO results (started_at, size, payload) VALUES (?, ?, ?)",
+            (result(i).started_at, len(payload), payload),
+        )
+    db.execute("INSERT INTO cursors VALUES ('a', 1, 0, 0), ('b', 3, 1234.5, 7)")
+    db.close()
+
+    box = Outbox(path, 10**6, ["a", "b"])
+    assert [r.result for r in box.read("a", 10)] == [result(1), result(2), result(3)]
+    assert [r.result for r in box.read("b", 10)] == [result(3)]
+    assert (box.schedule("a"), box.schedule("b")) == ((0.0, 0), (1234.5, 7))
+    assert box.depth("a") == 3 and box.bytes > 0
+    box.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    db.close()

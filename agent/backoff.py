@@ -1,4 +1,4 @@
-"""The one retry schedule of everything that sends (the agent's notifier, the push exporters,
+"""The one backoff of everything that sends (the agent's notifier, the push exporters,
 `agentctl oci-alarms`): exponential backoff with jitter, and the reading of a service's
 `Retry-After` (with a cap on how long it is honoured)."""
 

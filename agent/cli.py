@@ -281,7 +281,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_oci_alarms(args: argparse.Namespace) -> int:
-    from agent import ocialarms
+    from exporters.oci_alarms import model as ocialarms
 
     try:
         return ocialarms.command(args, sys.stdout)

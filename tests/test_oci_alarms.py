@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import ocialarms
+from exporters.oci_alarms import model as ocialarms
 from agent.cli import main
 from agent.errors import ConfigError
 from agent.model import Reason
-from agent.ocialarms import AlarmsApi, ApiError, Connection, Reconciler, make_client
+from exporters.oci_alarms.model import AlarmsApi, ApiError, Connection, Reconciler, make_client
 from tests.fakes.oci_alarms import BASE, FakeOciAlarms, fake_oci_alarms, mql_problem
 from tests.fakes.oci_monitoring import ApiKey, ocid
 

@@ -6,7 +6,7 @@ invalid config or a start-up failure, 2 on bad arguments. `alerts`, `silence add
 `notify-test` (agent/alertctl.py) exit 1 on a user error (one line on stderr) and `notify-test`
 also when the notification was not delivered; 2 on bad arguments. `demo` (agent/demo.py) exits 0
 when stopped by Ctrl-C / SIGTERM, 1 when the lab cannot start or no demo runs for `demo fault`,
-3 on an unknown fault or bad arguments. `oci-alarms` (agent/ocialarms.py) exits 1 on a bad alarms
+3 on an unknown fault or bad arguments. `oci-alarms` (exporters/oci_alarms/) exits 1 on a bad alarms
 file, credentials or a service error (one line each), 3 on bad arguments.
 
 Each command imports only what it needs: `agentctl check URL` must start fast (see bench/), so
@@ -277,20 +277,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
 
-# --- oci-alarms (agent/ocialarms.py) ---------------------------------------------------------
+# --- oci-alarms (exporters/oci_alarms/) -------------------------------------------------------
 
 
 def cmd_oci_alarms(args: argparse.Namespace) -> int:
-    from exporters.oci_alarms import model as ocialarms
+    from exporters.oci_alarms.cli import AlarmsUsageError, command
+    from exporters.oci_alarms.client import AlarmsError
 
     try:
-        return ocialarms.command(args, sys.stdout)
-    except ocialarms.UsageError as exc:
+        return command(args, sys.stdout)
+    except AlarmsUsageError as exc:
         raise UsageError(str(exc)) from None
     except ConfigError as exc:
         _print_config_error(exc)
         return 1
-    except ocialarms.AlarmsError as exc:
+    except AlarmsError as exc:
         for line in str(exc).splitlines():
             print(f"agentctl: {line}", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ REGISTRY: dict[str, str] = {
     "host": "checks.host:HostCheck",
     "lb": "checks.lb:LbCheck",
     "docker": "checks.docker:DockerCheck",
-    "postgres": "checks.postgres:PostgresCheck",
+    "postgres": "checks.postgres.check:PostgresCheck",
     "pg_backup": "checks.pg_backup:PgBackupCheck",
 }
 

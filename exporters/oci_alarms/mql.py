@@ -193,7 +193,7 @@ def _known_values() -> dict[tuple[str, str], tuple[str, ...]]:
     """(metric, dimension) -> every value the agent ever sends, for the closed label sets."""
     from agent.model import Reason
     from checks import REGISTRY
-    from checks.pg_cluster import READY_REASONS, RECOMMENDED_REASONS
+    from checks.postgres.cluster import READY_REASONS, RECOMMENDED_REASONS
     from exporters.fleet import CHECK_TYPE
 
     lb_roles = ("lb", "address", "backend")  # checks/lb.py: _Target.role

@@ -35,7 +35,8 @@ from agent.runner import execute
 from agent.scheduler import Scheduler
 from agent.telemetry import AgentMetrics
 from checks.base import Outcome
-from checks.pg_cluster import (
+from checks.postgres.check import PostgresCheck, PostgresConfig, failure
+from checks.postgres.cluster import (
     PRECEDENCE,
     READY_REASONS,
     RECOMMENDED_REASONS,
@@ -52,7 +53,6 @@ from checks.pg_cluster import (
     _archive_issues,
     judge,
 )
-from checks.postgres import PostgresCheck, PostgresConfig, failure
 from tests.agent.fakes import SleepCheck, SleepConfig
 from tests.pg import fixture_pg_cluster, fixture_pg_pair, one, query  # noqa: F401  (fixtures)
 

@@ -26,7 +26,7 @@ import yaml
 from agent.lab.postgres import PgLab
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
-from checks.postgres import PostgresCheck
+from checks.postgres.check import PostgresCheck
 from exporters.prometheus import render_result
 from tests.checks.test_postgres import (
     archive_a_segment,

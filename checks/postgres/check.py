@@ -46,7 +46,7 @@ from agent.model import Reason, Sample
 from agent.text import seconds
 from agent.types import ByteSize, Duration, Model, Port, secret_value
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
-from checks.pg_cluster import (
+from checks.postgres.cluster import (
     READY_REASONS,
     RECOMMENDED_REASONS,
     WRAPAROUND_LIMIT,
@@ -60,7 +60,7 @@ from checks.pg_cluster import (
     judge,
     size,
 )
-from checks.pg_queries import PROBE, PROBE_WITHOUT_ARCHIVE_DIR, Probe, heartbeat_read, heartbeat_write
+from checks.postgres.queries import PROBE, PROBE_WITHOUT_ARCHIVE_DIR, Probe, heartbeat_read, heartbeat_write
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[dict[str, Any]]

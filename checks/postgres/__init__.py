@@ -1,0 +1,1 @@
+"""The `postgres` check type: nodes, replication, heartbeat and the cluster verdict."""

@@ -64,7 +64,7 @@ def _adhoc_check(target: str, timeout: float | None) -> Check[Any]:
     scheme = target.partition("://")[0].lower()
     try:
         if scheme in ("http", "https"):
-            from checks.http import HttpCheck
+            from checks.http.check import HttpCheck
 
             return HttpCheck.from_url(target, **overrides)
         if scheme in ("tcp", "tls"):

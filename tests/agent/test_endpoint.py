@@ -386,7 +386,7 @@ def test_an_agent_without_state_files_does_not_load_sqlite() -> None:
     """The default config has no outbox and no alerting: sqlite3 (about 1 MB of the 50 MB RSS
     budget, issue 12) is loaded only by the modules that open a state file."""
     code = (
-        "import sys, agent.cli, agent.runtime, checks.host, checks.http, exporters.prometheus;"
+        "import sys, agent.cli, agent.runtime, checks.host.check, checks.http.check, exporters.prometheus;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlite3', '_sqlite3')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)

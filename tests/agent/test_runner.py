@@ -12,7 +12,7 @@ from typing import Any, Literal
 from agent.model import CheckResult, Reason, Status
 from agent.runner import TIMEOUT_GRACE, execute
 from checks.base import Check, CheckConfig, Outcome
-from checks.http import HttpCheck
+from checks.http.check import HttpCheck
 from checks.tcp import TcpCheck
 from tests.servers import Request, StreamHandler, hard_reset, json_ok, serve_http, serve_tcp
 

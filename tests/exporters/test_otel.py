@@ -27,7 +27,7 @@ from agent.model import CheckResult, Reason, Sample, Status
 from agent.outbox import Outbox, Record
 from agent.runner import execute
 from agent.runtime import Agent
-from checks.http import HttpCheck
+from checks.http.check import HttpCheck
 from exporters.base import ExportContext, Pump
 from exporters.config import ExtraMissing
 from exporters.otel import Config, OtelExporter, build, resource_attributes, span_ids, unix_nano

@@ -44,7 +44,7 @@ from agent.headers import check_headers, token_problem
 from agent.model import Reason, Sample, Status
 from agent.types import ByteSize, Duration, Model, check_host, secret_value
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
-from checks.http_wire import HttpWire
+from checks.http.wire import HttpWire
 from checks.net import (
     Failure,
     IpProtocol,

@@ -326,7 +326,7 @@ def _alert_targets(
     from alerts.config import validate_targets
 
     fleet = any(getattr(getattr(e, "fleet", None), "enabled", False) for e in exporters)
-    # A postgres check's cluster is its `cluster`, else its name (checks/postgres.py).
+    # A postgres check's cluster is its `cluster`, else its name (checks/postgres/config.py).
     clusters = [getattr(c, "cluster", None) or c.name for c in checks if c.type == "postgres"]
     check_tags = {c.name: c.tags for c in checks}
     for path, message, warning in validate_targets(alerts, check_tags, clusters if fleet else None):

@@ -20,7 +20,8 @@ from agent.lab.postgres import PgLab
 from agent.model import Status
 from agent.runner import execute
 from bench.common import write_result
-from checks.postgres.check import PostgresCheck, PostgresConfig
+from checks.postgres.check import PostgresCheck
+from checks.postgres.config import PostgresConfig
 from tests.pg import one
 
 COMMITS = "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'"

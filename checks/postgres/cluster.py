@@ -2,7 +2,7 @@
 the RPO exposure and the failover readiness.
 
 Pure: no I/O and no clock. Everything it needs arrives in `NodeState`s (one per configured node,
-built by `checks/pg_queries.py`) and a `Policy` (the thresholds); what it remembers between runs
+built by `checks/postgres/queries.py`) and a `Policy` (the thresholds); what it remembers between runs
 (the role each node had, the primary's timeline) arrives in `Memory`. So every rule is
 unit-tested with hand-built states (tests/checks/test_postgres.py).
 

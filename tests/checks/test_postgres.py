@@ -35,7 +35,7 @@ from agent.runner import execute
 from agent.scheduler import Scheduler
 from agent.telemetry import AgentMetrics
 from checks.base import Outcome
-from checks.postgres.check import PostgresCheck, PostgresConfig, failure
+from checks.postgres.check import PostgresCheck
 from checks.postgres.cluster import (
     PRECEDENCE,
     READY_REASONS,
@@ -53,6 +53,8 @@ from checks.postgres.cluster import (
     _archive_issues,
     judge,
 )
+from checks.postgres.config import PostgresConfig
+from checks.postgres.connection import failure
 from tests.agent.fakes import SleepCheck, SleepConfig
 from tests.pg import fixture_pg_cluster, fixture_pg_pair, one, query  # noqa: F401  (fixtures)
 

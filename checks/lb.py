@@ -36,7 +36,8 @@ from pydantic import Field, field_validator, model_validator
 from agent.model import Reason, Sample, Status
 from agent.types import Model, check_host
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
-from checks.http.check import HttpCheck, HttpConfig
+from checks.http.check import HttpCheck
+from checks.http.config import HttpConfig
 
 if TYPE_CHECKING:
     from checks.docker_api import DiscoveryConfig, DockerClient

@@ -23,7 +23,7 @@ from agent import config
 from agent.runtime import Agent
 from agent.secrets import MAX_SECRET_FILE, Secrets, read_secret_file, redact_url, secrets_of
 from alerts.notifiers.config import SlackConfig
-from checks.http.check import BasicAuth, HttpConfig
+from checks.http.config import BasicAuth, HttpConfig
 from tests.agent.test_agent import aget, wait_for
 from tests.conftest import free_port
 from tests.fakes.otlp_receiver import otlp_receiver

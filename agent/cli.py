@@ -469,7 +469,7 @@ def build_parser() -> _Parser:
 
 
 def _duration_arg(text: str) -> float:
-    from agent.types import parse_duration
+    from agent.fields import parse_duration
 
     try:
         value = parse_duration(text)

@@ -23,8 +23,8 @@ from pydantic import Field, ValidationError, field_validator
 
 from agent import yamldoc
 from agent.errors import ConfigError, ConfigIssue
+from agent.fields import Duration, Model
 from agent.files import read_regular_file
-from agent.types import Duration, Model
 from agent.yamldoc import DocumentError, YamlDoc, format_path
 from checks import REGISTRY, check_class
 from checks.base import CheckConfig

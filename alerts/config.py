@@ -21,8 +21,8 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from agent.fields import Duration, Model, parse_duration
 from agent.model import CheckResult, Reason, Status
-from agent.types import Duration, Model, parse_duration
 from alerts.model import Severity
 
 SUMMARY_FIELDS = frozenset({"check", "target", "reason", "message", "value", "agent"})

@@ -21,9 +21,9 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import Field, model_validator
 
+from agent.fields import Duration, Model
 from agent.model import Reason, Sample, Status
 from agent.secrets import Secrets, secrets_of
-from agent.types import Duration, Model
 
 
 class CheckConfig(Model):

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from agent.fields import Model, check_host
 from agent.model import Reason, Sample, Status
-from agent.types import Model, check_host
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 from checks.http.check import HttpCheck
 from checks.http.config import HttpConfig

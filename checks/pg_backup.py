@@ -35,9 +35,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from agent.fields import Duration, Model
 from agent.model import Reason, Sample, Status
 from agent.text import seconds
-from agent.types import Duration, Model
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 
 RUN_SHARE = 0.9  # of `timeout`: the command is killed after this much

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails
 
+from agent.fields import Host, Port
 from agent.model import Reason, Sample, Status
-from agent.types import Host, Port
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 from checks.net import (
     READ_SIZE,

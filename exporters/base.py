@@ -31,12 +31,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.catalog import AGENT_METRICS
+from agent.fields import Model
 from agent.logs import FailureLog
 from agent.model import CheckResult
 from agent.outbox import Outbox, Record
 from agent.retry import RETRY_AFTER_CAP, backoff
 from agent.statehealth import LOSS_REASONS
-from agent.types import Model
 
 log = logging.getLogger("mamori.exporters")
 

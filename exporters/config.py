@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from agent.types import ByteSize, Model
+from agent.fields import ByteSize, Model
 
 # type -> module. Each module: `Config`, `build(config, context)`.
 EXPORTERS: dict[str, str] = {

@@ -37,8 +37,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from agent.fields import Model
 from agent.model import CheckResult, Reason, Sample, Status
-from agent.types import Model
 
 log = logging.getLogger("mamori.exporters.fleet")
 

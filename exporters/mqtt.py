@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from agent.errors import StartupError
+from agent.fields import Duration, Model, Port, secret_value
 from agent.model import CheckResult
 from agent.outbox import Record
 from agent.retry import backoff
-from agent.types import Duration, Model, Port, secret_value
 from exporters.base import ExportContext, ExporterBase, PushExporter, PushResult
 from exporters.fleet import Fleet, FleetConfig
 

@@ -59,8 +59,8 @@ from pydantic import (
 
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
 from agent.errors import StartupError
+from agent.fields import Duration, parse_duration, secret_value
 from agent.retry import retry_after_header
-from agent.types import Duration, parse_duration, secret_value
 from exporters.base import ExportContext, ExporterBase, PushResult
 from exporters.config import ExtraMissing
 from exporters.oci_client import NoRegion, import_sdk, monitoring_client, signer_for

@@ -45,12 +45,12 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 
 from agent import __version__
 from agent.catalog import CHECK_METRICS
+from agent.fields import Duration
 from agent.headers import name_problem, value_problem
 from agent.model import CheckResult, Status
 from agent.outbox import Record
 from agent.retry import parse_retry_after
 from agent.secrets import read_secret_file, secrets_of
-from agent.types import Duration
 from exporters.base import ExportContext, ExporterBase, PushResult
 from exporters.config import ExtraMissing
 from exporters.samples import flatten, unit
@@ -187,7 +187,7 @@ class Config(ExporterBase):
         return value
 
 
-# `headers` holds secrets but is a map: `headers_file` (agent.types.Model's `<secret>_file`) would
+# `headers` holds secrets but is a map: `headers_file` (agent.fields.Model's `<secret>_file`) would
 # read one file into it as a string. Per-header files are `header_files`.
 Config._secret_fields = ()
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, field_validator, model_validator
 
-from agent.types import Model
+from agent.fields import Model
 from checks.base import CheckConfig
 
 DEFAULT_PROCFS = Path("/proc")

@@ -31,8 +31,8 @@ from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 import h11
 
+from agent.fields import secret_value
 from agent.model import Reason, Sample, Status
-from agent.types import secret_value
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 from checks.http.config import DEFAULT_PORTS, HttpConfig, check_url, format_status
 from checks.http.wire import HttpWire

@@ -18,8 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from agent.fields import ByteSize, Duration, Model, check_host
 from agent.headers import check_headers, token_problem
-from agent.types import ByteSize, Duration, Model, check_host
 from checks.base import CheckConfig
 from checks.net import (
     IpProtocol,

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from agent.fields import ByteSize, Duration, Model, Port
 from agent.text import seconds
-from agent.types import ByteSize, Duration, Model, Port
 from checks.base import CheckConfig
 from checks.postgres.cluster import (
     Policy,

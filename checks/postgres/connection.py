@@ -11,8 +11,8 @@ import psycopg
 from psycopg import errors
 from psycopg.rows import dict_row
 
+from agent.fields import secret_value
 from agent.model import Reason
-from agent.types import secret_value
 from checks.postgres.config import PgNode, PostgresConfig
 
 Conn = psycopg.AsyncConnection[dict[str, Any]]

@@ -30,7 +30,7 @@ from agent.errors import ConfigError, StartupError
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.model import CheckResult
-    from checks.base import Check, Outcome
+    from checks.base import Check, CheckOutcome
 
 UNKNOWN = 3
 T = TypeVar("T")
@@ -107,10 +107,10 @@ async def _closing(checks: list[Check[Any]], work: Awaitable[T]) -> T:
         await asyncio.gather(*(c.aclose() for c in checks), return_exceptions=True)
 
 
-def _outcome(result: CheckResult) -> Outcome:
-    from checks.base import Outcome
+def _outcome(result: CheckResult) -> CheckOutcome:
+    from checks.base import CheckOutcome
 
-    return Outcome(result.status, result.reason, result.message, result.samples, result.attempts)
+    return CheckOutcome(result.status, result.reason, result.message, result.samples, result.attempts)
 
 
 def _nagios_line(check: Check[Any], result: CheckResult) -> str:
@@ -236,7 +236,7 @@ def _alertctl(name: str, args: argparse.Namespace) -> int:
 
     try:
         code: int = getattr(alertctl, name)(args)
-    except alertctl.UsageError as exc:
+    except alertctl.AlertctlUsageError as exc:
         raise UsageError(str(exc)) from None
     return code
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.model import Reason, Status
-from checks.base import Check, Outcome, PerfDatum
+from checks.base import Check, CheckOutcome, PerfDatum
 from checks.host import procfs
 from checks.host.config import DEFAULT_PROCFS, HostConfig
 from checks.host.procfs import (
@@ -111,7 +111,7 @@ class HostCheck(Check[HostConfig]):
     def target(self) -> str:
         return "localhost" if self.config.procfs == DEFAULT_PROCFS else str(self.config.procfs)
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         """Never raises for a missing or malformed procfs: that is UNKNOWN with the path in the message."""
         c = self.config
         # Leave room inside the timeout for the filesystem stats that follow.
@@ -131,9 +131,9 @@ class HostCheck(Check[HostConfig]):
         filesystems, fs_notes = await self._filesystems(reading.mounts)
         return self._outcome(reading, cpu_ratio, filesystems, reading.notes + fs_notes)
 
-    def _unknown(self, detail: str) -> Outcome:
+    def _unknown(self, detail: str) -> CheckOutcome:
         message = f"cannot read host metrics from {self.config.procfs}: {detail}"
-        return Outcome(Status.UNKNOWN, Reason.UNAVAILABLE, message)
+        return CheckOutcome(Status.UNKNOWN, Reason.UNAVAILABLE, message)
 
     def _unstick(self, mountpoint: str, _future: asyncio.Future[Any]) -> None:
         self._stuck_mounts.discard(mountpoint)
@@ -211,7 +211,7 @@ class HostCheck(Check[HostConfig]):
 
     def _outcome(
         self, r: ProcfsReading, cpu_ratio: float, filesystems: list[Filesystem], notes: list[str]
-    ) -> Outcome:
+    ) -> CheckOutcome:
         c = self.config
         memory_usage = 1 - r.memory_available / r.memory_total if r.memory_total > 0 else 0.0
         swap_usage = r.swap_used / r.swap_total if r.swap_total > 0 else 0.0
@@ -247,9 +247,9 @@ class HostCheck(Check[HostConfig]):
         if notes:
             message = "; ".join([message, *notes])
         reason = Reason.OK if status is Status.OK else Reason.THRESHOLD
-        return Outcome(status, reason, message, tuple(samples))
+        return CheckOutcome(status, reason, message, tuple(samples))
 
-    def perfdata(self, duration: float, outcome: Outcome) -> list[PerfDatum]:
+    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
         """time, then cpu/mem/swap/load1 and one 'disk_<mountpoint>' per filesystem (percent)."""
         c = self.config
         data = [PerfDatum("time", duration, "s", min=0)]

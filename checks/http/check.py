@@ -6,7 +6,7 @@ processing (request written until the response head is read: time to first byte,
 head) -> transfer (body). Phases are summed over redirects.
 
 Guarantees:
-- `run()` never raises for anything a target does; every failure is an `Outcome` with a reason.
+- `run()` never raises for anything a target does; every failure is a `CheckOutcome` with a reason.
 - One deadline covers all redirects: `timeout`, or what a retry has left of it
   (`Check.time_left`); a timeout names the phase it interrupted.
 - Memory per probe is bounded by `max_body_size` plus one read (64 KiB); a never-ending body
@@ -33,7 +33,7 @@ import h11
 
 from agent.fields import secret_value
 from agent.model import Reason, Sample, Status
-from checks.base import Check, CheckConfig, Outcome, PerfDatum
+from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.http.config import DEFAULT_PORTS, HttpConfig, check_url, format_status
 from checks.http.wire import HttpWire
 from checks.net import (
@@ -180,7 +180,7 @@ class HttpCheck(Check[HttpConfig]):
             self._ssl_context = build_context(self.config.tls)
         return self._ssl_context
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         state = _State()
         try:
             async with asyncio.timeout(self.time_left()) as scope:
@@ -432,10 +432,10 @@ class HttpCheck(Check[HttpConfig]):
 
     # --- results ---
 
-    def _outcome(self, state: _State, failure: Failure | None) -> Outcome:
+    def _outcome(self, state: _State, failure: Failure | None) -> CheckOutcome:
         samples = self._samples(state)
         if failure is not None:
-            return Outcome(failure.status, failure.reason, failure.message, samples)
+            return CheckOutcome(failure.status, failure.reason, failure.message, samples)
         r = state.response
         assert r is not None  # no failure means a response was evaluated
         via = (
@@ -444,7 +444,7 @@ class HttpCheck(Check[HttpConfig]):
             else ""
         )
         message = f"{_status_line(r)}, {r.received} bytes in {state.phases.total:.3f}s{via}"
-        return Outcome(Status.OK, Reason.OK, message, samples)
+        return CheckOutcome(Status.OK, Reason.OK, message, samples)
 
     def _samples(self, state: _State) -> tuple[Sample, ...]:
         r = state.response
@@ -464,7 +464,7 @@ class HttpCheck(Check[HttpConfig]):
             samples.extend(state.tls.samples())
         return tuple(samples)
 
-    def perfdata(self, duration: float, outcome: Outcome) -> list[PerfDatum]:
+    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
         """check_http's perfdata: total time with the latency thresholds, each phase, body size."""
         phases = {
             dict(s.labels).get("phase"): s.value

@@ -39,14 +39,14 @@ import psycopg
 from psycopg import errors
 
 from agent.model import Reason
-from checks.base import Check, CheckConfig, Outcome, PerfDatum
+from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.postgres.cluster import (
+    ClusterVerdict,
     Heartbeat,
     Memory,
     NodeState,
     Policy,
     Role,
-    Verdict,
     judge,
 )
 from checks.postgres.config import PostgresConfig
@@ -77,7 +77,7 @@ class _Clock:
 @dataclass(frozen=True, slots=True)
 class _Report:
     states: tuple[NodeState, ...]
-    verdict: Verdict
+    verdict: ClusterVerdict
     policy: Policy
 
 
@@ -103,7 +103,7 @@ class PostgresCheck(Check[PostgresConfig]):
 
     # --- run ---
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         budget = self.time_left()  # less than `timeout` on a retry
@@ -117,7 +117,7 @@ class PostgresCheck(Check[PostgresConfig]):
         verdict = judge(states, self._policy, self._memory, notes)
         self._remember(states, verdict)
         self._last = _Report(tuple(states), verdict, self._policy)
-        return Outcome(
+        return CheckOutcome(
             verdict.status, verdict.reason, verdict.message, samples_of(states, verdict, self._policy)
         )
 
@@ -370,7 +370,7 @@ class PostgresCheck(Check[PostgresConfig]):
             return Heartbeat(None, note=f"{node.config.name} did not say its time")
         return Heartbeat(max(0.0, float(standby_now) - ts), "standby")
 
-    def _remember(self, states: Sequence[NodeState], verdict: Verdict) -> None:
+    def _remember(self, states: Sequence[NodeState], verdict: ClusterVerdict) -> None:
         roles: dict[str, Role] = dict(self._memory.roles)
         for s in states:
             if s.role is not None:
@@ -382,7 +382,7 @@ class PostgresCheck(Check[PostgresConfig]):
 
     # --- reporting ---
 
-    def perfdata(self, duration: float, outcome: Outcome) -> list[PerfDatum]:
+    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
         out = [PerfDatum("time", duration, "s", min=0)]
         report = self._last
         if report is not None and report.policy.cluster_view:
@@ -393,7 +393,7 @@ class PostgresCheck(Check[PostgresConfig]):
                 out.append(PerfDatum("rpo_exposure", v.exposure, "s", crit=report.policy.rpo, min=0))
         return out
 
-    def summary(self, outcome: Outcome) -> str | None:
+    def summary(self, outcome: CheckOutcome) -> str | None:
         """The replication report of the last run (nodes, standbys, archiver, slots, RPO,
         failover readiness), or None before any run."""
         if self._last is None:

@@ -282,7 +282,7 @@ class StandbyView:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class ClusterVerdict:
     status: Status
     reason: Reason
     message: str
@@ -321,7 +321,7 @@ def size(value: float | None) -> str:
 
 def judge(
     nodes: Sequence[NodeState], policy: Policy, memory: Memory = Memory(), notes: Sequence[str] = ()
-) -> Verdict:
+) -> ClusterVerdict:
     """The verdict of one run. `notes` (e.g. "no heartbeat table") end the message. Never raises."""
     up = [n for n in nodes if n.up]
     down = [n for n in nodes if not n.up]
@@ -390,7 +390,7 @@ def judge(
         message = _healthy_message(primary, standbys, exposure, policy, ready, ready_reason, up)
     if notes:
         message = f"{message} ({'; '.join(notes)})"
-    return Verdict(
+    return ClusterVerdict(
         status=status,
         reason=reason,
         message=message,

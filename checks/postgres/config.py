@@ -20,7 +20,7 @@ _NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
 _TABLE = re.compile(r"^(?:([a-z_][a-z0-9_$]{0,62})\.)?([a-z_][a-z0-9_$]{0,62})$")
 
 
-class PgNode(Model):
+class PgNodeConfig(Model):
     name: str = Field(pattern=_NAME)
     host: str = Field(min_length=1)
     port: Port = 5432
@@ -35,7 +35,7 @@ class PgNode(Model):
 
 class PostgresConfig(CheckConfig):
     type: Literal["postgres"] = "postgres"
-    nodes: tuple[PgNode, ...]
+    nodes: tuple[PgNodeConfig, ...]
     user: str = Field(default="mamori", min_length=1)
     password: SecretStr | None = None
     dbname: str = Field(default="postgres", min_length=1)
@@ -63,7 +63,7 @@ class PostgresConfig(CheckConfig):
 
     @field_validator("nodes")
     @classmethod
-    def _unique_nodes(cls, nodes: tuple[PgNode, ...]) -> tuple[PgNode, ...]:
+    def _unique_nodes(cls, nodes: tuple[PgNodeConfig, ...]) -> tuple[PgNodeConfig, ...]:
         if not nodes:
             raise ValueError("at least one node is needed")
         for what, values in (

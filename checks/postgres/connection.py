@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 from agent.fields import secret_value
 from agent.model import Reason
-from checks.postgres.config import PgNode, PostgresConfig
+from checks.postgres.config import PgNodeConfig, PostgresConfig
 
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 APPLICATION_NAME = "mamori"
@@ -22,7 +22,7 @@ APPLICATION_NAME = "mamori"
 class NodeConnection:
     """One configured node and its single connection."""
 
-    def __init__(self, config: PgNode) -> None:
+    def __init__(self, config: PgNodeConfig) -> None:
         self.config = config
         self.conn: Conn | None = None
         self.archive_dir = True  # False once pg_ls_archive_statusdir() was refused
@@ -43,7 +43,7 @@ class NodeConnection:
             conn.pgconn.finish()
 
 
-async def connect(cfg: PostgresConfig, node: PgNode) -> Conn:
+async def connect(cfg: PostgresConfig, node: PgNodeConfig) -> Conn:
     """A new connection to `node` (autocommit, dict rows, statement timeout, local commit)."""
     return await psycopg.AsyncConnection.connect(
         host=node.host,

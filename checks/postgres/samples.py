@@ -9,10 +9,10 @@ from checks.postgres.cluster import (
     READY_REASONS,
     RECOMMENDED_REASONS,
     WRAPAROUND_LIMIT,
+    ClusterVerdict,
     NodeState,
     Policy,
     Stage,
-    Verdict,
 )
 
 STAGES: tuple[Stage, ...] = ("write", "flush", "replay")
@@ -65,7 +65,7 @@ FAILOVER_READY = "mamori_pg_failover_ready"
 FAILOVER_RECOMMENDED = "mamori_pg_failover_recommended"
 
 
-def samples_of(states: Sequence[NodeState], verdict: Verdict, policy: Policy) -> tuple[Sample, ...]:
+def samples_of(states: Sequence[NodeState], verdict: ClusterVerdict, policy: Policy) -> tuple[Sample, ...]:
     """The samples of one run (names: agent/catalog.py)."""
     out: list[Sample] = []
     add = out.append
@@ -146,7 +146,7 @@ def _standby_samples(out: list[Sample], s: NodeState, node: tuple[tuple[str, str
 
 
 def _cluster_samples(
-    out: list[Sample], states: Sequence[NodeState], verdict: Verdict, policy: Policy
+    out: list[Sample], states: Sequence[NodeState], verdict: ClusterVerdict, policy: Policy
 ) -> None:
     cluster = (("cluster", policy.cluster),)
     reasons = {i.reason for i in verdict.issues}

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.text import seconds
-from checks.base import Outcome
+from checks.base import CheckOutcome
 from checks.postgres.cluster import (
     WRAPAROUND_LIMIT,
+    ClusterVerdict,
     NodeState,
     Policy,
-    Verdict,
     size,
 )
 from checks.postgres.samples import STAGES
@@ -23,7 +23,7 @@ def _lsn(value: int | None) -> str:
 
 
 def render_summary(
-    name: str, outcome: Outcome, states: Sequence[NodeState], verdict: Verdict, policy: Policy
+    name: str, outcome: CheckOutcome, states: Sequence[NodeState], verdict: ClusterVerdict, policy: Policy
 ) -> str:
     """A readable multi-line report of one run, for `agentctl check -c FILE NAME`."""
     lines = [f"{name}: {outcome.status.name} ({outcome.reason.value}) — cluster {policy.cluster}"]

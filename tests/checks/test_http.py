@@ -492,9 +492,9 @@ async def test_perfdata() -> None:
     async with serve_http() as srv:
         c = check(srv.url("/health"), latency_warning=1, latency_critical=2)
         result = await execute(c)
-    from checks.base import Outcome
+    from checks.base import CheckOutcome
 
-    outcome = Outcome(result.status, result.reason, result.message, result.samples)
+    outcome = CheckOutcome(result.status, result.reason, result.message, result.samples)
     perf = {p.label: p for p in c.perfdata(result.duration, outcome)}
     assert list(perf) == ["time", *(f"time_{p}" for p in PHASES), "size"]
     assert (perf["time"].warn, perf["time"].crit, perf["time"].uom) == (1, 2, "s")

@@ -34,13 +34,14 @@ from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from agent.scheduler import Scheduler
 from agent.telemetry import AgentMetrics
-from checks.base import Outcome
+from checks.base import CheckOutcome
 from checks.postgres.check import PostgresCheck
 from checks.postgres.cluster import (
     PRECEDENCE,
     READY_REASONS,
     RECOMMENDED_REASONS,
     Archiver,
+    ClusterVerdict,
     Heartbeat,
     Issue,
     Memory,
@@ -49,7 +50,6 @@ from checks.postgres.cluster import (
     Receiver,
     Replica,
     Slot,
-    Verdict,
     _archive_issues,
     judge,
 )
@@ -126,7 +126,7 @@ def down(name: str, reason: Reason = Reason.REFUSED, error: str = "Connection re
     return NodeState(name=name, application_name=name, up=False, failure=reason, error=error)
 
 
-def verdict(*nodes: NodeState, policy: Policy = POLICY, memory: Memory | None = None) -> Verdict:
+def verdict(*nodes: NodeState, policy: Policy = POLICY, memory: Memory | None = None) -> ClusterVerdict:
     v = judge(nodes, policy, memory or Memory())
     assert v.ready_reason in READY_REASONS
     assert v.recommended_reason in RECOMMENDED_REASONS
@@ -842,7 +842,7 @@ def delay(result: CheckResult) -> float:
 
 
 def summary(check: PostgresCheck, result: CheckResult) -> str:
-    text = check.summary(Outcome(result.status, result.reason, result.message, result.samples))
+    text = check.summary(CheckOutcome(result.status, result.reason, result.message, result.samples))
     assert text is not None
     return text
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.config import Config
+    from agent.config import AgentConfig
     from alerts.config import AlertsConfig
     from alerts.engine import AlertRecord, Silence
     from alerts.store import AlertStore
@@ -38,13 +38,13 @@ class AlertctlUsageError(Exception):
     """A user error with a one-line explanation (agent/cli.py reports it, exit 1)."""
 
 
-def _load_config(path: str | None) -> Config:
+def _load_config(path: str | None) -> AgentConfig:
     from agent import config
 
     return config.load(Path(path) if path else None)
 
 
-def _alerts_config(cfg: Config) -> AlertsConfig:
+def _alerts_config(cfg: AgentConfig) -> AlertsConfig:
     if cfg.alerts is None:
         raise AlertctlUsageError(f"no alerts section in {cfg.source}")
     alerts: AlertsConfig = cfg.alerts
@@ -125,7 +125,7 @@ class _View:
     """What explaining an alert needs besides the alert itself."""
 
     def __init__(
-        self, cfg: Config, alerts: AlertsConfig, records: list[AlertRecord], silences: list[Silence]
+        self, cfg: AgentConfig, alerts: AlertsConfig, records: list[AlertRecord], silences: list[Silence]
     ):
         from alerts.config import NETWORK_DOWN_RULE
         from alerts.engine import GUARD_CHECK

@@ -28,7 +28,7 @@ from agent import __version__
 from agent.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
-    from agent.config import Config
+    from agent.config import AgentConfig
     from agent.model import CheckResult
     from checks.base import Check, CheckOutcome
 
@@ -40,7 +40,7 @@ class UsageError(Exception):
     """A user error with a one-line explanation."""
 
 
-def _load_config(path: str | None) -> Config:
+def _load_config(path: str | None) -> AgentConfig:
     from agent import config
 
     return config.load(Path(path) if path else None)
@@ -79,7 +79,7 @@ def _adhoc_check(target: str, timeout: float | None) -> Check[Any]:
     )
 
 
-def _select(cfg: Config, names: list[str], tags: list[str]) -> list[Any]:
+def _select(cfg: AgentConfig, names: list[str], tags: list[str]) -> list[Any]:
     known = {c.name: c for c in cfg.checks}
     missing = [n for n in names if n not in known]
     if missing:

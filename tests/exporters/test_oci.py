@@ -222,7 +222,7 @@ def key(tmp_path: Path) -> ApiKey:
     return ApiKey.create(tmp_path / "oci")
 
 
-def load(key: ApiKey, extra: str) -> config.Config:
+def load(key: ApiKey, extra: str) -> config.AgentConfig:
     """Lines 1-5 are fixed, `extra` starts on line 6."""
     text = f"""agent: {{name: h1}}
 exporters:

@@ -88,7 +88,7 @@ class AgentConfig:
     notifiers: tuple[Any, ...] = ()  # alerts.notifiers.config.NotifierConfig
     # Push exporters (exporters/): empty when the file has no `exporters:` section.
     outbox: Any = None  # exporters.config.OutboxConfig | None
-    exporters: tuple[Any, ...] = ()  # each an exporters.<type>.Config
+    exporters: tuple[Any, ...] = ()  # each the config model exporters.config.EXPORTERS names
     # What is valid but probably not meant (a rule only another agent's results could match):
     # `agentctl validate` prints these, the agent logs them at start and on reload.
     warnings: tuple[ConfigIssue, ...] = ()

@@ -132,7 +132,7 @@ def _check_dimension(key: str, value: str, what: str) -> None:
         raise ValueError(f"{what} {key!r}: the value is {len(value)} characters; at most {MAX_VALUE}")
 
 
-class Config(ExporterBase):
+class OciConfig(ExporterBase):
     """One OCI Monitoring destination. See docs/exporters/oci.md."""
 
     model_config = ConfigDict(hide_input_in_errors=True)
@@ -252,7 +252,7 @@ class Config(ExporterBase):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _cross_checks(self, info: ValidationInfo) -> Config:
+    def _cross_checks(self, info: ValidationInfo) -> OciConfig:
         given = self.model_fields_set
         if self.auth != "config_file":
             for key in ("config_file", "profile", "pass_phrase"):
@@ -395,7 +395,7 @@ class OciExporter:
 
     def __init__(
         self,
-        config: Config,
+        config: OciConfig,
         context: ExportContext,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -769,7 +769,7 @@ def _sdk() -> Any:
     return import_sdk()
 
 
-def build(config: Config, context: ExportContext) -> OciExporter:
+def build(config: OciConfig, context: ExportContext) -> OciExporter:
     try:
         _sdk()
     except ImportError:

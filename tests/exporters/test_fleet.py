@@ -216,7 +216,7 @@ async def test_a_newcomer_judges_only_once_every_retained_view_is_in(broker: Mos
             await other.publish(f"mamori/burst/a{i}/status", b"online", qos=1, retain=True)
             await other.publish(f"mamori/burst/a{i}/fleet/pg/db", payload, qos=1, retain=True)
     published: list[CheckResult] = []
-    cfg = mqtt.Config.model_validate(
+    cfg = mqtt.MqttConfig.model_validate(
         {
             "name": "bus",
             "type": "mqtt",

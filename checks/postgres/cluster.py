@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from agent.catalog import READY_REASONS
 from agent.model import Reason, Status
 from agent.text import seconds
 
@@ -55,23 +56,9 @@ PRECEDENCE: tuple[Reason, ...] = (
     Reason.TOO_MANY_CONNECTIONS,
 )
 
-# `mamori_pg_failover_ready{reason}`: why the cluster can (not) fail over, one at a time. The
-# cluster-wide ones first; then a standby's own problems, from the furthest from ready to the
-# closest: the best standby's problem is the cluster's.
-READY_REASONS = (
-    "ready",
-    "split_brain",
-    "sysid_mismatch",
-    "no_standby",
-    "standby_down",
-    "receiver_down",
-    "timeline_mismatch",
-    "replay_paused",
-    "lag_exceeds_rpo",
-)
+# `mamori_pg_failover_ready{reason}` (READY_REASONS, in the catalog): the cluster-wide reasons
+# first, then a standby's own problems, from the furthest from ready to the closest.
 _STANDBY_PROBLEMS = READY_REASONS[4:]  # worst first
-
-RECOMMENDED_REASONS = ("primary_reachable", "primary_down_standby_ready", "primary_down_standby_not_ready")
 
 # Connection failures that mean "the server is not there" (as opposed to: it did not answer in
 # time, it refused our credentials, it is full). Only these become `primary_down`.

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from agent.catalog import READY_REASONS, RECOMMENDED_REASONS
 from agent.model import Reason, Sample
 from checks.postgres.cluster import (
-    READY_REASONS,
-    RECOMMENDED_REASONS,
     WRAPAROUND_LIMIT,
     ClusterVerdict,
     NodeState,

@@ -191,15 +191,13 @@ class _Parser:
 
 def _known_values() -> dict[tuple[str, str], tuple[str, ...]]:
     """(metric, dimension) -> every value the agent ever sends, for the closed label sets."""
+    from agent.catalog import CHECK_TYPES, READY_REASONS, RECOMMENDED_REASONS
     from agent.model import Reason
-    from checks import REGISTRY
-    from checks.postgres.cluster import READY_REASONS, RECOMMENDED_REASONS
-    from exporters.fleet import CHECK_TYPE
 
     lb_roles = ("lb", "address", "backend")  # checks/lb.py: _Target.role
     out: dict[tuple[str, str], tuple[str, ...]] = {
         ("mamori_check_status", "reason"): tuple(r.value for r in Reason),
-        ("mamori_check_status", "type"): (*REGISTRY, CHECK_TYPE),
+        ("mamori_check_status", "type"): CHECK_TYPES,
         ("mamori_pg_failover_ready", "reason"): READY_REASONS,
         ("mamori_pg_failover_recommended", "reason"): RECOMMENDED_REASONS,
     }

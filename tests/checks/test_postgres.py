@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from agent import config
+from agent.catalog import READY_REASONS, RECOMMENDED_REASONS
 from agent.config import ConfigError
 from agent.lab.postgres import PgLab
 from agent.model import CheckResult, Reason, Status
@@ -38,8 +39,6 @@ from checks.base import CheckOutcome
 from checks.postgres.check import PostgresCheck
 from checks.postgres.cluster import (
     PRECEDENCE,
-    READY_REASONS,
-    RECOMMENDED_REASONS,
     Archiver,
     ClusterVerdict,
     Heartbeat,

@@ -19,7 +19,8 @@ from agent.catalog import CHECK_METRICS
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks import check_class
-from checks.http import HttpCheck, HttpConfig, parse_json_path
+from checks.http.check import HttpCheck
+from checks.http.config import HttpConfig, parse_json_path
 from lab.ports import free_port
 from tests.servers import Request, echo, json_ok, redirect, respond, response_bytes, serve_http
 
@@ -492,9 +493,9 @@ async def test_perfdata() -> None:
     async with serve_http() as srv:
         c = check(srv.url("/health"), latency_warning=1, latency_critical=2)
         result = await execute(c)
-    from checks.base import Outcome
+    from checks.base import CheckOutcome
 
-    outcome = Outcome(result.status, result.reason, result.message, result.samples)
+    outcome = CheckOutcome(result.status, result.reason, result.message, result.samples)
     perf = {p.label: p for p in c.perfdata(result.duration, outcome)}
     assert list(perf) == ["time", *(f"time_{p}" for p in PHASES), "size"]
     assert (perf["time"].warn, perf["time"].crit, perf["time"].uom) == (1, 2, "s")

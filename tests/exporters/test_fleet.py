@@ -41,7 +41,7 @@ T0 = 1_700_000_000.0
 
 
 def pg_result(reason: str, started_at: float, *, cluster: str = "db", check: str = "db") -> CheckResult:
-    """A postgres check's result as checks/postgres.py shapes it (the samples the fleet reads)."""
+    """A postgres check's result as checks/postgres/ shapes it (the samples the fleet reads)."""
     down = reason.startswith("primary_down")
     return CheckResult(
         check=check,
@@ -217,7 +217,7 @@ async def test_a_newcomer_judges_only_once_every_retained_view_is_in(broker: Mos
             await other.publish(f"mamori/burst/a{i}/status", b"online", qos=1, retain=True)
             await other.publish(f"mamori/burst/a{i}/fleet/pg/db", payload, qos=1, retain=True)
     published: list[CheckResult] = []
-    cfg = mqtt.Config.model_validate(
+    cfg = mqtt.MqttConfig.model_validate(
         {
             "name": "bus",
             "type": "mqtt",

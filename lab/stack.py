@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import pwd
@@ -42,15 +41,17 @@ import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
-from lab import REPO
 from lab.agent_config import AgentSetup, PgTarget, agent_yaml
-from lab.ports import accepts, free_port
+from lab.alertmanager import ALERTMANAGER_YML, alertmanager_config
+from lab.errors import StackError as StackError  # raised by the whole stack: importable here
+from lab.ports import HOST, accepts, free_port
+from lab.prometheus import PROMETHEUS_YML, RULES_DIR, prometheus_config
+from lab.recorder import RecordedNotification, Recorder
 from lab.wait import wait_until
 
 if TYPE_CHECKING:  # the labs are imported when started: `python -m lab.demo fault` stays light
@@ -62,10 +63,6 @@ if TYPE_CHECKING:  # the labs are imported when started: `python -m lab.demo fau
 
 log = logging.getLogger("mamori.lab.stack")
 
-PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
-ALERTMANAGER_YML = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
-RULES_DIR = REPO / "alerts" / "rules"
-HOST = "127.0.0.1"
 SITE = "lab"
 AGENT_NAME = "lab-agent"
 CLUSTER = "db"
@@ -84,202 +81,8 @@ _READY_TIMEOUT = 30.0  # Prometheus/Alertmanager answer /-/ready in ~1-2 s here
 _STOP_TIMEOUT = 10.0
 
 
-class StackError(RuntimeError):
-    """The stack could not start (one line: what failed and where its log is)."""
-
-
 class AgentStopped(StackError):
     """The in-process agent stopped while the stack waited for it (its SIGINT/SIGTERM handler)."""
-
-
-# --- config rewrites (pure; tested on their own and used by tests/alerts/test_e2e.py) ----------
-
-
-def prometheus_config(
-    shipped: str,
-    *,
-    targets_file: Path,
-    rule_files: list[str],
-    prometheus_address: str,
-    alertmanager_address: str | None,
-    interval: float,
-) -> str:
-    """deploy/prometheus/prometheus.yml rewritten for the lab, and only where it must be: the
-    intervals (`interval` seconds), the file_sd path of job `mamori`, the rule files, the
-    Alertmanager address (alerting and its scrape job dropped without one), the self-scrape
-    address, and `environment: lab`. Raises StackError if the file has no `mamori` job with
-    file_sd_configs (the rules select job="mamori")."""
-    doc: dict[str, Any] = yaml.safe_load(shipped)
-    every = f"{interval:g}s"
-    glob = doc.setdefault("global", {})
-    glob.update(scrape_interval=every, scrape_timeout=every, evaluation_interval=every)
-    glob.setdefault("external_labels", {})["environment"] = "lab"
-    doc["rule_files"] = list(rule_files)
-    if alertmanager_address is None:
-        doc.pop("alerting", None)
-    else:
-        for am in doc["alerting"]["alertmanagers"]:
-            am["static_configs"] = [{"targets": [alertmanager_address]}]
-    jobs = []
-    found = False
-    for job in doc.get("scrape_configs", []):
-        name = job.get("job_name")
-        if "scrape_timeout" in job:
-            job["scrape_timeout"] = every
-        if name == "mamori" and job.get("file_sd_configs"):
-            found = True
-            for sd in job["file_sd_configs"]:
-                sd["files"] = [str(targets_file)]
-                sd["refresh_interval"] = every
-        elif name == "prometheus":
-            job["static_configs"] = [{"targets": [prometheus_address]}]
-        elif name == "alertmanager":
-            if alertmanager_address is None:
-                continue
-            job["static_configs"] = [{"targets": [alertmanager_address]}]
-        else:
-            continue  # a job the lab cannot serve
-        jobs.append(job)
-    if not found:
-        raise StackError(f"{PROMETHEUS_YML}: no scrape job 'mamori' with file_sd_configs")
-    doc["scrape_configs"] = jobs
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
-def alertmanager_config(
-    shipped: str,
-    directory: Path,
-    *,
-    pagerduty_url: str,
-    pagerduty_routing_key: str,
-    slack_webhook_url: str,
-    deadman_url: str,
-    group_wait: str | None = None,
-    group_interval: str | None = None,
-    repeat_interval: str | None = None,
-) -> str:
-    """deploy/alertmanager/alertmanager.yml with every receiver pointed at the given (loopback)
-    URLs, its secret files written into `directory`, and, when given, the group timings of the
-    root route and every child route replaced (the real ones otherwise)."""
-    doc: dict[str, Any] = yaml.safe_load(shipped)
-    (directory / "pd-key").write_text(pagerduty_routing_key)
-    (directory / "slack-url").write_text(slack_webhook_url)
-    (directory / "dms-token").write_text("lab-token")
-    timings = {"group_wait": group_wait, "group_interval": group_interval, "repeat_interval": repeat_interval}
-
-    def shorten(route: dict[str, Any]) -> None:
-        for key, value in timings.items():
-            if value is not None and (key in route or route is doc["route"]):
-                route[key] = value
-        for child in route.get("routes", []):
-            shorten(child)
-
-    shorten(doc["route"])
-    for receiver in doc["receivers"]:
-        for pdc in receiver.get("pagerduty_configs", []):
-            pdc["routing_key_file"] = str(directory / "pd-key")
-            pdc["url"] = pagerduty_url
-        for sc in receiver.get("slack_configs", []):
-            sc["api_url_file"] = str(directory / "slack-url")
-        for wh in receiver.get("webhook_configs", []):
-            wh["url"] = deadman_url
-            wh["http_config"]["authorization"]["credentials_file"] = str(directory / "dms-token")
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
-# --- the loopback notification recorder --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Notification:
-    """One request Alertmanager sent to a receiver: `receiver` is pagerduty, slack or
-    deadmans-switch; `summary` a one-line rendering of what it said."""
-
-    at: float
-    receiver: str
-    summary: str
-    body: Any
-
-
-class _Recorder:
-    """Answers Alertmanager like PagerDuty's Events API v2, a Slack webhook and a dead-man's
-    switch would (2xx), and records every request."""
-
-    def __init__(self, log_file: Path) -> None:
-        self.log_file = log_file
-        self.notifications: list[Notification] = []
-        self.listeners: list[Callable[[Notification], None]] = []
-        self.port = 0
-        self._runner: Any = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    async def start(self) -> None:
-        from aiohttp import web
-
-        app = web.Application()
-        app.router.add_post("/pagerduty/v2/enqueue", self._pagerduty)
-        app.router.add_post("/slack", self._slack)
-        app.router.add_post("/deadmans-switch", self._deadman)
-        app.router.add_post("/agent-webhook", self._agent_webhook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        self._runner = runner
-        await web.TCPSite(runner, HOST, 0).start()
-        self.port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    def _record(self, receiver: str, summary: str, body: Any) -> None:
-        note = Notification(time.time(), receiver, summary, body)
-        self.notifications.append(note)
-        with self.log_file.open("a") as f:
-            f.write(
-                json.dumps({"at": note.at, "receiver": receiver, "summary": summary, "body": body}) + "\n"
-            )
-        for listener in self.listeners:
-            try:
-                listener(note)
-            except Exception:  # a listener's bug must not make Alertmanager retry
-                log.exception("notification listener failed")
-
-    async def _pagerduty(self, request: Any) -> Any:
-        from aiohttp import web
-
-        body = await request.json()
-        payload = body.get("payload") or {}
-        summary = f"{body.get('event_action', '?')}: {payload.get('summary', '')}".strip()
-        self._record("pagerduty", summary, body)
-        answer = {"status": "success", "message": "Event processed", "dedup_key": body.get("dedup_key")}
-        return web.json_response(answer, status=202)
-
-    async def _slack(self, request: Any) -> Any:
-        from aiohttp import web
-
-        body = await request.json()
-        titles = [str(a.get("title", "")) for a in body.get("attachments", [])] or [str(body.get("text", ""))]
-        self._record("slack", "; ".join(titles), body)
-        return web.Response(text="ok")
-
-    async def _agent_webhook(self, request: Any) -> Any:
-        """The lab agent's own notifier (its `alerts:` section), as a generic webhook."""
-        from aiohttp import web
-
-        body = await request.json()
-        self._record("agent", f"{body.get('event', '?')}: {body.get('summary', '')}", body)
-        return web.Response(text="ok")
-
-    async def _deadman(self, request: Any) -> Any:
-        from aiohttp import web
-
-        body = await request.json()
-        self._record("deadmans-switch", f"{len(body.get('alerts', []))} alert(s) (Watchdog)", body)
-        return web.Response(text="ok")
 
 
 # --- child processes (Prometheus, Alertmanager) ------------------------------------------------
@@ -440,7 +243,7 @@ class Stack:
         self.prometheus_config: Path | None = None
         self.alertmanager_config: Path | None = None
         self.skipped: dict[str, str] = {}  # part -> why (the Debian package to install)
-        self._recorder = _Recorder(directory / "notifications.jsonl")
+        self._recorder = Recorder(directory / "notifications.jsonl")
         self._children: dict[str, _Child] = {}
         self._fault_lock = asyncio.Lock()
         self._agent_task: asyncio.Task[int] | None = None
@@ -459,11 +262,11 @@ class Stack:
         return self._pg is not None
 
     @property
-    def notifications(self) -> list[Notification]:
+    def notifications(self) -> list[RecordedNotification]:
         """Everything Alertmanager has sent to its receivers, oldest first."""
         return self._recorder.notifications
 
-    def on_notification(self, listener: Callable[[Notification], None]) -> None:
+    def on_notification(self, listener: Callable[[RecordedNotification], None]) -> None:
         """Call `listener` (in the event loop) for every notification Alertmanager sends."""
         self._recorder.listeners.append(listener)
 

@@ -35,7 +35,6 @@ import logging
 import os
 import pwd
 import shutil
-import signal
 import socket
 import stat
 import tempfile
@@ -50,6 +49,7 @@ from lab.agent_config import AgentSetup, PgTarget, agent_yaml
 from lab.alertmanager import ALERTMANAGER_YML, alertmanager_config
 from lab.errors import StackError as StackError  # raised by the whole stack: importable here
 from lab.ports import HOST, accepts, free_port
+from lab.process import Child, ChildExited
 from lab.prometheus import PROMETHEUS_YML, RULES_DIR, prometheus_config
 from lab.recorder import RecordedNotification, Recorder
 from lab.wait import wait_until
@@ -76,7 +76,6 @@ PACKAGES = {
     "prometheus": "prometheus",
     "alertmanager": "prometheus-alertmanager",
 }
-_SETPRIV = shutil.which("setpriv")
 _READY_TIMEOUT = 30.0  # Prometheus/Alertmanager answer /-/ready in ~1-2 s here
 _STOP_TIMEOUT = 10.0
 
@@ -89,7 +88,8 @@ class AgentStopped(StackError):
 
 
 class _Child:
-    """One server binary run in the foreground as our child, its output in `log_file`.
+    """Prometheus or Alertmanager: a `lab.process.Child` that listens on a port and has a ready
+    path, its output in `log_file`.
 
     `argv_for(port)` gives the command line for a listen port (writing any config that names the
     port). `start()` returns once the port accepts connections; an automatically picked port
@@ -103,7 +103,7 @@ class _Child:
         self.log_file = log_file
         self.ready_path = ready_path
         self.port = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child = Child(name, log_file=log_file, grace=_STOP_TIMEOUT)
 
     @property
     def url(self) -> str:
@@ -111,71 +111,53 @@ class _Child:
 
     @property
     def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
+        return self._child.pid
 
     async def start(self, port: int | None) -> None:
         for attempt in range(3):
             self.port = port or free_port()
-            argv = self.argv_for(self.port)
-            cmd = argv if _SETPRIV is None else [_SETPRIV, "--pdeathsig", "KILL", *argv]
-            offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-            with self.log_file.open("ab") as out:
-                # A session of its own: a Ctrl-C in the terminal reaches us only; we stop it in order.
-                self._proc = await asyncio.create_subprocess_exec(
-                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            self._child.start(self.argv_for(self.port))
+            try:
+                await self._child.wait_ready(
+                    f"{self.name} to listen", lambda: accepts(self.port), _READY_TIMEOUT, interval=0.05
                 )
-            proc = self._proc
-            deadline = time.monotonic() + _READY_TIMEOUT
-            while not await accepts(self.port):
-                if proc.returncode is not None:
-                    break
-                if time.monotonic() > deadline:
-                    raise StackError(
-                        f"{self.name} not listening after {_READY_TIMEOUT:g} s: see {self.log_file}"
-                    )
-                await asyncio.sleep(0.05)
+            except TimeoutError:
+                raise StackError(
+                    f"{self.name} not listening after {_READY_TIMEOUT:g} s: see {self.log_file}"
+                ) from None
+            except ChildExited as exc:
+                returncode = exc.returncode
             else:
                 return
-            with self.log_file.open("rb") as f:
-                f.seek(offset)
-                taken = b"address already in use" in f.read()
+            taken = "address already in use" in self._child.log_since_start(limit=1 << 20)
             if port is not None or not taken or attempt == 2:
-                why = f"port {self.port} is taken" if taken else f"exited with status {proc.returncode}"
+                why = f"port {self.port} is taken" if taken else f"exited with status {returncode}"
                 raise StackError(f"{self.name} did not start ({why}): see {self.log_file}")
 
     async def wait_ready(self, timeout: float = _READY_TIMEOUT) -> None:
         """Until `ready_path` answers 200; StackError (naming the log) if it exits or times out."""
         import aiohttp
 
-        deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while True:
-                proc = self._proc
-                if proc is None or proc.returncode is not None:
-                    code = None if proc is None else proc.returncode
-                    raise StackError(f"{self.name} exited (status {code}) at start: see {self.log_file}")
+
+            async def ready() -> bool:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
                     async with session.get(self.url + self.ready_path) as response:
-                        if response.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise StackError(f"{self.name} not ready after {timeout:g} s: see {self.log_file}")
-                await asyncio.sleep(0.1)
+                        return response.status == 200
+                return False
+
+            try:
+                await self._child.wait_ready(f"{self.name} to be ready", ready, timeout, interval=0.1)
+            except ChildExited as exc:
+                raise StackError(
+                    f"{self.name} exited (status {exc.returncode}) at start: see {self.log_file}"
+                ) from None
+            except TimeoutError:
+                raise StackError(f"{self.name} not ready after {timeout:g} s: see {self.log_file}") from None
 
     async def stop(self) -> None:
         """SIGTERM by PID, SIGKILL after 10 s. Safe twice and before start()."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await self._child.stop()
 
 
 # --- the stack ---------------------------------------------------------------------------------
@@ -317,23 +299,25 @@ class Stack:
     async def wait_healthy(self, timeout: float = 20.0) -> float:
         """Until every check's latest result is OK; return the seconds waited. TimeoutError names
         the checks that are not."""
-        began = time.monotonic()
         expected = set(self.expected_checks())
+        bad: list[str] = []
 
-        def unhealthy() -> list[str]:
+        def healthy() -> bool:
+            nonlocal bad
             results = self.results()
-            return [
+            bad = [
                 f"{n}: {results[n].status.label.upper()} {results[n].reason.value}" if n in results else n
                 for n in sorted(expected)
                 if n not in results or results[n].status != 0
             ]
+            if bad:
+                self._agent_alive()
+            return not bad
 
-        while bad := unhealthy():
-            self._agent_alive()
-            if time.monotonic() - began > timeout:
-                raise TimeoutError(f"not healthy after {timeout:g} s: {'; '.join(bad)}")
-            await asyncio.sleep(0.1)
-        return time.monotonic() - began
+        try:
+            return await wait_until("every check to be OK", healthy, timeout, interval=0.1)
+        except TimeoutError:
+            raise TimeoutError(f"not healthy after {timeout:g} s: {'; '.join(bad)}") from None
 
     async def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query to the stack's Prometheus; the `result` list."""

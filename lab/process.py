@@ -67,7 +67,9 @@ def signal_tree(pid: int, sig: signal.Signals) -> list[psutil.Process]:
     backends each make their own); return the processes signalled.
 
     The root first when stopping (so it forks nothing new while its children are listed), the
-    children first otherwise (so none is left stopped under a running parent).
+    children first otherwise (so none is left stopped under a running parent). A root about to
+    be killed is stopped first instead: a dead one's children are handed to init at once, and
+    could no longer be listed as its own.
     """
     try:
         root = psutil.Process(pid)
@@ -76,7 +78,7 @@ def signal_tree(pid: int, sig: signal.Signals) -> list[psutil.Process]:
     stopping = sig in (signal.SIGSTOP, signal.SIGKILL)
     if stopping:
         with suppress(psutil.NoSuchProcess):
-            root.send_signal(sig)
+            root.send_signal(signal.SIGSTOP)
     try:
         children = root.children(recursive=True)
     except psutil.NoSuchProcess:
@@ -84,7 +86,7 @@ def signal_tree(pid: int, sig: signal.Signals) -> list[psutil.Process]:
     for child in children:
         with suppress(psutil.NoSuchProcess):
             child.send_signal(sig)
-    if not stopping:
+    if sig != signal.SIGSTOP:
         with suppress(psutil.NoSuchProcess):
             root.send_signal(sig)
     return [root, *children]

@@ -1,4 +1,5 @@
-"""The shipped Alertmanager config (deploy/alertmanager/alertmanager.yml), rewritten for the lab.
+"""Alertmanager in the lab: the shipped config (deploy/alertmanager/alertmanager.yml) rewritten
+for the lab, and the command line that runs it.
 
 Every receiver is pointed at loopback URLs (the stack's recorder, lab/recorder.py, or a test's
 fakes: tests/alerts/test_e2e.py); its secret files are written next to it.
@@ -12,6 +13,7 @@ from typing import Any
 import yaml
 
 from lab import REPO
+from lab.ports import HOST
 
 ALERTMANAGER_YML = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 
@@ -55,3 +57,14 @@ def alertmanager_config(
             wh["url"] = deadman_url
             wh["http_config"]["authorization"]["credentials_file"] = str(directory / "dms-token")
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def alertmanager_argv(config_file: Path, data_dir: Path, port: int) -> list[str]:
+    """The lab's Alertmanager command line: `config_file`, listening on 127.0.0.1:`port` only."""
+    return [
+        "prometheus-alertmanager",
+        f"--config.file={config_file}",
+        f"--storage.path={data_dir}",
+        f"--web.listen-address={HOST}:{port}",
+        "--cluster.listen-address=",  # no gossip (it would listen on 0.0.0.0:9094)
+    ]

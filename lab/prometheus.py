@@ -1,4 +1,5 @@
-"""The shipped Prometheus config (deploy/prometheus/prometheus.yml), rewritten for the lab stack.
+"""Prometheus in the lab stack: the shipped config (deploy/prometheus/prometheus.yml) rewritten
+for the lab, and the command line that runs it.
 
 Pure: text in, text out; tested on its own (tests/lab/test_stack.py) and used by lab/stack.py.
 """
@@ -12,6 +13,7 @@ import yaml
 
 from lab import REPO
 from lab.errors import StackError
+from lab.ports import HOST
 
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
 RULES_DIR = REPO / "alerts" / "rules"
@@ -66,3 +68,18 @@ def prometheus_config(
         raise StackError(f"{PROMETHEUS_YML}: no scrape job 'mamori' with file_sd_configs")
     doc["scrape_configs"] = jobs
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def prometheus_argv(config_file: Path, data_dir: Path, port: int, *, interval: float) -> list[str]:
+    """The lab's Prometheus command line: `config_file`, listening on 127.0.0.1:`port` only,
+    alerts re-sent every `2 * interval` seconds (1 s at least)."""
+    return [
+        "prometheus",
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={data_dir}",
+        f"--web.listen-address={HOST}:{port}",
+        "--web.enable-lifecycle",
+        # Alerts evaluated before Alertmanager's address is applied (discovery updates
+        # are applied every 5 s) are dropped and, by default, re-sent only after 1 min.
+        f"--rules.alert.resend-delay={max(1.0, 2 * interval):g}s",
+    ]

@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import yaml
 
 from lab.agent_config import AgentSetup, PgTarget, agent_yaml
-from lab.alertmanager import ALERTMANAGER_YML, alertmanager_config
+from lab.alertmanager import ALERTMANAGER_YML, alertmanager_argv, alertmanager_config
 from lab.errors import StackError as StackError  # raised by the whole stack: importable here
 from lab.ports import HOST, accepts, free_port
 from lab.process import Child, ChildExited
-from lab.prometheus import PROMETHEUS_YML, RULES_DIR, prometheus_config
+from lab.prometheus import PROMETHEUS_YML, RULES_DIR, prometheus_argv, prometheus_config
 from lab.recorder import RecordedNotification, Recorder
 from lab.wait import wait_until
 
@@ -580,14 +580,10 @@ class Stack:
         self.alertmanager_config = d / "alertmanager.yml"
         self.alertmanager_config.write_text(text)
 
+        config_file = self.alertmanager_config
+
         def argv(port: int) -> list[str]:
-            return [
-                "prometheus-alertmanager",
-                f"--config.file={self.alertmanager_config}",
-                f"--storage.path={d / 'data'}",
-                f"--web.listen-address={HOST}:{port}",
-                "--cluster.listen-address=",  # no gossip (it would listen on 0.0.0.0:9094)
-            ]
+            return alertmanager_argv(config_file, d / "data", port)
 
         child = self._children["alertmanager"] = _Child(
             "alertmanager", argv, d / "alertmanager.log", "/-/ready"
@@ -618,16 +614,7 @@ class Stack:
                     interval=self.interval,
                 )
             )
-            return [
-                "prometheus",
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={d / 'data'}",
-                f"--web.listen-address={HOST}:{port}",
-                "--web.enable-lifecycle",
-                # Alerts evaluated before Alertmanager's address is applied (discovery updates
-                # are applied every 5 s) are dropped and, by default, re-sent only after 1 min.
-                f"--rules.alert.resend-delay={max(1.0, 2 * self.interval):g}s",
-            ]
+            return prometheus_argv(config_file, d / "data", port, interval=self.interval)
 
         child = self._children["prometheus"] = _Child("prometheus", argv, d / "prometheus.log", "/-/ready")
         await child.start(port)

@@ -27,7 +27,8 @@ from exporters.base import ExportContext
 from exporters.fleet import Fleet, FleetConfig, View, views_of
 from lab.mosquitto import Mosquitto
 from lab.ports import free_port
-from lab.postgres import LinkProxy, PgLab
+from lab.postgres import PgLab
+from lab.proxy import LinkProxy
 from lab.wait import wait_until
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
 from tests.pg import fixture_pg_cluster, fixture_pg_pair  # noqa: F401  (pytest finds them)

@@ -32,7 +32,7 @@ from exporters.base import ExportContext
 from lab.certs import Certs, make_certs
 from lab.mosquitto import Mosquitto
 from lab.ports import free_port
-from lab.postgres import LinkProxy
+from lab.proxy import LinkProxy
 from lab.wait import wait_until
 from tests.servers import banner, serve_tcp
 

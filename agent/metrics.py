@@ -168,8 +168,6 @@ C = TypeVar("C", CounterChild, GaugeChild, HistogramChild)
 class _Instrument(Generic[C]):
     """A metric with children per label values; unlabelled, it is its own single child."""
 
-    kind: MetricKind
-
     def __init__(
         self, name: str, help_text: str, labels: Sequence[str], registry: MetricRegistry | None
     ) -> None:
@@ -216,8 +214,6 @@ class _Instrument(Generic[C]):
 
 
 class MetricCounter(_Instrument[CounterChild]):
-    kind: MetricKind = "counter"
-
     def __init__(
         self, name: str, help_text: str, labels: Sequence[str] = (), registry: MetricRegistry | None = None
     ) -> None:
@@ -237,8 +233,6 @@ class MetricCounter(_Instrument[CounterChild]):
 
 
 class MetricGauge(_Instrument[GaugeChild]):
-    kind: MetricKind = "gauge"
-
     def __init__(
         self, name: str, help_text: str, labels: Sequence[str] = (), registry: MetricRegistry | None = None
     ) -> None:
@@ -265,8 +259,6 @@ class MetricGauge(_Instrument[GaugeChild]):
 
 
 class MetricHistogram(_Instrument[HistogramChild]):
-    kind: MetricKind = "histogram"
-
     def __init__(
         self,
         name: str,

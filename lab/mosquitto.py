@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lab.certs import Leaf
 from lab.ports import accepts, free_port
-from lab.process import Child, ChildExited
+from lab.process import Child, ChildExited, read_log
 
 HOST = "127.0.0.1"
 _START_TIMEOUT = 5.0  # the broker listens within ~10 ms; this only bounds a broken start
@@ -154,28 +154,18 @@ class Mosquitto:
                 await self._child.wait_ready("mosquitto to listen", listening, _START_TIMEOUT, interval=0.01)
             except ChildExited as exc:
                 raise MosquittoError(
-                    f"mosquitto exited with status {exc.returncode}: {self._log_since(log_offset)}"
+                    f"mosquitto exited with status {exc.returncode}: {read_log(self.log_file, log_offset)}"
                 ) from None
             except TimeoutError:
-                raise MosquittoError(
-                    f"mosquitto not listening after {_START_TIMEOUT:g} s: {self._log_since(log_offset)}"
-                ) from None
+                log = read_log(self.log_file, log_offset)
+                raise MosquittoError(f"mosquitto not listening after {_START_TIMEOUT:g} s: {log}") from None
         except BaseException:
             await self.stop()
             raise
 
     def log(self) -> str:
         """The broker's log so far (every start appends to it)."""
-        return self._log_since(0)
-
-    def _log_since(self, offset: int) -> str:
-        try:
-            with self.log_file.open("rb") as f:
-                f.seek(offset)
-                text = f.read().decode(errors="replace").strip()
-        except OSError as exc:
-            text = f"(cannot read {self.log_file}: {exc})"
-        return text or "(log empty)"
+        return read_log(self.log_file, 0)
 
     async def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Signal the broker by its PID and wait for it to exit (SIGKILL after 5 s). SIGTERM

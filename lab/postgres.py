@@ -867,23 +867,13 @@ cp "$1" "$dest.tmp" && mv "$dest.tmp" "$dest"
         except ChildExited as exc:
             await node._child.stop()  # reaped already: forget it
             raise PgLabError(
-                f"{node.name} exited with status {exc.returncode}: {self._log_since(node, log_offset)}"
+                f"{node.name} exited with status {exc.returncode}: {node._child.log_since(log_offset)}"
             ) from None
         except TimeoutError:
             await self._stop_node(node, "immediate")
             raise PgLabError(
-                f"{node.name} not ready after {timeout:g} s: {self._log_since(node, log_offset)}"
+                f"{node.name} not ready after {timeout:g} s: {node._child.log_since(log_offset)}"
             ) from None
-
-    @staticmethod
-    def _log_since(node: PgNode, offset: int) -> str:
-        try:
-            with node.log_file.open("rb") as log:
-                log.seek(offset)
-                text = log.read().decode(errors="replace").strip()
-        except OSError as exc:
-            return f"(cannot read {node.log_file}: {exc})"
-        return text[-4000:] or "(log empty)"
 
     async def _stop_node(self, node: PgNode, mode: StopMode) -> None:
         """Stop by PID: SIGINT (fast) or SIGQUIT (immediate), escalating to SIGQUIT after 15 s

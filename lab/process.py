@@ -38,6 +38,20 @@ _KILL_WAIT = 10.0  # after SIGKILL: a process in uninterruptible sleep may take 
 _ATEXIT_GRACE = 5.0
 
 
+def read_log(path: Path, offset: int = 0, limit: int | None = None) -> str:
+    """What the log file at `path` holds from `offset` on (its last `limit` characters), or why
+    not: for error messages, so it never raises."""
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace").strip()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    if limit is not None:
+        text = text[-limit:]
+    return text or "(log empty)"
+
+
 class ChildExited(RuntimeError):
     """The child exited while we waited for it to be ready; `returncode` is its status."""
 
@@ -203,13 +217,7 @@ class Child:
         """What `log_file` holds from `offset` on (its last `limit` characters), or why not."""
         if self.log_file is None:
             return "(no log)"
-        try:
-            with self.log_file.open("rb") as log:
-                log.seek(offset)
-                text = log.read().decode(errors="replace").strip()
-        except OSError as exc:
-            return f"(cannot read {self.log_file}: {exc})"
-        return text[-limit:] or "(log empty)"
+        return read_log(self.log_file, offset, limit)
 
     def send(self, sig: signal.Signals) -> None:
         """`sig` to the process itself (nothing if it has exited)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lab.process import Child, ChildExited, command
+from lab.process import Child, ChildExited, command, read_log
 from lab.wait import wait_until
 
 SHELL = "/bin/sh"
@@ -116,3 +116,12 @@ def test_command_prefixes() -> None:
         assert "--pdeathsig" in wrapped
     as_user = command(argv, user="postgres")
     assert as_user[-2:] == argv and any("postgres" in part for part in as_user[:-2])
+
+
+def test_read_log_tails_from_an_offset_and_never_raises(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("first start\nsecond start: FATAL bad config\n")
+    assert read_log(log, len("first start\n")) == "second start: FATAL bad config"
+    assert read_log(log, 0, limit=10) == "bad config"
+    assert read_log(log, log.stat().st_size) == "(log empty)"
+    assert read_log(tmp_path / "missing.log").startswith(f"(cannot read {tmp_path / 'missing.log'}: ")

@@ -110,6 +110,7 @@ class CheckResult:
     message: str = ""
     reason: Reason = Reason.OK
     attempts: int = 1
+    tags: tuple[str, ...] = ()  # the check's tags (set by the harness): what alert rules select on
 
     @property
     def success(self) -> bool:

@@ -89,12 +89,14 @@ def encode(r: CheckResult) -> str:
     """A result as compact JSON, exactly (floats round-trip; `to_json()` rounds for display)."""
     samples = [[s.name, s.value, [list(kv) for kv in s.labels]] for s in r.samples]
     row = [r.check, r.check_type, r.target, int(r.status), r.started_at, r.duration, samples]
-    row += [r.message, r.reason.value, r.attempts]
+    row += [r.message, r.reason.value, r.attempts, list(r.tags)]
     return json.dumps(row, separators=(",", ":"))
 
 
 def decode(payload: str) -> CheckResult:
-    check, type_, target, status, started, duration, samples, message, reason, attempts = json.loads(payload)
+    row = json.loads(payload)
+    check, type_, target, status, started, duration, samples, message, reason, attempts = row[:10]
+    tags = tuple(row[10]) if len(row) > 10 else ()  # rows written before results had tags
     return CheckResult(
         check,
         type_,
@@ -106,6 +108,7 @@ def decode(payload: str) -> CheckResult:
         message,
         Reason(reason),
         attempts,
+        tags,
     )
 
 

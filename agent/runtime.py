@@ -85,7 +85,7 @@ class Agent:
             cfg.alerts,
             {n.name: build(n) for n in cfg.notifiers},
             cfg.agent.name,
-            check_tags={c.name: c.tags for c in cfg.checks},
+            guard_checks=_guard_checks(cfg),
             health=health,
         )
         self.state_files["alerts"] = health
@@ -294,6 +294,15 @@ class Agent:
         self.metrics.last_reload.set(time.time())
 
 
+def _guard_checks(cfg: Config) -> list[str]:
+    """The configured checks the connectivity guard covers (a check's tags reach the alert engine
+    on its results; only the guard needs to know the checks that have not reported yet)."""
+    if cfg.alerts is None:
+        return []
+    guard = cfg.alerts.connectivity_guard
+    return [c.name for c in cfg.checks if guard.covers(c.name, c.tags)]
+
+
 def _alerting(cfg: Config) -> tuple[Any, ...]:
     """What the agent's own alerting is built from: a change means restarting it."""
-    return (cfg.alerts, cfg.notifiers, tuple((c.name, tuple(c.tags)) for c in cfg.checks))
+    return (cfg.alerts, cfg.notifiers, tuple(_guard_checks(cfg)))

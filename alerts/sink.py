@@ -53,7 +53,7 @@ class AlertSink:
         config: AlertsConfig,
         notifiers: Mapping[str, Notifier],
         agent: str,
-        check_tags: Mapping[str, Collection[str]] | None = None,
+        guard_checks: Collection[str] = (),
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
         store: AlertStore | None = None,
@@ -70,7 +70,7 @@ class AlertSink:
             config,
             agent,
             clock,
-            check_tags,
+            guard_checks,
             states=self.store.load_states(),
             silences=self.store.silences(),
         )

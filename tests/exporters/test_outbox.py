@@ -17,7 +17,7 @@ from agent.delivery.outcome import PushResult
 from agent.delivery.pump import Pump
 from agent.errors import ConfigError, StartupError
 from agent.model import CheckResult, Reason, Sample, Status, result_from_json
-from agent.outbox import Outbox, Record, encode
+from agent.outbox import Outbox, Record, decode, encode
 from exporters.base import ExportCollector, OutboxSink
 
 T0 = 1_700_000_000.0
@@ -308,3 +308,10 @@ async def test_a_reconnected_exporter_ends_the_retry_wait(tmp_path: Path) -> Non
     finally:
         await pump.stop()
         box.close()
+
+
+def test_a_row_written_before_results_had_tags_still_decodes() -> None:
+    tagged = result(1).with_(tags=("edge",))
+    assert decode(encode(tagged)) == tagged
+    old = '["web","http","https://shop.example/",0,1700000015.0,0.013,[],"run 1","ok",2]'
+    assert decode(old) == result(1).with_(samples=(), duration=0.013, tags=())

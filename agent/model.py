@@ -136,6 +136,16 @@ class CheckResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class CheckRemoved:
+    """A reload removed check `check`. The scheduler publishes it into the pipeline after the
+    check's task is cancelled, so every sink receives it after the check's last result (in its
+    own queue's order) and can forget what it keeps of the check; a later result of that name is
+    of a check configured again."""
+
+    check: str
+
+
 def result_from_json(data: dict[str, Any]) -> CheckResult:
     """The inverse of `CheckResult.to_json()` (the durable outbox stores results that way)."""
     return CheckResult(

@@ -57,7 +57,6 @@ class Agent:
         self.state_files: dict[str, StateFileHealth] = {}
         self._healths: dict[Path, StateFileHealth] = {}
         self.latest = LatestResults()
-        self.latest.retain(c.name for c in cfg.checks)
         prometheus = PrometheusSink(self.latest)
         self.metrics.registry.register(AgentInfoCollector(lambda: self.config.agent, __version__))
         self.metrics.registry.register(StateFileCollector(lambda: self.state_files.values()))
@@ -190,7 +189,12 @@ class Agent:
         self.fanout.start()
         for pump in self._pumps:
             pump.start()
-        self.scheduler = Scheduler(self.fanout.publish, self.metrics, self.config.agent.concurrency)
+        self.scheduler = Scheduler(
+            self.fanout.publish,
+            self.metrics,
+            self.config.agent.concurrency,
+            publish_removal=self.fanout.publish,
+        )
         self.scheduler.apply(self.config.checks)
         self._running = True
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -281,7 +285,6 @@ class Agent:
         self.config = new
         if self.scheduler is not None:
             started, stopped = self.scheduler.apply(new.checks)
-            self.latest.retain(c.name for c in new.checks)
             changed = set(started) & set(stopped)
             log.info(
                 "config reloaded: %d added, %d changed, %d removed, %d unchanged",

@@ -197,6 +197,11 @@ class AlertEngine:
     def set_silences(self, silences: Iterable[Silence]) -> None:
         self._silences = list(silences)
 
+    def forget(self, check: str) -> None:
+        """`check` was removed from the config: drop its tags and its vote in the guard."""
+        self._check_tags.pop(check, None)
+        self._guard_failing.pop(check, None)
+
     def observe(self, result: CheckResult) -> list[Notification]:
         """Evaluate one result against every matching rule; return what must be sent now."""
         now = self._now()

@@ -15,9 +15,11 @@ from collections.abc import Iterable
 
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
 from agent.model import CheckRemoved, CheckResult
+from exporters.samples import flatten
 
 _UNDOCUMENTED = "Undocumented sample (missing from agent/catalog.py)."
 _ORDER = {name: i for i, name in enumerate(CHECK_METRICS)}
+LAST_RUN = "mamori_check_last_run_timestamp_seconds"
 
 
 def _escape(value: str) -> str:
@@ -38,20 +40,13 @@ def _line(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
 
 
 def render_result(r: CheckResult) -> dict[str, list[str]]:
-    """The exposition lines of one result, by metric name."""
-    base = tuple(zip(PER_CHECK_LABELS, (r.check, r.target), strict=True))
+    """The exposition lines of one result, by metric name: the series every metrics exporter
+    sends (`flatten`), plus the time of the run, which a pushed sample carries as its timestamp."""
     out: dict[str, list[str]] = {}
-
-    def add(name: str, extra: tuple[tuple[str, str], ...], value: float) -> None:
-        out.setdefault(name, []).append(_line(name, base + extra, value))
-
-    add("probe_success", (), 1.0 if r.success else 0.0)
-    add("probe_duration_seconds", (), r.duration)
-    add("mamori_check_status", (("type", r.check_type), ("reason", r.reason.value)), float(r.status))
-    add("mamori_check_last_run_timestamp_seconds", (), r.started_at)
-    add("mamori_check_attempts", (), float(r.attempts))
-    for s in r.samples:
-        add(s.name, s.labels, s.value)
+    for s in flatten(r):
+        out.setdefault(s.name, []).append(_line(s.name, s.labels, s.value))
+    base = tuple(zip(PER_CHECK_LABELS, (r.check, r.target), strict=True))
+    out[LAST_RUN] = [_line(LAST_RUN, base, r.started_at)]
     return out
 
 

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import psutil
 from pydantic import AfterValidator, field_validator, model_validator
 
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
 from agent.types import Model
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 
@@ -682,11 +682,11 @@ class HostCheck(Check[HostConfig]):
         reason = Reason.OK if status is Status.OK else Reason.THRESHOLD
         return Outcome(status, reason, message, tuple(samples))
 
-    def perfdata(self, duration: float, outcome: Outcome) -> list[PerfDatum]:
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
         """time, then cpu/mem/swap/load1 and one 'disk_<mountpoint>' per filesystem (percent)."""
         c = self.config
-        data = [PerfDatum("time", duration, "s", min=0)]
-        values = {s.name: s.value for s in outcome.samples if not s.labels}
+        data = [PerfDatum("time", result.duration, "s", min=0)]
+        values = {s.name: s.value for s in result.samples if not s.labels}
         if CPU_USAGE in values:
             data.append(_pct_datum("cpu", values[CPU_USAGE], c.cpu_warning, c.cpu_critical))
         if MEMORY_USAGE in values:
@@ -701,7 +701,7 @@ class HostCheck(Check[HostConfig]):
 
             warn, crit = absolute(c.load_per_cpu_warning), absolute(c.load_per_cpu_critical)
             data.append(PerfDatum("load1", values[LOAD1], "", warn, crit, 0))
-        for s in outcome.samples:
+        for s in result.samples:
             if s.name == FS_USAGE:
                 mp = dict(s.labels)["mountpoint"]
                 data.append(_pct_datum(f"disk_{mp}", s.value, *c.disk_limits(mp)))

@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from agent.headers import check_headers, token_problem
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
 from agent.types import ByteSize, Duration, Model, check_host, secret_value
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 from checks.http_wire import HttpWire
@@ -771,17 +771,17 @@ class HttpCheck(Check[HttpConfig]):
             samples.extend(state.tls.samples())
         return tuple(samples)
 
-    def perfdata(self, duration: float, outcome: Outcome) -> list[PerfDatum]:
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
         """check_http's perfdata: total time with the latency thresholds, each phase, body size."""
         phases = {
             dict(s.labels).get("phase"): s.value
-            for s in outcome.samples
+            for s in result.samples
             if s.name == "probe_http_duration_seconds"
         }
-        size = next((s.value for s in outcome.samples if s.name == "probe_http_content_length"), 0.0)
+        size = next((s.value for s in result.samples if s.name == "probe_http_content_length"), 0.0)
         cfg = self.config
         return [
-            PerfDatum("time", duration, "s", cfg.latency_warning, cfg.latency_critical, min=0),
+            PerfDatum("time", result.duration, "s", cfg.latency_warning, cfg.latency_critical, min=0),
             *(PerfDatum(f"time_{p}", phases.get(p, 0.0), "s", min=0) for p in PHASES),
             PerfDatum("size", size, "B", min=0),
         ]

@@ -42,7 +42,7 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from agent.model import Reason, Sample
+from agent.model import CheckResult, Reason, Sample
 from agent.text import seconds
 from agent.types import ByteSize, Duration, Model, Port, secret_value
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
@@ -740,8 +740,8 @@ class PostgresCheck(Check[PostgresConfig]):
 
     # --- reporting ---
 
-    def perfdata(self, duration: float, outcome: Outcome) -> list[PerfDatum]:
-        out = [PerfDatum("time", duration, "s", min=0)]
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
+        out = [PerfDatum("time", result.duration, "s", min=0)]
         report = self._last
         if report is not None and report.policy.cluster_view:
             v = report.verdict
@@ -751,12 +751,12 @@ class PostgresCheck(Check[PostgresConfig]):
                 out.append(PerfDatum("rpo_exposure", v.exposure, "s", crit=report.policy.rpo, min=0))
         return out
 
-    def summary(self, outcome: Outcome) -> str | None:
+    def summary(self, result: CheckResult) -> str | None:
         """The replication report of the last run (nodes, standbys, archiver, slots, RPO,
         failover readiness), or None before any run."""
         if self._last is None:
             return None
-        return render_summary(self.name, outcome, self._last.states, self._last.verdict, self._last.policy)
+        return render_summary(self.name, result, self._last.states, self._last.verdict, self._last.policy)
 
     async def aclose(self) -> None:
         """Close every node's connection. Safe to call twice, and before any run."""
@@ -842,10 +842,10 @@ def _lsn(value: int | None) -> str:
 
 
 def render_summary(
-    name: str, outcome: Outcome, states: Sequence[NodeState], verdict: Verdict, policy: Policy
+    name: str, result: CheckResult, states: Sequence[NodeState], verdict: Verdict, policy: Policy
 ) -> str:
     """A readable multi-line report of one run, for `agentctl check -c FILE NAME`."""
-    lines = [f"{name}: {outcome.status.name} ({outcome.reason.value}) — cluster {policy.cluster}"]
+    lines = [f"{name}: {result.status.name} ({result.reason.value}) — cluster {policy.cluster}"]
     lines.append("nodes:")
     for s in states:
         if not s.up:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails
 
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
 from agent.types import Host, Port
 from checks.base import Check, CheckConfig, Outcome, PerfDatum
 from checks.net import (
@@ -220,13 +220,16 @@ class TcpCheck(Check[TcpConfig]):
             samples.extend(state.tls.samples())
         return tuple(samples)
 
-    def perfdata(self, duration: float, outcome: Outcome) -> list[PerfDatum]:
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
         connect = next(
             (
                 s.value
-                for s in outcome.samples
+                for s in result.samples
                 if s.name == "mamori_tcp_duration_seconds" and s.labels == (("phase", "connect"),)
             ),
             0.0,
         )
-        return [PerfDatum("time", duration, "s", min=0), PerfDatum("time_connect", connect, "s", min=0)]
+        return [
+            PerfDatum("time", result.duration, "s", min=0),
+            PerfDatum("time_connect", connect, "s", min=0),
+        ]

@@ -33,7 +33,6 @@ from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from agent.scheduler import Scheduler
 from agent.telemetry import AgentMetrics
-from checks.base import Outcome
 from checks.pg_cluster import (
     PRECEDENCE,
     READY_REASONS,
@@ -840,7 +839,7 @@ def delay(result: CheckResult) -> float:
 
 
 def summary(check: PostgresCheck, result: CheckResult) -> str:
-    text = check.summary(Outcome(result.status, result.reason, result.message, result.samples))
+    text = check.summary(result)
     assert text is not None
     return text
 

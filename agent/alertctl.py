@@ -5,7 +5,7 @@ may be running: sqlite (WAL, busy timeout) lets both use it at once. The running
 silences from the file every `alerts.sink.SILENCE_REFRESH` seconds (10 s).
 
 Imported only by these commands (agent/cli.py imports it lazily), so `agentctl check` stays fast.
-Every user error raises this module's `UsageError`; agent/cli.py turns it into its own (one line
+Every user error raises this module's `AlertctlUsageError`; agent/cli.py turns it into its own (one line
 on stderr, exit 1). A separate class because `python -m agent.cli` runs cli.py as `__main__`,
 whose `UsageError` is not `agent.cli.UsageError`.
 """
@@ -28,25 +28,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.config import Config
+    from agent.config import AgentConfig
     from alerts.config import AlertsConfig
     from alerts.engine import AlertRecord, Silence
     from alerts.store import AlertStore
 
 
-class UsageError(Exception):
+class AlertctlUsageError(Exception):
     """A user error with a one-line explanation (agent/cli.py reports it, exit 1)."""
 
 
-def _load_config(path: str | None) -> Config:
+def _load_config(path: str | None) -> AgentConfig:
     from agent import config
 
     return config.load(Path(path) if path else None)
 
 
-def _alerts_config(cfg: Config) -> AlertsConfig:
+def _alerts_config(cfg: AgentConfig) -> AlertsConfig:
     if cfg.alerts is None:
-        raise UsageError(f"no alerts section in {cfg.source}")
+        raise AlertctlUsageError(f"no alerts section in {cfg.source}")
     alerts: AlertsConfig = cfg.alerts
     return alerts
 
@@ -60,9 +60,9 @@ def _open_store(alerts: AlertsConfig) -> AlertStore:
         # reported in one line, and the agent deals with it when it starts (agent/statefile.py).
         return AlertStore(alerts.state_file, alerts.dead_letter_limit, recover=False, probe=False)
     except StartupError as exc:
-        raise UsageError(str(exc)) from None
+        raise AlertctlUsageError(str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
-        raise UsageError(f"cannot open the alert state file {alerts.state_file}: {exc}") from None
+        raise AlertctlUsageError(f"cannot open the alert state file {alerts.state_file}: {exc}") from None
 
 
 def _out(text: str) -> None:
@@ -125,7 +125,7 @@ class _View:
     """What explaining an alert needs besides the alert itself."""
 
     def __init__(
-        self, cfg: Config, alerts: AlertsConfig, records: list[AlertRecord], silences: list[Silence]
+        self, cfg: AgentConfig, alerts: AlertsConfig, records: list[AlertRecord], silences: list[Silence]
     ):
         from alerts.config import NETWORK_DOWN_RULE
         from alerts.engine import GUARD_CHECK
@@ -198,7 +198,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             outbox = {route: store.pending(route) for route in sorted(set(configured) | set(store.routes()))}
             dead = int(store.db.execute("SELECT COUNT(*) FROM dead").fetchone()[0])
         except sqlite3.Error as exc:
-            raise UsageError(f"cannot read the alert state file {alerts.state_file}: {exc}") from None
+            raise AlertctlUsageError(f"cannot read the alert state file {alerts.state_file}: {exc}") from None
         finally:
             store.close()
         view = _View(cfg, alerts, records, silences)
@@ -236,9 +236,9 @@ def _matchers(specs: list[str]) -> tuple[tuple[str, str], ...]:
         key, sep, glob = spec.partition("=")
         key = key.strip()
         if not sep or not key or not glob:
-            raise UsageError(f"invalid --match {spec!r}: expected KEY=GLOB, e.g. check=web-*")
+            raise AlertctlUsageError(f"invalid --match {spec!r}: expected KEY=GLOB, e.g. check=web-*")
         if key not in SILENCE_KEYS:
-            raise UsageError(f"unknown --match key {key!r}: use {', '.join(sorted(SILENCE_KEYS))}")
+            raise AlertctlUsageError(f"unknown --match key {key!r}: use {', '.join(sorted(SILENCE_KEYS))}")
         out.append((key, glob))
     return tuple(out)
 
@@ -249,7 +249,7 @@ def _parse_start(text: str | None, now: float) -> float:
     try:
         start = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise UsageError(
+        raise AlertctlUsageError(
             f"invalid --start {text!r}: expected ISO 8601, e.g. 2025-03-01T22:00:00+09:00"
         ) from None
     if start.tzinfo is None:
@@ -294,14 +294,14 @@ def cmd_silence_add(args: argparse.Namespace) -> int:
             created_by=_user(),
         )
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise AlertctlUsageError(str(exc)) from None
     if silence.ends_at <= now:
-        raise UsageError(f"the silence would end in the past ({_iso(silence.ends_at)})")
+        raise AlertctlUsageError(f"the silence would end in the past ({_iso(silence.ends_at)})")
     store = _open_store(alerts)
     try:
         store.add_silence(silence)
     except sqlite3.Error as exc:
-        raise UsageError(f"cannot write the alert state file {alerts.state_file}: {exc}") from None
+        raise AlertctlUsageError(f"cannot write the alert state file {alerts.state_file}: {exc}") from None
     finally:
         store.close()
     _out(silence.id)
@@ -317,7 +317,7 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
         try:
             silences = [s for s in store.silences() if s.ends_at > now]
         except sqlite3.Error as exc:
-            raise UsageError(f"cannot read the alert state file {alerts.state_file}: {exc}") from None
+            raise AlertctlUsageError(f"cannot read the alert state file {alerts.state_file}: {exc}") from None
         finally:
             store.close()
     items = [_silence_json(s, now) for s in silences]
@@ -340,16 +340,16 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
 def cmd_silence_expire(args: argparse.Namespace) -> int:
     alerts = _alerts_config(_load_config(args.config))
     if not Path(alerts.state_file).exists():
-        raise UsageError(f"no silence {args.id!r} (no alert state file {alerts.state_file} yet)")
+        raise AlertctlUsageError(f"no silence {args.id!r} (no alert state file {alerts.state_file} yet)")
     store = _open_store(alerts)
     try:
         removed = store.remove_silence(args.id)
     except sqlite3.Error as exc:
-        raise UsageError(f"cannot write the alert state file {alerts.state_file}: {exc}") from None
+        raise AlertctlUsageError(f"cannot write the alert state file {alerts.state_file}: {exc}") from None
     finally:
         store.close()
     if not removed:
-        raise UsageError(f"no silence {args.id!r} in {alerts.state_file}")
+        raise AlertctlUsageError(f"no silence {args.id!r} in {alerts.state_file}")
     _out(f"expired {args.id}")
     return 0
 
@@ -389,7 +389,7 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
     known = {n.name: n for n in cfg.notifiers}
     if args.route not in known:
         names = ", ".join(sorted(known)) or "none configured"
-        raise UsageError(f"no notifier {args.route!r} in {cfg.source} (known: {names})")
+        raise AlertctlUsageError(f"no notifier {args.route!r} in {cfg.source} (known: {names})")
     # The notifier logs a failed send; the outcome is printed here instead.
     logging.getLogger("mamori.notifiers").addHandler(logging.NullHandler())
     delivery = asyncio.run(_send_test(known[args.route], cfg.agent.name))

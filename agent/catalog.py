@@ -30,6 +30,31 @@ def _m(type_: MetricType, labels: str, help_: str, source: str) -> MetricSpec:
 
 PER_CHECK_LABELS = ("check", "target")
 
+# Closed label sets: every value a label of these per-check metrics can have, for what checks a
+# query against the catalog (exporters/oci_alarms: an alarm on another value never fires).
+# `mamori_check_status{type}`: the check types (checks/__init__.py's REGISTRY) and the fleet's
+# results (exporters/fleet.py); tests/test_metrics_catalog.py holds the two to this list.
+CHECK_TYPES = ("http", "tcp", "host", "lb", "docker", "postgres", "pg_backup", "fleet")
+
+# `mamori_pg_failover_ready{reason}`: why the cluster can (not) fail over, one at a time
+# (checks/postgres/cluster.py judges them in this order). The cluster-wide ones first; then a
+# standby's own problems, from the furthest from ready to the closest: the best standby's problem
+# is the cluster's.
+READY_REASONS = (
+    "ready",
+    "split_brain",
+    "sysid_mismatch",
+    "no_standby",
+    "standby_down",
+    "receiver_down",
+    "timeline_mismatch",
+    "replay_paused",
+    "lag_exceeds_rpo",
+)
+
+# `mamori_pg_failover_recommended{reason}`.
+RECOMMENDED_REASONS = ("primary_reachable", "primary_down_standby_ready", "primary_down_standby_not_ready")
+
 # Per-check samples: the exporter labels each with check and target.
 CHECK_METRICS: dict[str, MetricSpec] = {
     # every check (added by the exporter from the result itself)

@@ -5,7 +5,7 @@ or config error is 3, as for any Nagios plugin). `validate`, `list` and `run` ex
 invalid config or a start-up failure, 2 on bad arguments. `alerts`, `silence add|list|expire` and
 `notify-test` (agent/alertctl.py) exit 1 on a user error (one line on stderr) and `notify-test`
 also when the notification was not delivered; 2 on bad arguments. `oci-alarms`
-(agent/ocialarms.py) exits 1 on a bad alarms file, credentials or a service error (one line
+(exporters/oci_alarms/) exits 1 on a bad alarms file, credentials or a service error (one line
 each), 3 on bad arguments.
 
 Each command imports only what it needs: `agentctl check URL` must start fast (see bench/), so
@@ -27,7 +27,7 @@ from agent import __version__
 from agent.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
-    from agent.config import Config
+    from agent.config import AgentConfig
     from agent.model import CheckResult
     from checks.base import Check
 
@@ -39,7 +39,7 @@ class UsageError(Exception):
     """A user error with a one-line explanation."""
 
 
-def _load_config(path: str | None) -> Config:
+def _load_config(path: str | None) -> AgentConfig:
     from agent import config
 
     return config.load(Path(path) if path else None)
@@ -63,7 +63,7 @@ def _adhoc_check(target: str, timeout: float | None) -> Check[Any]:
     scheme = target.partition("://")[0].lower()
     try:
         if scheme in ("http", "https"):
-            from checks.http import HttpCheck
+            from checks.http.check import HttpCheck
 
             return HttpCheck.from_url(target, **overrides)
         if scheme in ("tcp", "tls"):
@@ -78,7 +78,7 @@ def _adhoc_check(target: str, timeout: float | None) -> Check[Any]:
     )
 
 
-def _select(cfg: Config, names: list[str], tags: list[str]) -> list[Any]:
+def _select(cfg: AgentConfig, names: list[str], tags: list[str]) -> list[Any]:
     known = {c.name: c for c in cfg.checks}
     missing = [n for n in names if n not in known]
     if missing:
@@ -228,7 +228,7 @@ def _alertctl(name: str, args: argparse.Namespace) -> int:
 
     try:
         code: int = getattr(alertctl, name)(args)
-    except alertctl.UsageError as exc:
+    except alertctl.AlertctlUsageError as exc:
         raise UsageError(str(exc)) from None
     return code
 
@@ -253,20 +253,21 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
     return _alertctl("cmd_notify_test", args)
 
 
-# --- oci-alarms (agent/ocialarms.py) ---------------------------------------------------------
+# --- oci-alarms (exporters/oci_alarms/) -------------------------------------------------------
 
 
 def cmd_oci_alarms(args: argparse.Namespace) -> int:
-    from agent import ocialarms
+    from exporters.oci_alarms.cli import AlarmsUsageError, command
+    from exporters.oci_alarms.client import AlarmsError
 
     try:
-        return ocialarms.command(args, sys.stdout)
-    except ocialarms.UsageError as exc:
+        return command(args, sys.stdout)
+    except AlarmsUsageError as exc:
         raise UsageError(str(exc)) from None
     except ConfigError as exc:
         _print_config_error(exc)
         return 1
-    except ocialarms.AlarmsError as exc:
+    except AlarmsError as exc:
         for line in str(exc).splitlines():
             print(f"agentctl: {line}", file=sys.stderr)
         return 1
@@ -429,7 +430,7 @@ def build_parser() -> _Parser:
 
 
 def _duration_arg(text: str) -> float:
-    from agent.types import parse_duration
+    from agent.fields import parse_duration
 
     try:
         value = parse_duration(text)

@@ -23,13 +23,13 @@ from pydantic import Field, ValidationError, field_validator
 
 from agent import yamldoc
 from agent.errors import ConfigError, ConfigIssue
+from agent.fields import Duration, Model
 from agent.files import read_regular_file
-from agent.types import Duration, Model
 from agent.yamldoc import DocumentError, YamlDoc, format_path
 from checks import REGISTRY, check_class
 from checks.base import CheckConfig
 
-__all__ = ["Config", "ConfigError", "ConfigIssue", "load", "parse"]
+__all__ = ["AgentConfig", "ConfigError", "ConfigIssue", "load", "parse"]
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
@@ -78,7 +78,7 @@ class AgentSection(Model):
 
 
 @dataclass(frozen=True)
-class Config:
+class AgentConfig:
     agent: AgentSection
     checks: tuple[CheckConfig, ...]
     source: str
@@ -88,7 +88,7 @@ class Config:
     notifiers: tuple[Any, ...] = ()  # alerts.notifiers.config.NotifierConfig
     # Push exporters (exporters/): empty when the file has no `exporters:` section.
     outbox: Any = None  # exporters.config.OutboxConfig | None
-    exporters: tuple[Any, ...] = ()  # each an exporters.<type>.Config
+    exporters: tuple[Any, ...] = ()  # each the config model exporters.config.EXPORTERS names
     # What is valid but probably not meant (a rule only another agent's results could match):
     # `agentctl validate` prints these, the agent logs them at start and on reload.
     warnings: tuple[ConfigIssue, ...] = ()
@@ -203,7 +203,7 @@ def _interval_problem(seconds: float) -> str | None:
     return None
 
 
-def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
+def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentConfig:
     """Validate a whole config document. Raises ConfigError listing every problem found.
 
     Bounded for any text (see agent.yamldoc): never more than a few MiB, 100 000 nodes and a
@@ -301,7 +301,7 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> Config:
         _alert_targets(doc, file, alerts, checks, exporters, issues, warnings)
     if issues:
         raise ConfigError(issues)
-    return Config(
+    return AgentConfig(
         agent=agent,
         checks=tuple(checks),
         source=file,
@@ -326,7 +326,7 @@ def _alert_targets(
     from alerts.config import validate_targets
 
     fleet = any(getattr(getattr(e, "fleet", None), "enabled", False) for e in exporters)
-    # A postgres check's cluster is its `cluster`, else its name (checks/postgres.py).
+    # A postgres check's cluster is its `cluster`, else its name (checks/postgres/config.py).
     clusters = [getattr(c, "cluster", None) or c.name for c in checks if c.type == "postgres"]
     check_tags = {c.name: c.tags for c in checks}
     for path, message, warning in validate_targets(alerts, check_tags, clusters if fleet else None):
@@ -422,7 +422,7 @@ def _alerting(doc: YamlDoc, file: str, issues: list[ConfigIssue]) -> tuple[Any, 
     return alerts, tuple(notifiers)
 
 
-def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> AgentConfig:
     """Load a file, or the embedded default config when `path` is None.
 
     Reads at most `yamldoc.MAX_BYTES` (4 MiB) of the file: a larger one is refused before parsing."""

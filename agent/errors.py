@@ -11,7 +11,7 @@ _ONE_LINE = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u
 @dataclass(frozen=True)
 class ConfigIssue:
     """One problem of a config file. A warning does not make the file invalid: `validate` prints
-    it and the agent logs it at start and on reload (`Config.warnings`)."""
+    it and the agent logs it at start and on reload (`AgentConfig.warnings`)."""
 
     file: str
     line: int

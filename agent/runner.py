@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from agent.model import CheckResult, Reason, Status
-from checks.base import Check, Outcome, budget_until
+from checks.base import Check, CheckOutcome, budget_until
 
 log = logging.getLogger("mamori.runner")
 
@@ -28,7 +28,7 @@ TIMEOUT_GRACE = 0.5
 _reported_bugs: weakref.WeakKeyDictionary[Check[Any], set[str]] = weakref.WeakKeyDictionary()
 
 
-async def _attempt(check: Check[Any], deadline: float) -> Outcome:
+async def _attempt(check: Check[Any], deadline: float) -> CheckOutcome:
     """One attempt, cut at `deadline` (loop time); the check's own budget ends TIMEOUT_GRACE
     earlier (`Check.time_left`), so a retry never starts a fresh `timeout` the harness cuts."""
     timeout = check.config.timeout
@@ -37,13 +37,13 @@ async def _attempt(check: Check[Any], deadline: float) -> Outcome:
             async with asyncio.timeout_at(deadline):
                 return await check.run()
     except TimeoutError:
-        return Outcome(Status.CRITICAL, Reason.TIMEOUT, f"no result within the {timeout:g}s timeout")
+        return CheckOutcome(Status.CRITICAL, Reason.TIMEOUT, f"no result within the {timeout:g}s timeout")
     except Exception as exc:
         reported = _reported_bugs.setdefault(check, set())
         if type(exc).__name__ not in reported:
             reported.add(type(exc).__name__)
             _log_bug(check, exc)
-        return Outcome(Status.UNKNOWN, Reason.CHECK_ERROR, f"check failed: {type(exc).__name__}: {exc}")
+        return CheckOutcome(Status.UNKNOWN, Reason.CHECK_ERROR, f"check failed: {type(exc).__name__}: {exc}")
 
 
 def _log_bug(check: Check[Any], exc: Exception) -> None:

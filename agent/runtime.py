@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, config
-from agent.config import Config, ConfigError
+from agent.config import AgentConfig, ConfigError
 from agent.pipeline import FanOut, Sink
 from agent.scheduler import Scheduler
 from agent.server import AgentServer
@@ -37,7 +37,7 @@ log = logging.getLogger("mamori.agent")
 class Agent:
     def __init__(
         self,
-        cfg: Config,
+        cfg: AgentConfig,
         config_path: Path | None,
         env: Mapping[str, str] | None = None,
         listen: str | None = None,
@@ -71,7 +71,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._running = False
 
-    def _alert_sink(self, cfg: Config) -> Sink:
+    def _alert_sink(self, cfg: AgentConfig) -> Sink:
         """The agent's own notifier (alerts/): imported only when the config has `alerts:`."""
         from alerts.notifiers import build
         from alerts.sink import AlertSink
@@ -94,7 +94,7 @@ class Agent:
         self.metrics.registry.register(self._alert_collector)
         return sink
 
-    async def _reload_alerting(self, old: Config, new: Config) -> None:
+    async def _reload_alerting(self, old: AgentConfig, new: AgentConfig) -> None:
         """Restart the agent's own alerting on the new `alerts:`/`notifiers:` between two results.
         Its state is on disk, so this is what an agent restart does to it: firing alerts stay
         firing (no new page), undelivered notifications are sent, rules that are gone stop."""
@@ -126,7 +126,7 @@ class Agent:
 
         await self.fanout.swap("alerts", replace)
 
-    def _export_sink(self, cfg: Config) -> Sink:
+    def _export_sink(self, cfg: AgentConfig) -> Sink:
         """Push exporters behind the durable outbox (exporters/): imported only when configured."""
         from agent.errors import StartupError
         from agent.outbox import Outbox, outbox_health
@@ -267,7 +267,7 @@ class Agent:
                 log.warning("config reload: %s", warning)
             self._apply(new)
 
-    def _apply(self, new: Config) -> None:
+    def _apply(self, new: AgentConfig) -> None:
         old = self.config
         for field in ("listen", "concurrency", "queue_size"):
             if getattr(new.agent, field) != getattr(old.agent, field):
@@ -297,7 +297,7 @@ class Agent:
         self.metrics.last_reload.set(time.time())
 
 
-def _guard_checks(cfg: Config) -> list[str]:
+def _guard_checks(cfg: AgentConfig) -> list[str]:
     """The configured checks the connectivity guard covers (a check's tags reach the alert engine
     on its results; only the guard needs to know the checks that have not reported yet)."""
     if cfg.alerts is None:
@@ -306,6 +306,6 @@ def _guard_checks(cfg: Config) -> list[str]:
     return [c.name for c in cfg.checks if guard.covers(c.name, c.tags)]
 
 
-def _alerting(cfg: Config) -> tuple[Any, ...]:
+def _alerting(cfg: AgentConfig) -> tuple[Any, ...]:
     """What the agent's own alerting is built from: a change means restarting it."""
     return (cfg.alerts, cfg.notifiers, tuple(_guard_checks(cfg)))

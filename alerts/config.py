@@ -21,8 +21,8 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from agent.fields import Duration, Model, parse_duration
 from agent.model import CheckResult, Reason, Status
-from agent.types import Duration, Model, parse_duration
 from alerts.model import Severity
 
 SUMMARY_FIELDS = frozenset({"check", "target", "reason", "message", "value", "agent"})
@@ -57,7 +57,7 @@ def glob_match(patterns: Iterable[str], value: str) -> bool:
     return any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
-class Verdict:
+class RuleVerdict:
     """What one rule says about one result: bad (with the offending value), good, or no data."""
 
     __slots__ = ("bad", "value")
@@ -129,7 +129,7 @@ class AlertRule(Model):
             return False
         return self.tag is None or self.tag in tags
 
-    def evaluate(self, result: CheckResult) -> Verdict:
+    def evaluate(self, result: CheckResult) -> RuleVerdict:
         if self.status is not None:
             if self.status == "critical":
                 bad = result.status == Status.CRITICAL
@@ -139,7 +139,7 @@ class AlertRule(Model):
                 bad = result.status != Status.OK
             if bad and self.reason:
                 bad = result.reason in self.reason
-            return Verdict(bad, result.status.label)
+            return RuleVerdict(bad, result.status.label)
         assert self.op is not None and self.value is not None  # guaranteed by _one_condition
         compare = _OPS[self.op]
         found = False
@@ -148,8 +148,8 @@ class AlertRule(Model):
                 continue
             found = True
             if compare(s.value, self.value):
-                return Verdict(True, f"{s.value:g}")
-        return Verdict(False, "") if found else Verdict(None)
+                return RuleVerdict(True, f"{s.value:g}")
+        return RuleVerdict(False, "") if found else RuleVerdict(None)
 
 
 class Weekly(Model):

@@ -34,7 +34,7 @@ from alerts.config import (
     NETWORK_DOWN_RULE,
     AlertRule,
     AlertsConfig,
-    Verdict,
+    RuleVerdict,
     glob_match,
 )
 from alerts.model import AlertState, Event, Notification, Severity
@@ -279,7 +279,7 @@ class AlertEngine:
         return self._check_tags.get(check, ())
 
     def _step(
-        self, alert: AlertRecord, rule: AlertRule, verdict: Verdict, result: CheckResult, now: float
+        self, alert: AlertRecord, rule: AlertRule, verdict: RuleVerdict, result: CheckResult, now: float
     ) -> None:
         alert.target = result.target
         if verdict.bad:

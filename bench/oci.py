@@ -328,11 +328,11 @@ async def _measure(args: argparse.Namespace, directory: Path, fake: FakeProcess)
     from agent.model import CheckResult
     from agent.outbox import Outbox, Record
     from exporters.base import ExportContext, exporter_pump
-    from exporters.oci import Config, build
+    from exporters.oci import OciConfig, build
 
     setup = json.loads((directory / "setup.json").read_text())
     checks = max(1, args.series // STREAMS_PER_CHECK)
-    cfg = Config.model_validate(
+    cfg = OciConfig.model_validate(
         {
             "type": "oci",
             "compartment_id": setup["compartment"],
@@ -453,10 +453,10 @@ def run(
     steady_checks: int = 40,
     steady_interval: float = 2.0,
 ) -> dict[str, Any]:
-    from exporters.oci import Config
+    from exporters.oci import OciConfig
     from tests.fakes.oci_monitoring import ApiKey, ocid, public_pem
 
-    cfg_defaults = {k: Config.model_fields[k].default for k in ("linger", "max_requests_per_second")}
+    cfg_defaults = {k: OciConfig.model_fields[k].default for k in ("linger", "max_requests_per_second")}
     args = argparse.Namespace(
         series=series,
         interval=interval,

@@ -19,7 +19,8 @@ from pathlib import Path
 from agent.model import Status
 from agent.runner import execute
 from bench.common import write_result
-from checks.postgres import PostgresCheck, PostgresConfig
+from checks.postgres.check import PostgresCheck
+from checks.postgres.config import PostgresConfig
 from lab.postgres import PgLab
 from tests.pg import one
 

@@ -50,7 +50,7 @@ MIN_RUNS = 3
 
 # What `agentctl run` imports for the default config, without starting anything.
 _IMPORTS_ONLY = (
-    "import sys, agent.cli, agent.config, agent.logs, agent.runtime, checks.host, checks.http;"
+    "import sys, agent.cli, agent.config, agent.logs, agent.runtime, checks.host.check, checks.http.check;"
     "print('ready', flush=True); sys.stdin.read()"
 )
 

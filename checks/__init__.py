@@ -13,12 +13,12 @@ if TYPE_CHECKING:
     from checks.base import Check
 
 REGISTRY: dict[str, str] = {
-    "http": "checks.http:HttpCheck",
+    "http": "checks.http.check:HttpCheck",
     "tcp": "checks.tcp:TcpCheck",
-    "host": "checks.host:HostCheck",
+    "host": "checks.host.check:HostCheck",
     "lb": "checks.lb:LbCheck",
     "docker": "checks.docker:DockerCheck",
-    "postgres": "checks.postgres:PostgresCheck",
+    "postgres": "checks.postgres.check:PostgresCheck",
     "pg_backup": "checks.pg_backup:PgBackupCheck",
 }
 

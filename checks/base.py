@@ -1,9 +1,9 @@
 """The one interface every check implements.
 
-A check is constructed from its validated, frozen config and answers `run()` with an `Outcome`.
+A check is constructed from its validated, frozen config and answers `run()` with a `CheckOutcome`.
 The harness (`agent.runner.execute`) owns timing, the overall timeout and the conversion of an
 escaping exception into an UNKNOWN result: a check never measures its own total duration and
-never needs a try/except around its whole body. A failing *target* is an Outcome with a reason;
+never needs a try/except around its whole body. A failing *target* is a CheckOutcome with a reason;
 an exception is a bug in the check.
 
 Do not derive a check from another check: share helpers (see `checks/tls.py`) instead.
@@ -21,9 +21,9 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import Field, model_validator
 
+from agent.fields import Duration, Model
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.secrets import Secrets, secrets_of
-from agent.types import Duration, Model
 
 
 class CheckConfig(Model):
@@ -55,7 +55,7 @@ class CheckConfig(Model):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class CheckOutcome:
     status: Status
     reason: Reason = Reason.OK
     message: str = ""
@@ -135,7 +135,7 @@ class Check(Generic[ConfigT]):
             return timeout
         return max(0.0, min(timeout, end - asyncio.get_running_loop().time()))
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         raise NotImplementedError
 
     async def aclose(self) -> None:

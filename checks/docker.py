@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from agent.model import CheckResult, Reason, Sample, Status
-from checks.base import Check, CheckConfig, Outcome, PerfDatum
+from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.docker_api import ContainerSelector, DockerClient, DockerError, container_name, integer, obj, text
 
 # The engine's container states (State.Status), in lifecycle order: the `state` label's values.
@@ -138,7 +138,7 @@ class DockerCheck(Check[DockerConfig]):
         """Close the engine connection. Safe to call twice, and before any run."""
         await self._client.aclose()
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         cfg = self.config
         try:
             async with asyncio.timeout(self.time_left()):
@@ -162,8 +162,8 @@ class DockerCheck(Check[DockerConfig]):
         self._last = (now, counts)
 
     @staticmethod
-    def _unavailable(message: str) -> Outcome:
-        return Outcome(Status.UNKNOWN, Reason.UNAVAILABLE, message)
+    def _unavailable(message: str) -> CheckOutcome:
+        return CheckOutcome(Status.UNKNOWN, Reason.UNAVAILABLE, message)
 
     async def _read(self) -> tuple[list[ContainerState], int]:
         """Every selected container, inspected, sorted by name; and how many vanished between the
@@ -227,7 +227,7 @@ class DockerCheck(Check[DockerConfig]):
             note = f"{c.name} {c.status}"
         return problems, note
 
-    def _outcome(self, containers: list[ContainerState], vanished: int) -> Outcome:
+    def _outcome(self, containers: list[ContainerState], vanished: int) -> CheckOutcome:
         cfg = self.config
         grades = _Grades()
         for c in containers:
@@ -256,10 +256,10 @@ class DockerCheck(Check[DockerConfig]):
         message = "; ".join(parts)
         samples = self._samples(containers)
         if not problems:
-            return Outcome(Status.OK, Reason.OK, message, samples)
+            return CheckOutcome(Status.OK, Reason.OK, message, samples)
         status = max(p.status for p in problems)
         reason = min((p.reason for p in problems if p.status == status), key=_PRECEDENCE.index)
-        return Outcome(status, reason, message, samples)
+        return CheckOutcome(status, reason, message, samples)
 
     def _summary(self, containers: list[ContainerState]) -> str:
         if not containers:

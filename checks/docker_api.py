@@ -30,7 +30,7 @@ from urllib.parse import quote, urlencode
 
 from pydantic import Field, field_validator, model_validator
 
-from agent.types import Model
+from agent.fields import Model
 from checks.net import os_reason, printable
 
 if TYPE_CHECKING:

@@ -33,10 +33,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from agent.fields import Model, check_host
 from agent.model import CheckResult, Reason, Sample, Status
-from agent.types import Model, check_host
-from checks.base import Check, CheckConfig, Outcome, PerfDatum
-from checks.http import HttpCheck, HttpConfig
+from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
+from checks.http.check import HttpCheck
+from checks.http.config import HttpConfig
 
 if TYPE_CHECKING:
     from checks.docker_api import DiscoveryConfig, DockerClient
@@ -147,7 +148,7 @@ class _Target:
 @dataclass(frozen=True)
 class _Probe:
     target: _Target
-    outcome: Outcome
+    outcome: CheckOutcome
     duration: float
 
 
@@ -255,11 +256,11 @@ class LbCheck(Check[LbConfig]):
 
     # --- run ---
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         try:
             addresses, (backends, note) = await asyncio.gather(self._addresses(), self._backends())
         except _DiscoveryFailed as exc:
-            return Outcome(Status.UNKNOWN, Reason.UNAVAILABLE, f"cannot discover backends: {exc}")
+            return CheckOutcome(Status.UNKNOWN, Reason.UNAVAILABLE, f"cannot discover backends: {exc}")
         lb_target = _Target("lb", "lb", self.config.url, "load balancer")
         targets = [*addresses, *backends]
         # Members that vanished (containers gone) are dropped with their connections' state.
@@ -278,7 +279,7 @@ class LbCheck(Check[LbConfig]):
         )
         if note:
             message = f"{message}; {note}"
-        return Outcome(status, reason, message, self._samples(probes))
+        return CheckOutcome(status, reason, message, self._samples(probes))
 
     def _verdict(
         self, lb: _Probe, addresses: list[_Probe], backends: list[_Probe], expects_backends: bool

@@ -1,7 +1,7 @@
 """What the network checks (http, tcp) share: resolve, connect, phase timing, failures as values.
 
 Inside a probe a failing target is raised as `ProbeError` (reason + short human message) so the
-happy path reads straight through; each check's `run()` catches it and returns an `Outcome`.
+happy path reads straight through; each check's `run()` catches it and returns a `CheckOutcome`.
 `ProbeError` must never escape `run()`.
 """
 

@@ -35,10 +35,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from agent.fields import Duration, Model
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.text import seconds
-from agent.types import Duration, Model
-from checks.base import Check, CheckConfig, Outcome, PerfDatum
+from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 
 RUN_SHARE = 0.9  # of `timeout`: the command is killed after this much
 
@@ -106,7 +106,7 @@ class PgBackupCheck(Check[PgBackupConfig]):
         assert cfg.command is not None
         return Path(cfg.command[0]).name
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         cfg = self.config
         deadline = asyncio.get_running_loop().time() + self.time_left() * RUN_SHARE
         try:
@@ -119,12 +119,12 @@ class PgBackupCheck(Check[PgBackupConfig]):
                 assert cfg.command is not None
                 found = _from_command(await _output(list(cfg.command), deadline))
         except SourceError as exc:
-            return Outcome(Status.UNKNOWN, Reason.UNAVAILABLE, str(exc))
+            return CheckOutcome(Status.UNKNOWN, Reason.UNAVAILABLE, str(exc))
         if found is None:
-            return Outcome(Status.CRITICAL, Reason.BACKUP_STALE, f"no backup found ({self.target})")
+            return CheckOutcome(Status.CRITICAL, Reason.BACKUP_STALE, f"no backup found ({self.target})")
         return self._verdict(found, time.time())
 
-    def _verdict(self, found: Backups, now: float) -> Outcome:
+    def _verdict(self, found: Backups, now: float) -> CheckOutcome:
         cfg = self.config
         age = max(0.0, now - found.newest)
         samples = [Sample(AGE, age), Sample(LAST, found.newest)]
@@ -137,21 +137,21 @@ class PgBackupCheck(Check[PgBackupConfig]):
         text = f"newest backup{label} is {seconds(age)} old"
         window_text = "" if window is None else f"; restorable window {seconds(window)}"
         if age > cfg.max_age:
-            return Outcome(
+            return CheckOutcome(
                 Status.CRITICAL,
                 Reason.BACKUP_STALE,
                 f"{text}, more than max_age {seconds(cfg.max_age)}{window_text}",
                 tuple(samples),
             )
         if window is not None and cfg.pitr_window is not None and window < cfg.pitr_window:
-            return Outcome(
+            return CheckOutcome(
                 Status.WARNING,
                 Reason.PITR_WINDOW_SHORT,
                 f"{text}; the oldest restorable point is {seconds(window)} ago, "
                 f"less than pitr_window {seconds(cfg.pitr_window)}",
                 tuple(samples),
             )
-        return Outcome(Status.OK, Reason.OK, f"{text}{window_text}", tuple(samples))
+        return CheckOutcome(Status.OK, Reason.OK, f"{text}{window_text}", tuple(samples))
 
     def perfdata(self, result: CheckResult) -> list[PerfDatum]:
         values = {s.name: s.value for s in result.samples}

@@ -1,7 +1,7 @@
 """TCP probe: connect (optionally TLS), optionally send a line, optionally expect a pattern back.
 
 Guarantees:
-- `run()` never raises for anything a target does; every failure is an `Outcome` with a reason.
+- `run()` never raises for anything a target does; every failure is a `CheckOutcome` with a reason.
 - One deadline (`timeout`) covers every phase; a timeout names the phase it interrupted.
 - `expect` reads at most `MAX_EXPECT_BYTES`: a peer that talks forever without matching is an
   expect_mismatch, not a memory problem. A peer that sent something but not the pattern before
@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails
 
+from agent.fields import Host, Port
 from agent.model import CheckResult, Reason, Sample, Status
-from agent.types import Host, Port
-from checks.base import Check, CheckConfig, Outcome, PerfDatum
+from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.net import (
     READ_SIZE,
     Failure,
@@ -120,7 +120,7 @@ class TcpCheck(Check[TcpConfig]):
     def target(self) -> str:
         return host_port(self.config.host, self.config.port)
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         state = _State()
         try:
             async with asyncio.timeout(self.time_left()) as scope:
@@ -201,13 +201,15 @@ class TcpCheck(Check[TcpConfig]):
             raise ProbeError(Reason.EXPECT_MISMATCH, f"connection closed without data, expected /{pattern}/")
         raise ProbeError(Reason.EXPECT_MISMATCH, f"expected /{pattern}/, got {_shown(bytes(state.received))}")
 
-    def _outcome(self, state: _State, failure: Failure | None) -> Outcome:
+    def _outcome(self, state: _State, failure: Failure | None) -> CheckOutcome:
         samples = self._samples(state)
         if failure is not None:
-            return Outcome(failure.status, failure.reason, failure.message, samples)
+            return CheckOutcome(failure.status, failure.reason, failure.message, samples)
         tls = f" over {state.tls.version}" if state.tls else ""
         matched = f", matched /{self.config.expect.pattern}/" if self.config.expect else ""
-        return Outcome(Status.OK, Reason.OK, f"connected{tls}{matched} in {state.phases.total:.3f}s", samples)
+        return CheckOutcome(
+            Status.OK, Reason.OK, f"connected{tls}{matched} in {state.phases.total:.3f}s", samples
+        )
 
     def _samples(self, state: _State) -> tuple[Sample, ...]:
         samples = [

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
+from agent.fields import Model
 from agent.model import Reason, Sample, Status
-from agent.types import Model
 from checks.net import Address, Failure, ProbeError, abort, open_connection
 
 DAY = 86400.0

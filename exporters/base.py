@@ -29,11 +29,11 @@ from typing import Protocol
 from agent.catalog import AGENT_METRICS
 from agent.delivery.outcome import PushResult
 from agent.delivery.pump import Pump
+from agent.fields import Model
 from agent.metrics import CounterFamily, GaugeFamily, MetricFamily
 from agent.model import CheckRemoved, CheckResult
 from agent.outbox import Outbox, Record
 from agent.statehealth import LOSS_REASONS
-from agent.types import Model
 
 log = logging.getLogger("mamori.exporters")
 

@@ -2,9 +2,10 @@
 
 Exporter types are looked up in `EXPORTERS` and their modules imported only when a config names
 them, so an agent without push exporters never imports aiomqtt, oci or opentelemetry. Each module
-defines `Config` (a pydantic model with `type: Literal[...]`, extending `ExporterBase`) and
-`build(config, context) -> PushExporter`; a module whose optional dependency is missing says so
-with a one-line `ExtraMissing` raised from `build()` (config validation itself never needs it).
+defines its config model (a pydantic model with `type: Literal[...]`, extending `ExporterBase`,
+named in `EXPORTERS`) and `build(config, context) -> PushExporter`; a module whose optional
+dependency is missing says so with a one-line `ExtraMissing` raised from `build()` (config
+validation itself never needs it).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from agent.types import ByteSize, Model
+from agent.fields import ByteSize, Model
 
-# type -> module. Each module: `Config`, `build(config, context)`.
+# type -> "module:ConfigModel". Each module: its config model, `build(config, context)`.
 EXPORTERS: dict[str, str] = {
-    "oci": "exporters.oci",
-    "mqtt": "exporters.mqtt",
-    "otel": "exporters.otel",
+    "oci": "exporters.oci:OciConfig",
+    "mqtt": "exporters.mqtt:MqttConfig",
+    "otel": "exporters.otel:OtelConfig",
 }
 
 
@@ -38,7 +39,7 @@ class ExtraMissing(Exception):
 
 def exporter_module(type_name: str) -> ModuleType:
     """The module implementing `type_name`. Raises KeyError for an unknown type."""
-    return importlib.import_module(EXPORTERS[type_name])
+    return importlib.import_module(EXPORTERS[type_name].partition(":")[0])
 
 
 def validate_exporter(raw: Any, context: Mapping[str, Any] | None = None) -> Any:
@@ -46,5 +47,6 @@ def validate_exporter(raw: Any, context: Mapping[str, Any] | None = None) -> Any
     context) carries `agent_name` and `agent_labels` for rules that depend on them. Raises KeyError
     (unknown type) or pydantic's ValidationError."""
     type_name = raw.get("type") if isinstance(raw, dict) else None
-    module = exporter_module(str(type_name))
-    return module.Config.model_validate(raw, context=context)
+    module_name, _, model_name = EXPORTERS[str(type_name)].partition(":")
+    model = getattr(importlib.import_module(module_name), model_name)
+    return model.model_validate(raw, context=context)

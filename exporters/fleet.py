@@ -37,8 +37,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from agent.fields import Model
 from agent.model import CheckResult, Reason, Sample, Status
-from agent.types import Model
 
 log = logging.getLogger("mamori.exporters.fleet")
 
@@ -186,7 +186,7 @@ def views_of(result: CheckResult, agent: str, interval: float) -> list[View]:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class FleetVerdict:
     cluster: str
     live: tuple[str, ...]  # agents counted, sorted
     down: tuple[str, ...]  # those of them that see the primary down
@@ -325,7 +325,7 @@ class Fleet:
     def clusters(self) -> list[str]:
         return sorted({c for _, c in self._views} | set(self._own))
 
-    def verdict(self, cluster: str, now: float) -> Verdict:
+    def verdict(self, cluster: str, now: float) -> FleetVerdict:
         live: list[str] = []
         down: list[str] = []
         for (agent, c), view in sorted(self._views.items()):
@@ -337,7 +337,7 @@ class Fleet:
             if view.primary_down:
                 down.append(agent)
         needed = self.config.needed(len(live))
-        return Verdict(cluster, tuple(live), tuple(down), needed, bool(live) and len(down) >= needed)
+        return FleetVerdict(cluster, tuple(live), tuple(down), needed, bool(live) and len(down) >= needed)
 
     def forget(self, now: float) -> None:
         """Drop views too old to ever count again, and clusters nobody reports any more."""
@@ -367,7 +367,7 @@ class Fleet:
             out.append(self._result(v, now))
         return out
 
-    def _result(self, v: Verdict, now: float) -> CheckResult:
+    def _result(self, v: FleetVerdict, now: float) -> CheckResult:
         labels = (("cluster", v.cluster),)
         samples = (
             Sample(AGENTS, float(len(v.live)), labels),

@@ -46,9 +46,9 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from agent.backoff import backoff
 from agent.delivery.outcome import PushResult
 from agent.errors import StartupError
+from agent.fields import Duration, Model, Port, secret_value
 from agent.model import CheckResult
 from agent.outbox import Record
-from agent.types import Duration, Model, Port, secret_value
 from exporters.base import ExportContext, ExporterBase, PushExporter
 from exporters.fleet import Fleet, FleetConfig
 
@@ -116,7 +116,7 @@ class TlsOptions(Model):
         return self
 
 
-class Config(ExporterBase):
+class MqttConfig(ExporterBase):
     type: Literal["mqtt"]
     host: str = Field(min_length=1, max_length=253)
     port: Port | None = None  # default 1883, or 8883 with tls
@@ -167,7 +167,7 @@ class Config(ExporterBase):
         return value
 
     @model_validator(mode="after")
-    def _agent(self, info: ValidationInfo) -> Config:
+    def _agent(self, info: ValidationInfo) -> MqttConfig:
         """With the loader's context (agent/config.py): the agent's name and site must be topic
         levels, and no check may take a reserved topic (`status`, `fleet/…`)."""
         context = info.context or {}
@@ -184,7 +184,7 @@ class Config(ExporterBase):
         return self
 
     @model_validator(mode="after")
-    def _cross(self) -> Config:
+    def _cross(self) -> MqttConfig:
         if self.password is not None and self.username is None:
             raise ValueError("password needs username")
         if self.reconnect_max < self.reconnect_delay:
@@ -279,7 +279,7 @@ class MqttExporter:
 
     def __init__(
         self,
-        config: Config,
+        config: MqttConfig,
         context: ExportContext,
         module: Any,  # aiomqtt, imported by build()
         ssl_context: ssl.SSLContext | None,
@@ -623,7 +623,7 @@ class MqttExporter:
         return not task.cancelled() and task.exception() is None
 
 
-def build(config: Config, context: ExportContext) -> PushExporter:
+def build(config: MqttConfig, context: ExportContext) -> PushExporter:
     try:
         import aiomqtt
     except ImportError:

@@ -61,7 +61,7 @@ from agent.backoff import retry_after_header
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
 from agent.delivery.outcome import PushResult
 from agent.errors import StartupError
-from agent.types import Duration, parse_duration, secret_value
+from agent.fields import Duration, parse_duration, secret_value
 from exporters.base import ExportContext, ExporterBase
 from exporters.config import ExtraMissing
 from exporters.oci_client import NoRegion, import_sdk, monitoring_client, signer_for
@@ -133,7 +133,7 @@ def _check_dimension(key: str, value: str, what: str) -> None:
         raise ValueError(f"{what} {key!r}: the value is {len(value)} characters; at most {MAX_VALUE}")
 
 
-class Config(ExporterBase):
+class OciConfig(ExporterBase):
     """One OCI Monitoring destination. See docs/exporters/oci.md."""
 
     model_config = ConfigDict(hide_input_in_errors=True)
@@ -253,7 +253,7 @@ class Config(ExporterBase):
         return value.rstrip("/")
 
     @model_validator(mode="after")
-    def _cross_checks(self, info: ValidationInfo) -> Config:
+    def _cross_checks(self, info: ValidationInfo) -> OciConfig:
         given = self.model_fields_set
         if self.auth != "config_file":
             for key in ("config_file", "profile", "pass_phrase"):
@@ -396,7 +396,7 @@ class OciExporter:
 
     def __init__(
         self,
-        config: Config,
+        config: OciConfig,
         context: ExportContext,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -770,7 +770,7 @@ def _sdk() -> Any:
     return import_sdk()
 
 
-def build(config: Config, context: ExportContext) -> OciExporter:
+def build(config: OciConfig, context: ExportContext) -> OciExporter:
     try:
         _sdk()
     except ImportError:

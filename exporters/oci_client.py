@@ -1,5 +1,5 @@
 """The one way Mamori builds an OCI Monitoring client, for the exporter (exporters/oci.py, on the
-telemetry-ingestion endpoint) and for `agentctl oci-alarms` (agent/ocialarms.py, on telemetry):
+telemetry-ingestion endpoint) and for `agentctl oci-alarms` (exporters/oci_alarms/, on telemetry):
 a signer for the chosen auth, the region from config or the signer, and the SDK's own retries
 and circuit breaker off — the callers retry in their own way (the pump; the alarms reconciler).
 The `oci` module is passed in: callers import it lazily (it is an optional extra), through

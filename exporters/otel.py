@@ -47,11 +47,11 @@ from agent import __version__
 from agent.backoff import parse_retry_after
 from agent.catalog import CHECK_METRICS
 from agent.delivery.outcome import PushResult
+from agent.fields import Duration
 from agent.headers import name_problem, value_problem
 from agent.model import CheckResult, Status
 from agent.outbox import Record
 from agent.secrets import read_secret_file, secrets_of
-from agent.types import Duration
 from exporters.base import ExportContext, ExporterBase
 from exporters.config import ExtraMissing
 from exporters.samples import flatten, unit
@@ -78,7 +78,7 @@ _SDK_MODULES = (
 )
 
 
-class Config(ExporterBase):
+class OtelConfig(ExporterBase):
     """`exporters: [{type: otel, name: …, endpoint: …}]`. Header values are secrets: they print as
     `**********` and never appear in a validation error (`hide_input_in_errors`)."""
 
@@ -188,12 +188,12 @@ class Config(ExporterBase):
         return value
 
 
-# `headers` holds secrets but is a map: `headers_file` (agent.types.Model's `<secret>_file`) would
+# `headers` holds secrets but is a map: `headers_file` (agent.fields.Model's `<secret>_file`) would
 # read one file into it as a string. Per-header files are `header_files`.
-Config._secret_fields = ()
+OtelConfig._secret_fields = ()
 
 
-def build(config: Config, context: ExportContext) -> OtelExporter:
+def build(config: OtelConfig, context: ExportContext) -> OtelExporter:
     for module in _SDK_MODULES:
         try:
             importlib.import_module(module)
@@ -204,7 +204,7 @@ def build(config: Config, context: ExportContext) -> OtelExporter:
     return OtelExporter(config, context)
 
 
-def resource_attributes(config: Config, context: ExportContext) -> dict[str, str]:
+def resource_attributes(config: OtelConfig, context: ExportContext) -> dict[str, str]:
     """The resource every metric and span is sent with (the agent, as OpenTelemetry sees it)."""
     attributes = {
         "service.name": config.service_name,
@@ -330,7 +330,7 @@ def _status_message(body: bytes) -> str:
 class OtelExporter:
     """A PushExporter (exporters/base.py). `push()` never raises for a collector failure."""
 
-    def __init__(self, config: Config, context: ExportContext) -> None:
+    def __init__(self, config: OtelConfig, context: ExportContext) -> None:
         from opentelemetry.exporter.otlp.proto.http import Compression
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -40,7 +40,7 @@ from lab.ports import port_is_free
 from lab.stack import AgentStopped, Stack, StackError, lab_stack, prepare_directory
 
 if TYPE_CHECKING:
-    from lab.stack import Notification
+    from lab.recorder import RecordedNotification
 
 COMMAND = "python -m lab.demo"
 PROG = "lab.demo"  # the prefix of its error lines
@@ -348,7 +348,7 @@ class _Demo:
                 say(f"  {part}: {why}")
         say()
 
-    def _notified(self, note: Notification) -> None:
+    def _notified(self, note: RecordedNotification) -> None:
         if note.receiver == "deadmans-switch":
             if not self.watchdog_shown:
                 self.watchdog_shown = True

@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -35,6 +33,8 @@ from pathlib import Path
 from lab.apps import HEALTH_CHECK_AGENT
 from lab.certs import DEFAULT_DNS_NAME, Leaf
 from lab.ports import accepts, free_port
+from lab.process import Child, ChildExited
+from lab.wait import wait_until
 
 HOST = "127.0.0.1"
 BACKEND = "app"  # the backend every request goes to while the route is intact
@@ -42,7 +42,6 @@ FAST_CHECK_INTERVAL_MS = 500
 SLOW_CHECK_INTERVAL_MS = 10_000
 _START_TIMEOUT = 5.0  # HAProxy listens within ~20 ms; this only bounds a broken start
 _STOP_TIMEOUT = 2.0  # SIGTERM stops HAProxy at once; SIGKILL after this
-_SETPRIV = shutil.which("setpriv")
 
 
 class HAProxyError(RuntimeError):
@@ -91,7 +90,7 @@ class HAProxy:
         self.state_file = directory / "servers.state"
         self.route_broken = False
         self.check_interval_ms = FAST_CHECK_INTERVAL_MS
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child = Child("haproxy", log_file=self.stderr_file, truncate_log=True, grace=_STOP_TIMEOUT)
         self._started_once = False
         self._load_state = False
 
@@ -118,11 +117,11 @@ class HAProxy:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._child.running
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
+        return self._child.pid
 
     # --- the config ---------------------------------------------------------------------------------
 
@@ -208,30 +207,22 @@ listen stats
 
     async def _spawn(self) -> None:
         self.config_file.write_text(self.config_text())
-        cmd = [self.binary, "-f", str(self.config_file), "-db"]
-        if _SETPRIV is not None:
-            cmd = [_SETPRIV, "--pdeathsig", "KILL", *cmd]
-        with self.stderr_file.open("wb") as stderr:
-            # A new session: a Ctrl-C meant for the demo reaches Python, which stops HAProxy itself.
-            self._proc = await asyncio.create_subprocess_exec(
-                *cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        proc = self._proc
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _START_TIMEOUT
-        try:
+        self._child.start([self.binary, "-f", str(self.config_file), "-db"])
+
+        async def listening() -> bool:
             # Ready when the stats answer as HAProxy's do: HAProxy binds every listener before it
             # serves any, so this also proves the frontend port is HAProxy's, not another process's.
-            while not (await self._stats_answer() and await accepts(self.port)):
-                if proc.returncode is not None:
-                    raise HAProxyError(f"haproxy exited with status {proc.returncode}: {self._stderr()}")
-                if loop.time() > deadline:
-                    raise HAProxyError(f"haproxy not listening after {_START_TIMEOUT:g} s: {self._stderr()}")
-                await asyncio.sleep(0.005)
+            return await self._stats_answer() and await accepts(self.port)
+
+        try:
+            try:
+                await self._child.wait_ready("haproxy to listen", listening, _START_TIMEOUT, interval=0.005)
+            except ChildExited as exc:
+                raise HAProxyError(f"haproxy exited with status {exc.returncode}: {self._stderr()}") from None
+            except TimeoutError:
+                raise HAProxyError(
+                    f"haproxy not listening after {_START_TIMEOUT:g} s: {self._stderr()}"
+                ) from None
         except BaseException:  # cancelled too: a start that did not finish leaves nothing running
             await self.stop()
             raise
@@ -256,17 +247,7 @@ listen stats
         Safe to call twice and before start(). The signal is sent before the first await, so even
         a cancelled stop() ends HAProxy. Its ports are closed when this returns.
         """
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        with suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT)
-        except TimeoutError:
-            with suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await self._child.stop()
 
     async def _reconfigure(self) -> None:
         # A restart rather than a seamless reload (simpler; the lab has no long-lived connections
@@ -360,20 +341,22 @@ listen stats
 
         Raises TimeoutError naming what HAProxy saw last. Servers not named are not looked at.
         """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        while True:
+        last = "nothing"
+
+        async def sees() -> bool:
+            nonlocal last
             try:
                 seen = await self.backend_states()
             except OSError as exc:
                 last = f"no stats ({exc!r})"  # HAProxy restarting or stopped: keep waiting
-            else:
-                if all(seen.get(name) == want for name, want in states.items()):
-                    return loop.time() - started
-                last = str(seen)
-            if loop.time() - started >= timeout:
-                raise TimeoutError(f"after {timeout:g} s HAProxy sees {last}, not {dict(states)}")
-            await asyncio.sleep(0.02)
+                return False
+            last = str(seen)
+            return all(seen.get(name) == want for name, want in states.items())
+
+        try:
+            return await wait_until(f"HAProxy to see {dict(states)}", sees, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"after {timeout:g} s HAProxy sees {last}, not {dict(states)}") from None
 
 
 def _dechunk(data: bytes) -> bytes:

@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Mapping
-from contextlib import suppress
 from pathlib import Path
 
 from lab.certs import Leaf
 from lab.ports import accepts, free_port
+from lab.process import Child, ChildExited
 
 HOST = "127.0.0.1"
 _START_TIMEOUT = 5.0  # the broker listens within ~10 ms; this only bounds a broken start
 _STOP_TIMEOUT = 5.0  # SIGTERM: it saves its database and exits at once; SIGKILL after this
-_SETPRIV = shutil.which("setpriv")
 
 
 class MosquittoError(RuntimeError):
@@ -71,15 +69,16 @@ class Mosquitto:
         self.config_file = directory / "mosquitto.conf"
         self.password_file = directory / "passwd"
         self.log_file = directory / "mosquitto.log"
-        self._proc: asyncio.subprocess.Process | None = None
+        # Its log is its own `log_dest file`; stdout and stderr say nothing more.
+        self._child = Child("mosquitto", grace=_STOP_TIMEOUT)
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._child.running
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
+        return self._child.pid
 
     def config_text(self) -> str:
         lines = [
@@ -144,31 +143,23 @@ class Mosquitto:
             await self._write_passwords()
         self.config_file.write_text(self.config_text())
         log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        cmd = [self.binary, "-c", str(self.config_file)]
-        if _SETPRIV is not None:
-            cmd = [_SETPRIV, "--pdeathsig", "KILL", *cmd]
-        self._proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        proc = self._proc
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _START_TIMEOUT
+        self._child.start([self.binary, "-c", str(self.config_file)])
         ports = [p for p in (self.port, self.tls_port) if p is not None]
+
+        async def listening() -> bool:
+            return all([await accepts(p) for p in ports])
+
         try:
-            while not all([await accepts(p) for p in ports]):
-                if proc.returncode is not None:
-                    raise MosquittoError(
-                        f"mosquitto exited with status {proc.returncode}: {self._log_since(log_offset)}"
-                    )
-                if loop.time() > deadline:
-                    raise MosquittoError(
-                        f"mosquitto not listening after {_START_TIMEOUT:g} s: {self._log_since(log_offset)}"
-                    )
-                await asyncio.sleep(0.01)
+            try:
+                await self._child.wait_ready("mosquitto to listen", listening, _START_TIMEOUT, interval=0.01)
+            except ChildExited as exc:
+                raise MosquittoError(
+                    f"mosquitto exited with status {exc.returncode}: {self._log_since(log_offset)}"
+                ) from None
+            except TimeoutError:
+                raise MosquittoError(
+                    f"mosquitto not listening after {_START_TIMEOUT:g} s: {self._log_since(log_offset)}"
+                ) from None
         except BaseException:
             await self.stop()
             raise
@@ -190,17 +181,7 @@ class Mosquitto:
         """Signal the broker by its PID and wait for it to exit (SIGKILL after 5 s). SIGTERM
         saves retained messages and sessions first; SIGKILL is a crash. Safe to call twice and
         before start(); the ports are closed when this returns."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        with suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT)
-        except TimeoutError:
-            with suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await self._child.stop((sig, _STOP_TIMEOUT))
 
     async def aclose(self) -> None:
         """Stop the broker. Safe twice."""

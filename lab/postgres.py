@@ -7,21 +7,23 @@
     await lab.reset()                      # back to the healthy baseline from any fault
     await lab.stop()                       # everything down; the caller removes the directory
 
-The standby streams from the primary through `LinkProxy`, a TCP relay the lab owns, so the
-link can be partitioned (`cut_link()`: bytes stop, sockets stay open) without touching either
-server. The standby uses the physical slot `standby1`; the primary archives WAL into
-`DIRECTORY/archive` through a script whose failure is one flag file away.
+The standby streams from the primary through `LinkProxy` (lab/proxy.py), a TCP relay the lab
+owns, so the link can be partitioned (`cut_link()`: bytes stop, sockets stay open) without
+touching either server. The fault switches are `PgFaults` (lab/pg_faults.py), reached as
+`lab.faults` or through PgLab's delegating methods. The standby uses the physical slot
+`standby1`; the primary archives WAL into `DIRECTORY/archive` through a script whose failure is
+one flag file away.
 
-Processes: each postmaster runs in the foreground as our child (not daemonized by pg_ctl), as
-the OS user `postgres` when we are root (initdb refuses root), started through `setpriv` with
-a parent-death signal. So a postmaster is stopped by its PID (SIGINT = `pg_ctl stop -m fast`,
-SIGQUIT = `-m immediate`), dies with SIGKILL if the Python thread that started it dies (its
-backends follow: PostgreSQL children exit when the postmaster does), and an atexit hook stops
-what is still running when Python exits normally. The limits: the thread that calls `start()`,
-`start_primary()`, `start_standby()` or `reset()` must outlive the lab (an event loop's thread
-does; a short-lived worker thread does not); and a Python killed with SIGKILL while the primary
-is frozen leaves its stopped backends behind (the postmaster dies, its SIGSTOPped children
-cannot notice until someone sends them SIGCONT).
+Processes: each postmaster runs in the foreground as our child (not daemonized by pg_ctl, but a
+`lab.process.Child`), as the OS user `postgres` when we are root (initdb refuses root), started
+through `setpriv` with a parent-death signal. So a postmaster is stopped by its PID (SIGINT =
+`pg_ctl stop -m fast`, SIGQUIT = `-m immediate`), dies with SIGKILL if the Python thread that
+started it dies (its backends follow: PostgreSQL children exit when the postmaster does), and an
+atexit hook stops what is still running when Python exits normally. The limits: the thread that
+calls `start()`, `start_primary()`, `start_standby()` or `reset()` must outlive the lab (an
+event loop's thread does; a short-lived worker thread does not); and a Python killed with
+SIGKILL while the primary is frozen leaves its stopped backends behind (the postmaster dies, its
+SIGSTOPped children cannot notice until someone sends them SIGCONT).
 
 Layout of `directory` (which must be reachable by the `postgres` user: a directory under /tmp
 made with tempfile.mkdtemp is; pytest's tmp_path, under a 0700 root directory, is not):
@@ -34,21 +36,16 @@ path is too long for one (then they go to a short directory under /tmp, removed 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import math
 import os
 import pwd
 import re
 import secrets
-import select
 import shlex
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -57,12 +54,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, LiteralString
 
-import psutil
 import psycopg
 from psycopg import sql
 
 from lab import REPO
 from lab.ports import free_port
+from lab.process import Child, ChildExited, command
+from lab.proxy import LinkProxy
 from lab.wait import wait_until
 
 HOST = "127.0.0.1"
@@ -76,7 +74,6 @@ MONITORING_ROLE_SQL = REPO / "deploy" / "postgres" / "monitoring-role.sql"
 
 StopMode = Literal["fast", "immediate"]
 
-_SETPRIV = shutil.which("setpriv")
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 _START_TIMEOUT = 60.0  # a start after an immediate stop replays WAL first; normally ~0.2 s
 _FAST_STOP_TIMEOUT = 15.0  # a walsender waits for its standby (up to wal_sender_timeout)
@@ -96,280 +93,6 @@ def _clean_env(home: Path) -> dict[str, str]:
     return env
 
 
-# --- processes that must not outlive Python --------------------------------------------------------
-
-_LIVE: set[subprocess.Popen[bytes]] = set()
-_ATEXIT_REGISTERED = False
-
-
-def _track(proc: subprocess.Popen[bytes]) -> None:
-    global _ATEXIT_REGISTERED
-    if not _ATEXIT_REGISTERED:
-        atexit.register(_stop_leftovers)
-        _ATEXIT_REGISTERED = True
-    _LIVE.add(proc)
-
-
-def _stop_leftovers() -> None:
-    """At interpreter exit: immediate-stop every postmaster a lab left running (the caller forgot
-    stop()), then SIGKILL what has not exited after 5 s."""
-    procs = [p for p in _LIVE if p.poll() is None]
-    for proc in procs:
-        _signal_tree(proc.pid, signal.SIGCONT)  # a frozen server handles nothing until continued
-        with suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGQUIT)
-    deadline = time.monotonic() + 5.0
-    for proc in procs:
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        if proc.poll() is None:
-            _signal_tree(proc.pid, signal.SIGKILL)
-            proc.wait()
-    _LIVE.clear()
-
-
-def _signal_tree(pid: int, sig: signal.Signals) -> list[psutil.Process]:
-    """Send `sig` to `pid` and to all its descendants; return the processes signalled.
-
-    The postmaster first when stopping (so it forks nothing new while its children are listed),
-    the children first otherwise (so none is left stopped under a running postmaster).
-    """
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return []
-    stopping = sig in (signal.SIGSTOP, signal.SIGKILL)
-    if stopping:
-        with suppress(psutil.NoSuchProcess):
-            root.send_signal(sig)
-    try:
-        children = root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    for child in children:
-        with suppress(psutil.NoSuchProcess):
-            child.send_signal(sig)
-    if not stopping:
-        with suppress(psutil.NoSuchProcess):
-            root.send_signal(sig)
-    return [root, *children]
-
-
-# --- the link between the servers ------------------------------------------------------------------
-
-_PROXY_POLL_MS = 50  # how often an idle relay thread looks at the switches
-_PROXY_BUFFER = 1 << 20  # stop reading one side while this much waits to be written to the other
-
-
-class _Pipe:
-    """One relayed connection: the client's socket, ours to the target, and bytes in flight."""
-
-    def __init__(self, client: socket.socket) -> None:
-        self.client = client
-        self.upstream: socket.socket | None = None
-        self.to_upstream = bytearray()
-        self.to_client = bytearray()
-        self.closing = False  # set under the proxy's lock; the pipe's thread closes the sockets
-        self.abort = False  # close with RST rather than FIN
-
-    def close(self) -> None:
-        for sock in (self.client, self.upstream):
-            if sock is None:
-                continue
-            if self.abort:
-                with suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
-
-
-class LinkProxy:
-    """A TCP relay from 127.0.0.1:`port` to 127.0.0.1:`target_port`, run by threads, that can be
-    partitioned like a network.
-
-    Threads, not the event loop: it keeps relaying whatever loop (or none) the caller runs, and
-    across loops (a session-scoped fixture and function-scoped tests). One thread accepts; one
-    thread per connection moves bytes with non-blocking sockets. All methods are thread-safe and
-    return once their effect is real. `close()` is safe twice.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._listener = socket.create_server((HOST, 0), backlog=64)
-        self.port = int(self._listener.getsockname()[1])
-        self._cond = threading.Condition()
-        self._cut = False
-        self._closed = False
-        self._busy = 0  # relay threads between "allowed to move bytes" and "done moving them"
-        self._pipes: set[_Pipe] = set()
-        self._threads: list[threading.Thread] = []
-        self.accepted = 0
-        self._acceptor = threading.Thread(target=self._accept_loop, name="mamori-pg-link", daemon=True)
-        self._acceptor.start()
-
-    @property
-    def is_cut(self) -> bool:
-        return self._cut
-
-    @property
-    def connections(self) -> int:
-        """Connections currently relayed (or held while the link is cut)."""
-        with self._cond:
-            return len(self._pipes)
-
-    def cut(self) -> None:
-        """Stop moving bytes in both directions, closing nothing: every connection stays open and
-        silent, bytes already read wait in the relay, new connections are accepted (the kernel
-        completes the handshake) but not forwarded. Returns once no thread is moving bytes."""
-        with self._cond:
-            self._cut = True
-            while self._busy:
-                self._cond.wait()
-
-    def restore(self) -> None:
-        """Move bytes again: held data flows, held connections are forwarded (in ~0 s)."""
-        with self._cond:
-            self._cut = False
-            self._cond.notify_all()
-
-    def reset(self, timeout: float = 5.0) -> None:
-        """Close every current connection with a TCP RST on both sides (cut or not: both peers
-        learn at once, as from a firewall dropping its state). The cut state is unchanged.
-        Returns once those sockets are closed."""
-        self._close_pipes(timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop listening and reset every connection. Safe twice."""
-        with self._cond:
-            self._closed = True
-        self._close_pipes(timeout)
-        self._acceptor.join(timeout)
-        for thread in self._threads:
-            thread.join(timeout)
-        self._threads.clear()
-
-    def _close_pipes(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            victims = set(self._pipes)
-            for pipe in victims:
-                pipe.closing = pipe.abort = True
-            self._cond.notify_all()
-            while victims & self._pipes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"{len(victims & self._pipes)} relay threads did not stop")
-                self._cond.wait(remaining)
-
-    def _accept_loop(self) -> None:
-        poller = select.poll()
-        poller.register(self._listener, select.POLLIN)
-        try:
-            while not self._closed:
-                if not poller.poll(_PROXY_POLL_MS):
-                    continue
-                try:
-                    client, _ = self._listener.accept()
-                except OSError:
-                    continue
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                pipe = _Pipe(client)
-                thread = threading.Thread(
-                    target=self._relay, args=(pipe,), name="mamori-pg-relay", daemon=True
-                )
-                with self._cond:
-                    if self._closed:
-                        client.close()
-                        break
-                    self._pipes.add(pipe)
-                    self.accepted += 1
-                    self._threads = [t for t in self._threads if t.is_alive()]
-                    self._threads.append(thread)
-                thread.start()
-        finally:
-            self._listener.close()
-
-    def _relay(self, pipe: _Pipe) -> None:
-        try:
-            while self._enter(pipe):
-                try:
-                    alive = self._step(pipe)
-                finally:
-                    with self._cond:
-                        self._busy -= 1
-                        self._cond.notify_all()
-                if not alive:
-                    break
-        finally:
-            pipe.close()
-            with self._cond:
-                self._pipes.discard(pipe)
-                self._cond.notify_all()
-
-    def _enter(self, pipe: _Pipe) -> bool:
-        """Wait while the link is cut; False when the pipe must close, else count it busy."""
-        with self._cond:
-            while self._cut and not pipe.closing:
-                self._cond.wait()
-            if pipe.closing:
-                return False
-            self._busy += 1
-            return True
-
-    def _step(self, pipe: _Pipe) -> bool:
-        """Move what can be moved now (waiting at most one poll interval); False at EOF or error."""
-        if pipe.upstream is None:
-            # Connect only once the link is up: a cut link forwards no SYN either.
-            try:
-                pipe.upstream = socket.create_connection((HOST, self.target_port), timeout=1.0)
-            except OSError:
-                return False  # the target is down: the client sees its connection closed
-            pipe.upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pipe.upstream.setblocking(False)
-            pipe.client.setblocking(False)
-        # (socket, bytes read from it for the other side, bytes to write to it)
-        sides = (
-            (pipe.client, pipe.to_upstream, pipe.to_client),
-            (pipe.upstream, pipe.to_client, pipe.to_upstream),
-        )
-        poller = select.poll()
-        for sock, inbox, outbox in sides:
-            mask = (select.POLLIN if len(inbox) < _PROXY_BUFFER else 0) | (select.POLLOUT if outbox else 0)
-            poller.register(sock, mask)  # mask 0 still reports errors and hang-ups
-        events = dict(poller.poll(_PROXY_POLL_MS))
-        # Writes before reads, so bytes read before an EOF still reach the other side.
-        for sock, _, outbox in sides:
-            if outbox and events.get(sock.fileno(), 0) & select.POLLOUT:
-                try:
-                    sent = sock.send(outbox)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    return False
-                del outbox[:sent]
-        for sock, inbox, _ in sides:
-            if not events.get(sock.fileno(), 0) & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                continue
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return False
-            if not data:
-                self._flush(pipe)
-                return False
-            inbox += data
-        return True
-
-    @staticmethod
-    def _flush(pipe: _Pipe) -> None:
-        """Best effort, without blocking: hand on what is buffered before closing."""
-        for sock, outbox in ((pipe.client, pipe.to_client), (pipe.upstream, pipe.to_upstream)):
-            if sock is not None and outbox:
-                with suppress(OSError):
-                    sock.send(outbox)
-
-
 # --- one server --------------------------------------------------------------------------------------
 
 
@@ -387,9 +110,14 @@ class PgNode:
     log_file: Path
     socket_dir: Path
     monitoring_password: str
-    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _started_once: bool = field(default=False, repr=False)
-    frozen: bool = False
+    # The postmaster: SIGQUIT (an immediate stop) is what the atexit hook sends it.
+    _child: Child = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._child = Child(
+            self.name, log_file=self.log_file, stop_signal=signal.SIGQUIT, grace=_KILL_TIMEOUT
+        )
 
     def dsn(
         self,
@@ -420,12 +148,17 @@ class PgNode:
     @property
     def pid(self) -> int | None:
         """The postmaster's PID while it runs, else None."""
-        return self._proc.pid if self.running and self._proc is not None else None
+        return self._child.pid
 
     @property
     def running(self) -> bool:
         """Whether the postmaster process is alive (a frozen one included)."""
-        return self._proc is not None and self._proc.poll() is None
+        return self._child.running
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the postmaster and its children are stopped (SIGSTOP) by `freeze_primary()`."""
+        return self._child.frozen
 
 
 # --- the lab -------------------------------------------------------------------------------------------
@@ -476,6 +209,10 @@ class PgLab:
         self._standby_promoted = False
         self.last_start_seconds: float | None = None
         self.last_reset_seconds: float | None = None
+        from lab.pg_faults import PgFaults  # here, not at the top: it imports this module
+
+        # The fault switches; each also has a delegating method below.
+        self.faults = PgFaults(self)
 
     def _node(self, name: str, socket_dir: Path) -> PgNode:
         return PgNode(
@@ -614,23 +351,24 @@ class PgLab:
     async def wait_streaming(self, timeout: float = 10.0) -> float:
         """Wait until the primary's pg_stat_replication shows `standby1` streaming; return the
         seconds waited. Raises TimeoutError naming what was seen last."""
-        loop = asyncio.get_running_loop()
-        began = loop.time()
         last = "nothing"
-        while True:
+
+        async def streaming() -> bool:
+            nonlocal last
             try:
                 rows = await self._sql(
                     self.primary, "SELECT state FROM pg_stat_replication WHERE application_name = %s", (SLOT,)
                 )
             except psycopg.Error as exc:
                 last = f"no answer from the primary ({exc})"
-            else:
-                if any(row[0] == "streaming" for row in rows):
-                    return loop.time() - began
-                last = f"states {[row[0] for row in rows]}"
-            if loop.time() - began >= timeout:
-                raise TimeoutError(f"{SLOT} not streaming after {timeout:g} s: {last}")
-            await asyncio.sleep(_POLL)
+                return False
+            last = f"states {[row[0] for row in rows]}"
+            return any(row[0] == "streaming" for row in rows)
+
+        try:
+            return await wait_until(f"{SLOT} to stream", streaming, timeout, interval=_POLL)
+        except TimeoutError:
+            raise TimeoutError(f"{SLOT} not streaming after {timeout:g} s: {last}") from None
 
     async def wait_replayed(self, lsn: str | None = None, timeout: float = 10.0) -> float:
         """Wait until the standby has replayed up to `lsn` (default: the end of all WAL inserted
@@ -643,189 +381,95 @@ class PgLab:
         if lsn is None:
             insert = (await self._sql(self.primary, "SELECT pg_current_wal_insert_lsn()::text"))[0][0]
             lsn = _end_of_wal(insert)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        while True:
-            replayed = (
+        target = lsn
+        last = "nothing"
+
+        async def replayed() -> bool:
+            nonlocal last
+            position, done = (
                 await self._sql(
                     self.standby,
                     "SELECT pg_last_wal_replay_lsn()::text, pg_last_wal_replay_lsn() >= %s::pg_lsn",
-                    (lsn,),
+                    (target,),
                 )
             )[0]
-            if replayed[1]:
-                return loop.time() - began
-            if loop.time() - began >= timeout:
-                raise TimeoutError(f"standby replayed {replayed[0]}, not {lsn}, after {timeout:g} s")
-            await asyncio.sleep(_POLL)
+            last = str(position)
+            return bool(done)
 
-    # --- fault switches: servers ------------------------------------------------------------------
+        try:
+            return await wait_until(f"the standby to replay {lsn}", replayed, timeout, interval=_POLL)
+        except TimeoutError:
+            raise TimeoutError(f"standby replayed {last}, not {lsn}, after {timeout:g} s") from None
+
+    # --- fault switches (lab/pg_faults.py), one delegating method each: tests say pg.cut_link() --
 
     async def stop_primary(self, mode: StopMode = "fast") -> None:
-        """Stop the primary ("fast" = clean shutdown, "immediate" = a crash); returns once the
-        postmaster has exited. A fast stop waits for the walsender to hand the standby all WAL,
-        so with the link cut it takes up to wal_sender_timeout. A frozen primary is thawed first."""
-        await self._stop_node(self.primary, mode)
+        """`PgFaults.stop_primary`: a clean ("fast") or crash ("immediate") stop of the primary."""
+        await self.faults.stop_primary(mode)
 
     async def start_primary(self) -> None:
-        """Start the primary on its port; returns once it accepts connections. No-op if running."""
-        await self._start_node(self.primary)
+        """`PgFaults.start_primary`: returns once the primary accepts connections."""
+        await self.faults.start_primary()
 
     async def stop_standby(self, mode: StopMode = "fast") -> None:
-        """Stop the standby; returns once the postmaster has exited. Its slot becomes inactive."""
-        await self._stop_node(self.standby, mode)
+        """`PgFaults.stop_standby`."""
+        await self.faults.stop_standby(mode)
 
     async def start_standby(self) -> None:
-        """Start the standby; returns once it accepts read-only connections (streaming follows
-        within ~0.1 s if the link and primary are up: `wait_streaming()`). No-op if running."""
-        await self._start_node(self.standby)
+        """`PgFaults.start_standby`: returns once it accepts read-only connections."""
+        await self.faults.start_standby()
 
     async def freeze_primary(self) -> None:
-        """SIGSTOP the postmaster and every child: the primary accepts TCP connections (the
-        kernel completes handshakes) but never answers, and its walsender sends nothing.
-        Returns once every process is stopped."""
-        node = self.primary
-        if node.pid is None:
-            raise PgLabError("the primary is not running")
-        node.frozen = True
-        processes = _signal_tree(node.pid, signal.SIGSTOP)
-        await wait_until(
-            "the primary's processes to stop",
-            lambda: all(_stopped(p) for p in processes),
-            5.0,
-            interval=0.005,
-        )
+        """`PgFaults.freeze_primary`: SIGSTOP the primary's processes."""
+        await self.faults.freeze_primary()
 
     async def thaw_primary(self) -> None:
-        """SIGCONT the primary's processes; returns once it answers a query again."""
-        node = self.primary
-        if node.pid is not None:
-            _signal_tree(node.pid, signal.SIGCONT)
-        node.frozen = False
-        if node.running:
-            await self._wait_ready(node, node.log_file.stat().st_size, 10.0)
+        """`PgFaults.thaw_primary`: SIGCONT them; returns once it answers again."""
+        await self.faults.thaw_primary()
 
     async def pause_replay(self) -> None:
-        """pg_wal_replay_pause() on the standby; returns once pg_get_wal_replay_pause_state()
-        says 'paused' (WAL keeps arriving, it is not applied)."""
-        await self._sql(self.standby, "SELECT pg_wal_replay_pause()")
-        await self._until_sql(
-            self.standby, "SELECT pg_get_wal_replay_pause_state() = 'paused'", "replay paused"
-        )
+        """`PgFaults.pause_replay` on the standby."""
+        await self.faults.pause_replay()
 
     async def resume_replay(self) -> None:
-        """pg_wal_replay_resume() on the standby; returns once it is 'not paused'."""
-        await self._sql(self.standby, "SELECT pg_wal_replay_resume()")
-        await self._until_sql(
-            self.standby, "SELECT pg_get_wal_replay_pause_state() = 'not paused'", "replay resumed"
-        )
+        """`PgFaults.resume_replay` on the standby."""
+        await self.faults.resume_replay()
 
     async def promote_standby(self) -> None:
-        """pg_promote() on the standby while the primary keeps running: split brain, two
-        read-write servers. Returns once the standby is out of recovery. Only `reset()` (which
-        rebuilds the standby) undoes it."""
-        self._standby_promoted = True
-        rows = await self._sql(self.standby, "SELECT pg_promote(wait => true, wait_seconds => 30)")
-        if not rows[0][0]:
-            raise PgLabError("pg_promote() did not finish within 30 s")
-
-    # --- fault switches: the link ---------------------------------------------------------------
+        """`PgFaults.promote_standby`: split brain until `reset()`."""
+        await self.faults.promote_standby()
 
     async def cut_link(self) -> None:
-        """Partition the standby from the primary: the proxy stops moving bytes both ways and
-        closes nothing. Each side notices only by its own timeout (wal_receiver_timeout on the
-        standby, wal_sender_timeout on the primary); reconnects are accepted and held."""
-        await asyncio.to_thread(self.proxy.cut)
+        """`PgFaults.cut_link`: a partition (bytes stop, nothing is closed)."""
+        await self.faults.cut_link()
 
     async def restore_link(self) -> None:
-        """Heal the partition: held bytes and connections flow at once. A connection that
-        survived resumes streaming; otherwise the standby reconnects within
-        wal_retrieve_retry_interval (1 s) plus its connect_timeout (2 s) at worst."""
-        await asyncio.to_thread(self.proxy.restore)
+        """`PgFaults.restore_link`."""
+        await self.faults.restore_link()
 
     async def reset_link(self) -> None:
-        """Close the standby's current connections with a TCP RST both ways (the link stays up
-        or cut as it was); the standby reconnects within wal_retrieve_retry_interval (1 s)."""
-        await asyncio.to_thread(self.proxy.reset)
-
-    # --- fault switches: archiving and slots -------------------------------------------------------
+        """`PgFaults.reset_link`: the standby's connections closed with a TCP RST."""
+        await self.faults.reset_link()
 
     async def break_archiving(self) -> None:
-        """Every archive attempt fails from now on (archive.sh sees the flag file and exits 1;
-        no reload needed). The archiver retries 3 times a second apart, then waits for the next
-        segment or 60 s; pg_stat_archiver.failed_count counts each attempt."""
-        self._require_archive()
-        self.archive_flag.touch()
+        """`PgFaults.break_archiving`."""
+        await self.faults.break_archiving()
 
     async def fix_archiving(self) -> None:
-        """Archive attempts succeed again; wakes the archiver (a reload) and returns once no
-        segment waits to be archived (if the primary is running and not frozen)."""
-        self._require_archive()
-        self.archive_flag.unlink(missing_ok=True)
-        if self.primary.running and not self.primary.frozen:
-            await self._wait_archive_backlog_empty()
+        """`PgFaults.fix_archiving`: returns once nothing waits to be archived."""
+        await self.faults.fix_archiving()
 
     async def slot_behind(self, mb: int, *, checkpoint: bool = True) -> int:
-        """Create the physical slot `lagging` (immediately_reserve => true, nothing consumes it)
-        if missing, write `mb` MiB of WAL, switch WAL and (by default) CHECKPOINT; return the
-        bytes the slot retains (0 once the slot is lost).
-
-        With the default max_slot_wal_keep_size (64MB): up to ~40 MiB the slot stays `reserved`;
-        past 64 MiB it becomes `lost` (the checkpoint removes its WAL), or `unreserved` with
-        `checkpoint=False`. The standby streams the same WAL, so it is not harmed.
-        """
-        await self._sql(
-            self.primary,
-            "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
-            "(SELECT FROM pg_replication_slots WHERE slot_name = %s)",
-            (LAGGING_SLOT, LAGGING_SLOT),
-        )
-        # Non-transactional logical messages: 1 MiB of WAL per call, nothing stored in tables.
-        await self._sql(
-            self.primary,
-            "SELECT count(pg_logical_emit_message(false, 'mamori-lab', repeat('x', 1048576))) "
-            "FROM generate_series(1, %s)",
-            (mb,),
-        )
-        await self._sql(self.primary, "SELECT pg_switch_wal()")
-        if checkpoint:
-            await self.wait_standby_slot()
-            await self._sql(self.primary, "CHECKPOINT", fetch=False)
-        rows = await self._sql(
-            self.primary,
-            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint "
-            "FROM pg_replication_slots WHERE slot_name = %s",
-            (LAGGING_SLOT,),
-        )
-        return int(rows[0][0])
+        """`PgFaults.slot_behind`: the slot `lagging` holding `mb` MiB of WAL; the bytes it retains."""
+        return await self.faults.slot_behind(mb, checkpoint=checkpoint)
 
     async def wait_standby_slot(self, timeout: float = 10.0) -> None:
-        """While the standby streams, wait until its slot on the primary is within 16 MiB of the
-        end of WAL (its flush feedback; paused replay does not matter). A checkpoint after a burst
-        past max_slot_wal_keep_size would otherwise also remove WAL the standby still needs, and
-        lose its slot, on a slow machine. Best effort: returns at once when the standby does not
-        stream (stopped, link cut) and after `timeout` at most; never raises for that."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            rows = await self._sql(
-                self.primary,
-                "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn), 0)::bigint, "
-                "EXISTS (SELECT FROM pg_stat_replication r WHERE r.application_name = s.slot_name "
-                "AND r.state = 'streaming') FROM pg_replication_slots s WHERE s.slot_name = %s",
-                (SLOT,),
-            )
-            if not rows or not rows[0][1] or int(rows[0][0]) < 16 * 1024 * 1024:
-                return
-            await asyncio.sleep(0.05)
+        """`PgFaults.wait_standby_slot` (best effort, never raises)."""
+        await self.faults.wait_standby_slot(timeout)
 
     async def drop_lagging_slot(self) -> None:
-        """Drop the `lagging` slot if it exists (its WAL goes at the next checkpoint)."""
-        await self._sql(
-            self.primary,
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-            (LAGGING_SLOT,),
-        )
+        """`PgFaults.drop_lagging_slot`."""
+        await self.faults.drop_lagging_slot()
 
     # --- writes ---------------------------------------------------------------------------------------
 
@@ -1153,16 +797,10 @@ cp "$1" "$dest.tmp" && mv "$dest.tmp" "$dest"
 
     def _command(self, argv: list[str], *, as_postgres: bool) -> list[str]:
         """argv as the postgres OS user if asked and we are root, with a parent-death SIGKILL."""
-        switch_user = as_postgres and self._as_root
-        if _SETPRIV is not None:
-            # setpriv changes user before setting the death signal (a uid change would clear it).
-            prefix = [_SETPRIV]
-            if switch_user:
-                prefix += [f"--reuid={OS_USER}", f"--regid={OS_USER}", "--init-groups"]
-            return [*prefix, "--pdeathsig", "KILL", "--", *argv]
-        if switch_user:
-            return ["runuser", "-u", OS_USER, "--", *argv]
-        return argv
+        return command(argv, user=self._user(as_postgres))
+
+    def _user(self, as_postgres: bool) -> str | None:
+        return OS_USER if as_postgres and self._as_root else None
 
     async def _run(self, argv: list[str], *, as_postgres: bool, timeout: float = 60.0) -> str:
         """Run a short command to completion; return its output (stdout and stderr). Raises
@@ -1195,24 +833,11 @@ cp "$1" "$dest.tmp" && mv "$dest.tmp" "$dest"
         if node.running:
             return
         for attempt in range(3):
-            offset = node.log_file.stat().st_size if node.log_file.exists() else 0
             argv = [str(self.bin_dir / "postgres"), "-D", str(node.data_dir), "-p", str(node.port)]
-            with node.log_file.open("ab") as log:
-                # Popen in this thread (not a worker): the parent-death signal follows the thread
-                # that forked. A new session: a Ctrl-C meant for Python does not reach postgres.
-                node._proc = subprocess.Popen(  # noqa: ASYNC220 - fork+exec, ~1 ms
-                    self._command(argv, as_postgres=True),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    env=_clean_env(self.directory),
-                    cwd=self.directory,
-                    start_new_session=True,
-                )
-            _track(node._proc)
-            node.frozen = False
+            # In this thread (not a worker): the parent-death signal follows the thread that forked.
+            node._child.start(argv, env=_clean_env(self.directory), cwd=self.directory, user=self._user(True))
             try:
-                await self._wait_ready(node, offset, _START_TIMEOUT)
+                await self._wait_ready(node, node._child.log_offset, _START_TIMEOUT)
             except PgLabError as exc:
                 # The port was free when picked; if something took it since, pick another
                 # (before the first successful start only: later, callers hold the port).
@@ -1229,28 +854,26 @@ cp "$1" "$dest.tmp" && mv "$dest.tmp" "$dest"
     async def _wait_ready(self, node: PgNode, log_offset: int, timeout: float) -> None:
         """Wait until `node` answers `SELECT 1` on its socket. Raises PgLabError with the new
         part of its log if it exits or does not answer in time (it is then stopped)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            proc = node._proc
-            if proc is None or proc.poll() is not None:
-                status = None if proc is None else proc.returncode
-                node._proc = None
-                raise PgLabError(
-                    f"{node.name} exited with status {status}: {self._log_since(node, log_offset)}"
-                )
+
+        async def answers() -> bool:
             try:
                 await self._sql(node, "SELECT 1", connect_timeout=2)
-            except (psycopg.Error, OSError):
-                pass
-            else:
-                return
-            if loop.time() > deadline:
-                await self._stop_node(node, "immediate")
-                raise PgLabError(
-                    f"{node.name} not ready after {timeout:g} s: {self._log_since(node, log_offset)}"
-                )
-            await asyncio.sleep(_POLL)
+            except psycopg.Error:
+                return False
+            return True
+
+        try:
+            await node._child.wait_ready(f"{node.name} to answer", answers, timeout, interval=_POLL)
+        except ChildExited as exc:
+            await node._child.stop()  # reaped already: forget it
+            raise PgLabError(
+                f"{node.name} exited with status {exc.returncode}: {self._log_since(node, log_offset)}"
+            ) from None
+        except TimeoutError:
+            await self._stop_node(node, "immediate")
+            raise PgLabError(
+                f"{node.name} not ready after {timeout:g} s: {self._log_since(node, log_offset)}"
+            ) from None
 
     @staticmethod
     def _log_since(node: PgNode, offset: int) -> str:
@@ -1264,29 +887,13 @@ cp "$1" "$dest.tmp" && mv "$dest.tmp" "$dest"
 
     async def _stop_node(self, node: PgNode, mode: StopMode) -> None:
         """Stop by PID: SIGINT (fast) or SIGQUIT (immediate), escalating to SIGQUIT after 15 s
-        and SIGKILL of the whole tree after 10 s more. Signals go out before the first await,
-        so a cancelled stop still stops the server; the next call finishes the wait."""
-        proc = node._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            if node.frozen:  # a stopped process handles no signal but SIGKILL
-                _signal_tree(proc.pid, signal.SIGCONT)
-                node.frozen = False
-            escalation = [signal.SIGQUIT, signal.SIGKILL] if mode == "fast" else [signal.SIGKILL]
-            with suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT if mode == "fast" else signal.SIGQUIT)
-            timeout = _FAST_STOP_TIMEOUT if mode == "fast" else _KILL_TIMEOUT
-            while not await _exited(proc, timeout) and escalation:
-                sig = escalation.pop(0)
-                if sig == signal.SIGKILL:
-                    _signal_tree(proc.pid, sig)  # the backends too: nobody is left to stop them
-                else:
-                    with suppress(ProcessLookupError):
-                        proc.send_signal(sig)
-                timeout = _KILL_TIMEOUT
-        node._proc = None
-        _LIVE.discard(proc)
+        and SIGKILL of the whole tree after 10 s more (a frozen server is continued first).
+        Signals go out before the first await, so a cancelled stop still stops the server; the
+        next call finishes the wait."""
+        if mode == "fast":
+            await node._child.stop((signal.SIGINT, _FAST_STOP_TIMEOUT), (signal.SIGQUIT, _KILL_TIMEOUT))
+        else:
+            await node._child.stop((signal.SIGQUIT, _KILL_TIMEOUT))
 
     # --- SQL -------------------------------------------------------------------------------------------
 
@@ -1372,22 +979,3 @@ _VACUUM_DUE: LiteralString = (
     "+ current_setting('autovacuum_vacuum_insert_scale_factor')::float8 * greatest(c.reltuples, 0) "
     "ORDER BY 1, 2"
 )
-
-
-async def _exited(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Wait (polling, without a child watcher, so any event loop works) for `proc` to exit."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
-
-
-def _stopped(process: psutil.Process) -> bool:
-    """Stopped by SIGSTOP, or gone: a backend that was exiting as we froze stays a zombie (its
-    parent, the postmaster, is stopped and cannot reap it)."""
-    try:
-        return process.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-    except psutil.NoSuchProcess:
-        return True

@@ -31,26 +31,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import pwd
 import shutil
-import signal
 import socket
 import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
-from lab import REPO
 from lab.agent_config import AgentSetup, PgTarget, agent_yaml
-from lab.ports import accepts, free_port
+from lab.alertmanager import ALERTMANAGER_YML, alertmanager_argv, alertmanager_config
+from lab.errors import StackError as StackError  # raised by the whole stack: importable here
+from lab.ports import HOST, accepts, free_port
+from lab.process import Child, ChildExited
+from lab.prometheus import PROMETHEUS_YML, RULES_DIR, prometheus_argv, prometheus_config
+from lab.recorder import RecordedNotification, Recorder
 from lab.wait import wait_until
 
 if TYPE_CHECKING:  # the labs are imported when started: `python -m lab.demo fault` stays light
@@ -62,10 +63,6 @@ if TYPE_CHECKING:  # the labs are imported when started: `python -m lab.demo fau
 
 log = logging.getLogger("mamori.lab.stack")
 
-PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
-ALERTMANAGER_YML = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
-RULES_DIR = REPO / "alerts" / "rules"
-HOST = "127.0.0.1"
 SITE = "lab"
 AGENT_NAME = "lab-agent"
 CLUSTER = "db"
@@ -79,214 +76,20 @@ PACKAGES = {
     "prometheus": "prometheus",
     "alertmanager": "prometheus-alertmanager",
 }
-_SETPRIV = shutil.which("setpriv")
 _READY_TIMEOUT = 30.0  # Prometheus/Alertmanager answer /-/ready in ~1-2 s here
 _STOP_TIMEOUT = 10.0
-
-
-class StackError(RuntimeError):
-    """The stack could not start (one line: what failed and where its log is)."""
 
 
 class AgentStopped(StackError):
     """The in-process agent stopped while the stack waited for it (its SIGINT/SIGTERM handler)."""
 
 
-# --- config rewrites (pure; tested on their own and used by tests/alerts/test_e2e.py) ----------
-
-
-def prometheus_config(
-    shipped: str,
-    *,
-    targets_file: Path,
-    rule_files: list[str],
-    prometheus_address: str,
-    alertmanager_address: str | None,
-    interval: float,
-) -> str:
-    """deploy/prometheus/prometheus.yml rewritten for the lab, and only where it must be: the
-    intervals (`interval` seconds), the file_sd path of job `mamori`, the rule files, the
-    Alertmanager address (alerting and its scrape job dropped without one), the self-scrape
-    address, and `environment: lab`. Raises StackError if the file has no `mamori` job with
-    file_sd_configs (the rules select job="mamori")."""
-    doc: dict[str, Any] = yaml.safe_load(shipped)
-    every = f"{interval:g}s"
-    glob = doc.setdefault("global", {})
-    glob.update(scrape_interval=every, scrape_timeout=every, evaluation_interval=every)
-    glob.setdefault("external_labels", {})["environment"] = "lab"
-    doc["rule_files"] = list(rule_files)
-    if alertmanager_address is None:
-        doc.pop("alerting", None)
-    else:
-        for am in doc["alerting"]["alertmanagers"]:
-            am["static_configs"] = [{"targets": [alertmanager_address]}]
-    jobs = []
-    found = False
-    for job in doc.get("scrape_configs", []):
-        name = job.get("job_name")
-        if "scrape_timeout" in job:
-            job["scrape_timeout"] = every
-        if name == "mamori" and job.get("file_sd_configs"):
-            found = True
-            for sd in job["file_sd_configs"]:
-                sd["files"] = [str(targets_file)]
-                sd["refresh_interval"] = every
-        elif name == "prometheus":
-            job["static_configs"] = [{"targets": [prometheus_address]}]
-        elif name == "alertmanager":
-            if alertmanager_address is None:
-                continue
-            job["static_configs"] = [{"targets": [alertmanager_address]}]
-        else:
-            continue  # a job the lab cannot serve
-        jobs.append(job)
-    if not found:
-        raise StackError(f"{PROMETHEUS_YML}: no scrape job 'mamori' with file_sd_configs")
-    doc["scrape_configs"] = jobs
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
-def alertmanager_config(
-    shipped: str,
-    directory: Path,
-    *,
-    pagerduty_url: str,
-    pagerduty_routing_key: str,
-    slack_webhook_url: str,
-    deadman_url: str,
-    group_wait: str | None = None,
-    group_interval: str | None = None,
-    repeat_interval: str | None = None,
-) -> str:
-    """deploy/alertmanager/alertmanager.yml with every receiver pointed at the given (loopback)
-    URLs, its secret files written into `directory`, and, when given, the group timings of the
-    root route and every child route replaced (the real ones otherwise)."""
-    doc: dict[str, Any] = yaml.safe_load(shipped)
-    (directory / "pd-key").write_text(pagerduty_routing_key)
-    (directory / "slack-url").write_text(slack_webhook_url)
-    (directory / "dms-token").write_text("lab-token")
-    timings = {"group_wait": group_wait, "group_interval": group_interval, "repeat_interval": repeat_interval}
-
-    def shorten(route: dict[str, Any]) -> None:
-        for key, value in timings.items():
-            if value is not None and (key in route or route is doc["route"]):
-                route[key] = value
-        for child in route.get("routes", []):
-            shorten(child)
-
-    shorten(doc["route"])
-    for receiver in doc["receivers"]:
-        for pdc in receiver.get("pagerduty_configs", []):
-            pdc["routing_key_file"] = str(directory / "pd-key")
-            pdc["url"] = pagerduty_url
-        for sc in receiver.get("slack_configs", []):
-            sc["api_url_file"] = str(directory / "slack-url")
-        for wh in receiver.get("webhook_configs", []):
-            wh["url"] = deadman_url
-            wh["http_config"]["authorization"]["credentials_file"] = str(directory / "dms-token")
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
-# --- the loopback notification recorder --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Notification:
-    """One request Alertmanager sent to a receiver: `receiver` is pagerduty, slack or
-    deadmans-switch; `summary` a one-line rendering of what it said."""
-
-    at: float
-    receiver: str
-    summary: str
-    body: Any
-
-
-class _Recorder:
-    """Answers Alertmanager like PagerDuty's Events API v2, a Slack webhook and a dead-man's
-    switch would (2xx), and records every request."""
-
-    def __init__(self, log_file: Path) -> None:
-        self.log_file = log_file
-        self.notifications: list[Notification] = []
-        self.listeners: list[Callable[[Notification], None]] = []
-        self.port = 0
-        self._runner: Any = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    async def start(self) -> None:
-        from aiohttp import web
-
-        app = web.Application()
-        app.router.add_post("/pagerduty/v2/enqueue", self._pagerduty)
-        app.router.add_post("/slack", self._slack)
-        app.router.add_post("/deadmans-switch", self._deadman)
-        app.router.add_post("/agent-webhook", self._agent_webhook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        self._runner = runner
-        await web.TCPSite(runner, HOST, 0).start()
-        self.port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    def _record(self, receiver: str, summary: str, body: Any) -> None:
-        note = Notification(time.time(), receiver, summary, body)
-        self.notifications.append(note)
-        with self.log_file.open("a") as f:
-            f.write(
-                json.dumps({"at": note.at, "receiver": receiver, "summary": summary, "body": body}) + "\n"
-            )
-        for listener in self.listeners:
-            try:
-                listener(note)
-            except Exception:  # a listener's bug must not make Alertmanager retry
-                log.exception("notification listener failed")
-
-    async def _pagerduty(self, request: Any) -> Any:
-        from aiohttp import web
-
-        body = await request.json()
-        payload = body.get("payload") or {}
-        summary = f"{body.get('event_action', '?')}: {payload.get('summary', '')}".strip()
-        self._record("pagerduty", summary, body)
-        answer = {"status": "success", "message": "Event processed", "dedup_key": body.get("dedup_key")}
-        return web.json_response(answer, status=202)
-
-    async def _slack(self, request: Any) -> Any:
-        from aiohttp import web
-
-        body = await request.json()
-        titles = [str(a.get("title", "")) for a in body.get("attachments", [])] or [str(body.get("text", ""))]
-        self._record("slack", "; ".join(titles), body)
-        return web.Response(text="ok")
-
-    async def _agent_webhook(self, request: Any) -> Any:
-        """The lab agent's own notifier (its `alerts:` section), as a generic webhook."""
-        from aiohttp import web
-
-        body = await request.json()
-        self._record("agent", f"{body.get('event', '?')}: {body.get('summary', '')}", body)
-        return web.Response(text="ok")
-
-    async def _deadman(self, request: Any) -> Any:
-        from aiohttp import web
-
-        body = await request.json()
-        self._record("deadmans-switch", f"{len(body.get('alerts', []))} alert(s) (Watchdog)", body)
-        return web.Response(text="ok")
-
-
 # --- child processes (Prometheus, Alertmanager) ------------------------------------------------
 
 
 class _Child:
-    """One server binary run in the foreground as our child, its output in `log_file`.
+    """Prometheus or Alertmanager: a `lab.process.Child` that listens on a port and has a ready
+    path, its output in `log_file`.
 
     `argv_for(port)` gives the command line for a listen port (writing any config that names the
     port). `start()` returns once the port accepts connections; an automatically picked port
@@ -300,7 +103,7 @@ class _Child:
         self.log_file = log_file
         self.ready_path = ready_path
         self.port = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child = Child(name, log_file=log_file, grace=_STOP_TIMEOUT)
 
     @property
     def url(self) -> str:
@@ -308,71 +111,53 @@ class _Child:
 
     @property
     def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
+        return self._child.pid
 
     async def start(self, port: int | None) -> None:
         for attempt in range(3):
             self.port = port or free_port()
-            argv = self.argv_for(self.port)
-            cmd = argv if _SETPRIV is None else [_SETPRIV, "--pdeathsig", "KILL", *argv]
-            offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-            with self.log_file.open("ab") as out:
-                # A session of its own: a Ctrl-C in the terminal reaches us only; we stop it in order.
-                self._proc = await asyncio.create_subprocess_exec(
-                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            self._child.start(self.argv_for(self.port))
+            try:
+                await self._child.wait_ready(
+                    f"{self.name} to listen", lambda: accepts(self.port), _READY_TIMEOUT, interval=0.05
                 )
-            proc = self._proc
-            deadline = time.monotonic() + _READY_TIMEOUT
-            while not await accepts(self.port):
-                if proc.returncode is not None:
-                    break
-                if time.monotonic() > deadline:
-                    raise StackError(
-                        f"{self.name} not listening after {_READY_TIMEOUT:g} s: see {self.log_file}"
-                    )
-                await asyncio.sleep(0.05)
+            except TimeoutError:
+                raise StackError(
+                    f"{self.name} not listening after {_READY_TIMEOUT:g} s: see {self.log_file}"
+                ) from None
+            except ChildExited as exc:
+                returncode = exc.returncode
             else:
                 return
-            with self.log_file.open("rb") as f:
-                f.seek(offset)
-                taken = b"address already in use" in f.read()
+            taken = "address already in use" in self._child.log_since_start(limit=1 << 20)
             if port is not None or not taken or attempt == 2:
-                why = f"port {self.port} is taken" if taken else f"exited with status {proc.returncode}"
+                why = f"port {self.port} is taken" if taken else f"exited with status {returncode}"
                 raise StackError(f"{self.name} did not start ({why}): see {self.log_file}")
 
     async def wait_ready(self, timeout: float = _READY_TIMEOUT) -> None:
         """Until `ready_path` answers 200; StackError (naming the log) if it exits or times out."""
         import aiohttp
 
-        deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while True:
-                proc = self._proc
-                if proc is None or proc.returncode is not None:
-                    code = None if proc is None else proc.returncode
-                    raise StackError(f"{self.name} exited (status {code}) at start: see {self.log_file}")
+
+            async def ready() -> bool:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
                     async with session.get(self.url + self.ready_path) as response:
-                        if response.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise StackError(f"{self.name} not ready after {timeout:g} s: see {self.log_file}")
-                await asyncio.sleep(0.1)
+                        return response.status == 200
+                return False
+
+            try:
+                await self._child.wait_ready(f"{self.name} to be ready", ready, timeout, interval=0.1)
+            except ChildExited as exc:
+                raise StackError(
+                    f"{self.name} exited (status {exc.returncode}) at start: see {self.log_file}"
+                ) from None
+            except TimeoutError:
+                raise StackError(f"{self.name} not ready after {timeout:g} s: see {self.log_file}") from None
 
     async def stop(self) -> None:
         """SIGTERM by PID, SIGKILL after 10 s. Safe twice and before start()."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await self._child.stop()
 
 
 # --- the stack ---------------------------------------------------------------------------------
@@ -440,7 +225,7 @@ class Stack:
         self.prometheus_config: Path | None = None
         self.alertmanager_config: Path | None = None
         self.skipped: dict[str, str] = {}  # part -> why (the Debian package to install)
-        self._recorder = _Recorder(directory / "notifications.jsonl")
+        self._recorder = Recorder(directory / "notifications.jsonl")
         self._children: dict[str, _Child] = {}
         self._fault_lock = asyncio.Lock()
         self._agent_task: asyncio.Task[int] | None = None
@@ -459,11 +244,11 @@ class Stack:
         return self._pg is not None
 
     @property
-    def notifications(self) -> list[Notification]:
+    def notifications(self) -> list[RecordedNotification]:
         """Everything Alertmanager has sent to its receivers, oldest first."""
         return self._recorder.notifications
 
-    def on_notification(self, listener: Callable[[Notification], None]) -> None:
+    def on_notification(self, listener: Callable[[RecordedNotification], None]) -> None:
         """Call `listener` (in the event loop) for every notification Alertmanager sends."""
         self._recorder.listeners.append(listener)
 
@@ -514,23 +299,25 @@ class Stack:
     async def wait_healthy(self, timeout: float = 20.0) -> float:
         """Until every check's latest result is OK; return the seconds waited. TimeoutError names
         the checks that are not."""
-        began = time.monotonic()
         expected = set(self.expected_checks())
+        bad: list[str] = []
 
-        def unhealthy() -> list[str]:
+        def healthy() -> bool:
+            nonlocal bad
             results = self.results()
-            return [
+            bad = [
                 f"{n}: {results[n].status.label.upper()} {results[n].reason.value}" if n in results else n
                 for n in sorted(expected)
                 if n not in results or results[n].status != 0
             ]
+            if bad:
+                self._agent_alive()
+            return not bad
 
-        while bad := unhealthy():
-            self._agent_alive()
-            if time.monotonic() - began > timeout:
-                raise TimeoutError(f"not healthy after {timeout:g} s: {'; '.join(bad)}")
-            await asyncio.sleep(0.1)
-        return time.monotonic() - began
+        try:
+            return await wait_until("every check to be OK", healthy, timeout, interval=0.1)
+        except TimeoutError:
+            raise TimeoutError(f"not healthy after {timeout:g} s: {'; '.join(bad)}") from None
 
     async def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query to the stack's Prometheus; the `result` list."""
@@ -793,14 +580,10 @@ class Stack:
         self.alertmanager_config = d / "alertmanager.yml"
         self.alertmanager_config.write_text(text)
 
+        config_file = self.alertmanager_config
+
         def argv(port: int) -> list[str]:
-            return [
-                "prometheus-alertmanager",
-                f"--config.file={self.alertmanager_config}",
-                f"--storage.path={d / 'data'}",
-                f"--web.listen-address={HOST}:{port}",
-                "--cluster.listen-address=",  # no gossip (it would listen on 0.0.0.0:9094)
-            ]
+            return alertmanager_argv(config_file, d / "data", port)
 
         child = self._children["alertmanager"] = _Child(
             "alertmanager", argv, d / "alertmanager.log", "/-/ready"
@@ -831,16 +614,7 @@ class Stack:
                     interval=self.interval,
                 )
             )
-            return [
-                "prometheus",
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={d / 'data'}",
-                f"--web.listen-address={HOST}:{port}",
-                "--web.enable-lifecycle",
-                # Alerts evaluated before Alertmanager's address is applied (discovery updates
-                # are applied every 5 s) are dropped and, by default, re-sent only after 1 min.
-                f"--rules.alert.resend-delay={max(1.0, 2 * self.interval):g}s",
-            ]
+            return prometheus_argv(config_file, d / "data", port, interval=self.interval)
 
         child = self._children["prometheus"] = _Child("prometheus", argv, d / "prometheus.log", "/-/ready")
         await child.start(port)

@@ -22,8 +22,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import config
-from agent.catalog import AGENT_METRICS, CHECK_METRICS, PER_CHECK_LABELS
+from agent.catalog import AGENT_METRICS, CHECK_METRICS, CHECK_TYPES, PER_CHECK_LABELS
 from agent.runtime import Agent
+from checks import REGISTRY
+from exporters.fleet import CHECK_TYPE
 from lab.certs import make_certs, server_context
 from lab.mosquitto import Mosquitto
 from lab.ports import free_port
@@ -51,6 +53,12 @@ async def pg_lab() -> AsyncIterator[PgLab]:
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def test_the_closed_check_types_are_the_registry_and_the_fleet() -> None:
+    """The catalog's `mamori_check_status{type}` values (what `agentctl oci-alarms` accepts) are
+    exactly the registered check types and the fleet's results."""
+    assert (*REGISTRY, CHECK_TYPE) == CHECK_TYPES
 
 
 async def test_emitted_metrics_match_the_catalog(tmp_path: Path) -> None:

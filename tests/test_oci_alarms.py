@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import ocialarms
 from agent.cli import main
 from agent.errors import ConfigError
 from agent.model import Reason
-from agent.ocialarms import AlarmsApi, ApiError, Connection, Reconciler, make_client
+from exporters.oci_alarms import model, mql
+from exporters.oci_alarms.client import AlarmsApi, ApiError, Connection, make_client
+from exporters.oci_alarms.reconcile import Reconciler
 from tests.fakes.oci_alarms import BASE, FakeOciAlarms, fake_oci_alarms, mql_problem
 from tests.fakes.oci_monitoring import ApiKey, ocid
 
@@ -49,8 +50,8 @@ class Env:
     def variables(self, **more: str) -> dict[str, str]:
         return {"OCI_COMPARTMENT_ID": self.compartment, "OCI_TOPIC_ID": self.topic, **more}
 
-    def spec(self, path: Path = ALARMS) -> ocialarms.AlarmsFile:
-        return ocialarms.load(path, self.variables())
+    def spec(self, path: Path = ALARMS) -> model.AlarmsFile:
+        return model.load(path, self.variables())
 
     def api(self, **kwargs: Any) -> AlarmsApi:
         client, endpoint = make_client(
@@ -98,7 +99,7 @@ async def agentctl(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple
 def names() -> list[str]:
     return [
         a.display_name
-        for a in ocialarms.load(
+        for a in model.load(
             ALARMS, {"OCI_COMPARTMENT_ID": ocid("compartment"), "OCI_TOPIC_ID": ocid("onstopic")}
         ).alarms
     ]
@@ -679,7 +680,7 @@ async def test_an_invalid_file_is_refused_before_any_request(
     ],
 )
 def test_queries_both_parsers_accept(query: str) -> None:
-    ocialarms.check_query(query, ["site"])
+    mql.check_query(query, ["site"])
     assert mql_problem(query) is None
 
 
@@ -687,9 +688,7 @@ def test_queries_both_parsers_accept(query: str) -> None:
 
 
 def test_the_shipped_alarms_mirror_existing_alerts_and_runbooks() -> None:
-    spec = ocialarms.load(
-        ALARMS, {"OCI_COMPARTMENT_ID": ocid("compartment"), "OCI_TOPIC_ID": ocid("onstopic")}
-    )
+    spec = model.load(ALARMS, {"OCI_COMPARTMENT_ID": ocid("compartment"), "OCI_TOPIC_ID": ocid("onstopic")})
     alerts = set()
     for rules in (ROOT / "alerts" / "rules").glob("*.yml"):
         for group in yaml.safe_load(rules.read_text())["groups"]:
@@ -732,7 +731,7 @@ def test_variables_fill_the_thresholds_and_are_checked_with_the_query() -> None:
         "MAMORI_PRIMARY_DOWN_MIN_AGENTS": "3",
         "OCI_METRIC_COMPARTMENT_ID": ocid("compartment"),
     }
-    spec = ocialarms.load(ALARMS, env)
+    spec = model.load(ALARMS, env)
     by_name = {a.display_name: a for a in spec.alarms}
     assert by_name["mamori: PostgresReplicationLagAboveRPO"].query.endswith("min() > 300")
     assert by_name["mamori: PostgresFailoverRecommended (fleet)"].is_enabled
@@ -743,7 +742,7 @@ def test_variables_fill_the_thresholds_and_are_checked_with_the_query() -> None:
         == env["OCI_METRIC_COMPARTMENT_ID"]
     )
     with pytest.raises(ConfigError) as bad:
-        ocialarms.load(ALARMS, {**env, "MAMORI_RPO_SECONDS": "15m"})
+        model.load(ALARMS, {**env, "MAMORI_RPO_SECONDS": "15m"})
     assert [line.split(": ", 1)[1] for line in str(bad.value).splitlines()] == [
         "alarms[5].query: unexpected 'm' (column 76)",
         "alarms[6].query: unexpected 'm' (column 76)",

@@ -1,7 +1,7 @@
 """Config models of the notifiers, one per `type:`, validated completely at load.
 
 Secrets (`routing_key`, `webhook_url`, `bearer_token`) are `SecretStr`: they print as `**********`,
-may be given as `<field>_file: PATH` instead (see agent.types.Model), and are never echoed in a
+may be given as `<field>_file: PATH` instead (see agent.fields.Model), and are never echoed in a
 validation error (`hide_input_in_errors`), so a typo in a secret cannot leak it into a log.
 """
 
@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from agent.fields import Duration, Model
 from agent.headers import check_headers, token_problem
-from agent.types import Duration, Model
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "authorization"})

@@ -13,7 +13,7 @@ import itertools
 from typing import Literal
 
 from agent.model import Reason, Status
-from checks.base import Check, CheckConfig, Outcome
+from checks.base import Check, CheckConfig, CheckOutcome
 
 # Event-loop turns given to woken tasks after each wake-up. A scheduler task needs one or two to
 # reach its next sleep (a run is a few awaits that do not wait for anything but this clock); 50
@@ -76,8 +76,8 @@ class ClockSleepCheck(Check[ClockSleepConfig]):
     def target(self) -> str:
         return "nowhere"
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         start = self.clock.monotonic()
         await self.clock.sleep(self.config.seconds)
         ClockSleepCheck.log.append((self.name, start, self.clock.monotonic()))
-        return Outcome(Status.OK, Reason.OK, f"took {self.config.seconds}s")
+        return CheckOutcome(Status.OK, Reason.OK, f"took {self.config.seconds}s")

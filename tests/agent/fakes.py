@@ -7,7 +7,7 @@ import time
 from typing import Literal
 
 from agent.model import Reason, Sample, Status
-from checks.base import Check, CheckConfig, Outcome
+from checks.base import Check, CheckConfig, CheckOutcome
 
 
 class SleepConfig(CheckConfig):
@@ -28,13 +28,13 @@ class SleepCheck(Check[SleepConfig]):
     def target(self) -> str:
         return "nowhere"
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         start = time.monotonic()
         await asyncio.sleep(self.config.seconds)
         SleepCheck.log.append((self.name, start, time.monotonic()))
         status = Status(self.config.status)
         reason = Reason.OK if status is Status.OK else Reason.THRESHOLD
-        return Outcome(
+        return CheckOutcome(
             status, reason, f"slept {self.config.seconds}s", (Sample("probe_dns_lookup_time_seconds", 0.0),)
         )
 
@@ -52,7 +52,7 @@ class BoomCheck(Check[BoomConfig]):
     type_name = "boom"
     config_model = BoomConfig
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         raise ZeroDivisionError("division by zero in a check")
 
 
@@ -71,8 +71,8 @@ class FlakyCheck(Check[FlakyConfig]):
         super().__init__(config)
         self.calls = 0
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         self.calls += 1
         if self.calls <= self.config.failures:
-            return Outcome(Status.CRITICAL, Reason.REFUSED, f"refused on call {self.calls}")
-        return Outcome(Status.OK, Reason.OK, f"ok on call {self.calls}")
+            return CheckOutcome(Status.CRITICAL, Reason.REFUSED, f"refused on call {self.calls}")
+        return CheckOutcome(Status.OK, Reason.OK, f"ok on call {self.calls}")

@@ -1,5 +1,5 @@
 """The config loader against random input (issue 12, item 13): whatever the text, `config.parse`
-returns a Config or raises ConfigError whose every line is `file[:line]: path: message`, in
+returns an AgentConfig or raises ConfigError whose every line is `file[:line]: path: message`, in
 bounded time and memory. Deterministic (derandomized), a few hundred examples, a few seconds."""
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def parse_once(text: str) -> None:
             line = str(issue)
             assert len(line.splitlines()) == 1 and line.startswith("f.yml"), line
     else:
-        assert isinstance(cfg, config.Config)
+        assert isinstance(cfg, config.AgentConfig)
 
 
 def assert_bounded(text: str) -> None:

@@ -385,7 +385,7 @@ def test_an_agent_without_state_files_does_not_load_sqlite() -> None:
     budget, issue 12) is loaded only by the modules that open a state file. Same budget: the agent
     renders its metrics itself (no prometheus_client) and uses frozenlist's pure-Python twin."""
     code = (
-        "import sys, agent.cli, agent.runtime, checks.host, checks.http, exporters.prometheus;"
+        "import sys, agent.cli, agent.runtime, checks.host.check, checks.http.check, exporters.prometheus;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlite3', '_sqlite3')))"
     )
     code += (

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent import config
-from agent.config import Config
+from agent.config import AgentConfig
 from agent.runtime import Agent
 from lab.ports import free_port
 
@@ -55,7 +55,7 @@ async def test_a_slow_load_runs_off_the_event_loop_and_a_loader_bug_is_one_count
     task = asyncio.create_task(agent.run())
     loading = threading.Event()
 
-    def slow_buggy_load(where: Any, env: Mapping[str, str] | None = None) -> Config:
+    def slow_buggy_load(where: Any, env: Mapping[str, str] | None = None) -> AgentConfig:
         loading.set()
         time.sleep(1.5)  # a slow disk, a huge file: in the loader's thread, not the loop's
         raise RuntimeError("boom\nsecond line")

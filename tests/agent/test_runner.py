@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from agent.model import CheckResult, Reason, Status
 from agent.runner import TIMEOUT_GRACE, execute
-from checks.base import Check, CheckConfig, Outcome
-from checks.http import HttpCheck
+from checks.base import Check, CheckConfig, CheckOutcome
+from checks.http.check import HttpCheck
 from checks.tcp import TcpCheck
 from tests.servers import Request, StreamHandler, hard_reset, json_ok, serve_http, serve_tcp
 
@@ -131,12 +131,12 @@ class BudgetCheck(Check[BudgetConfig]):
         super().__init__(config)
         self.seen: list[float] = []
 
-    async def run(self) -> Outcome:
+    async def run(self) -> CheckOutcome:
         self.seen.append(self.time_left())
         if len(self.seen) <= self.config.failures:
             await asyncio.sleep(self.config.spend)
-            return Outcome(Status.CRITICAL, Reason.REFUSED, f"failure {len(self.seen)}")
-        return Outcome(Status.OK, Reason.OK, "ok")
+            return CheckOutcome(Status.CRITICAL, Reason.REFUSED, f"failure {len(self.seen)}")
+        return CheckOutcome(Status.OK, Reason.OK, "ok")
 
 
 async def test_each_attempt_is_told_what_is_left_of_the_one_budget() -> None:

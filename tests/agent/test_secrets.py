@@ -23,7 +23,7 @@ from agent import config
 from agent.runtime import Agent
 from agent.secrets import MAX_SECRET_FILE, Secrets, read_secret_file, redact_url, secrets_of
 from alerts.notifiers.config import SlackConfig
-from checks.http import BasicAuth, HttpConfig
+from checks.http.config import BasicAuth, HttpConfig
 from lab.ports import free_port
 from lab.wait import wait_until
 from tests.agent.test_agent import aget

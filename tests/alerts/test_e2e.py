@@ -31,9 +31,9 @@ import yaml
 
 from agent import config
 from agent.runtime import Agent
+from lab.alertmanager import alertmanager_config as stack_alertmanager_config
 from lab.ports import free_port
 from lab.postgres import PgLab
-from lab.stack import alertmanager_config as stack_alertmanager_config
 from lab.wait import wait_until
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
 from tests.fakes.slack import FakeSlack, fake_slack

@@ -23,7 +23,7 @@ from agent.errors import ConfigError
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks import REGISTRY
-from checks.base import Outcome
+from checks.base import CheckOutcome
 from checks.docker import DockerCheck, DockerConfig
 from checks.docker_api import (
     Backend,
@@ -533,7 +533,7 @@ def make(engine: FakeDocker, **values: Any) -> DockerCheck:
     return check
 
 
-def sample(outcome: Outcome | CheckResult, name: str, **labels: str) -> float:
+def sample(outcome: CheckOutcome | CheckResult, name: str, **labels: str) -> float:
     matches = [s.value for s in outcome.samples if s.name == name and dict(s.labels) == labels]
     assert len(matches) == 1, f"{name}{labels}: {len(matches)} samples"
     return matches[0]
@@ -556,7 +556,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
-async def run_at(check: DockerCheck, clock: Clock, advance: float = 30.0) -> Outcome:
+async def run_at(check: DockerCheck, clock: Clock, advance: float = 30.0) -> CheckOutcome:
     clock.now += advance
     return await check.run()
 

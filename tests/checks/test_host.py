@@ -17,13 +17,14 @@ import psutil
 import pytest
 from pydantic import ValidationError
 
-import checks.host
+import checks.host.procfs
 from agent import config as agent_config
 from agent.catalog import CHECK_METRICS
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.runner import execute
 from checks.base import CheckConfig
-from checks.host import FIRST_CPU_INTERVAL, HostCheck, HostConfig
+from checks.host.check import FIRST_CPU_INTERVAL, HostCheck
+from checks.host.config import HostConfig
 
 
 @pytest.fixture(autouse=True)
@@ -438,7 +439,7 @@ async def test_a_hung_statfs_costs_one_thread_not_one_per_run(
     # A dead NFS mount cannot be made here: stand in for its statfs, which blocks in the kernel.
     release = threading.Event()
     calls: list[str] = []
-    real_statfs = checks.host._statfs
+    real_statfs = checks.host.procfs.statfs
     hung = str(fake_host.rootfs / DATA_MOUNT.lstrip("/"))
 
     def statfs(path: str) -> os.statvfs_result | None:
@@ -447,7 +448,7 @@ async def test_a_hung_statfs_costs_one_thread_not_one_per_run(
             release.wait(10)
         return real_statfs(path)
 
-    monkeypatch.setattr(checks.host, "_statfs", statfs)
+    monkeypatch.setattr(checks.host.procfs, "statfs", statfs)
     check = make_fake(fake_host, timeout=0.4, disk_warning=None, disk_critical=None)
     try:
         first = await execute(check)

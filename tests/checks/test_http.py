@@ -19,7 +19,8 @@ from agent.catalog import CHECK_METRICS
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks import check_class
-from checks.http import HttpCheck, HttpConfig, parse_json_path
+from checks.http.check import HttpCheck
+from checks.http.config import HttpConfig, parse_json_path
 from lab.ports import free_port
 from tests.servers import Request, echo, json_ok, redirect, respond, response_bytes, serve_http
 

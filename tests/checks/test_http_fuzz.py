@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
-from checks.http import HttpCheck
+from checks.http.check import HttpCheck
 from checks.lb import LbCheck, LbConfig
 from checks.net import printable, quote_bytes
 from lab.certs import Certs, make_certs, server_context

@@ -1,6 +1,6 @@
 """The `postgres` check.
 
-Part 1, fast and pure: the cluster verdict (checks/pg_cluster.py) on hand-built node states —
+Part 1, fast and pure: the cluster verdict (checks/postgres/cluster.py) on hand-built node states —
 precedence, NULL handling, readiness and recommendation reasons — plus config validation and
 the failure classification.
 
@@ -28,16 +28,17 @@ from typing import Any
 import pytest
 
 from agent import config
+from agent.catalog import READY_REASONS, RECOMMENDED_REASONS
 from agent.config import ConfigError
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from agent.scheduler import Scheduler
 from agent.telemetry import AgentMetrics
-from checks.pg_cluster import (
+from checks.postgres.check import PostgresCheck
+from checks.postgres.cluster import (
     PRECEDENCE,
-    READY_REASONS,
-    RECOMMENDED_REASONS,
     Archiver,
+    ClusterVerdict,
     Heartbeat,
     Issue,
     Memory,
@@ -46,11 +47,11 @@ from checks.pg_cluster import (
     Receiver,
     Replica,
     Slot,
-    Verdict,
     _archive_issues,
     judge,
 )
-from checks.postgres import PostgresCheck, PostgresConfig, failure
+from checks.postgres.config import PostgresConfig
+from checks.postgres.connection import failure
 from lab.postgres import PgLab
 from tests.agent.fakes import SleepCheck, SleepConfig
 from tests.pg import fixture_pg_cluster, fixture_pg_pair, one, query  # noqa: F401  (fixtures)
@@ -123,7 +124,7 @@ def down(name: str, reason: Reason = Reason.REFUSED, error: str = "Connection re
     return NodeState(name=name, application_name=name, up=False, failure=reason, error=error)
 
 
-def verdict(*nodes: NodeState, policy: Policy = POLICY, memory: Memory | None = None) -> Verdict:
+def verdict(*nodes: NodeState, policy: Policy = POLICY, memory: Memory | None = None) -> ClusterVerdict:
     v = judge(nodes, policy, memory or Memory())
     assert v.ready_reason in READY_REASONS
     assert v.recommended_reason in RECOMMENDED_REASONS

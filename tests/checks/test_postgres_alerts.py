@@ -25,7 +25,7 @@ import yaml
 
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
-from checks.postgres import PostgresCheck
+from checks.postgres.check import PostgresCheck
 from exporters.prometheus import render_result
 from lab.postgres import PgLab
 from tests.checks.test_postgres import (

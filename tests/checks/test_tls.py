@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
-from checks.http import HttpCheck
+from checks.http.check import HttpCheck
 from checks.net import Failure
 from checks.tcp import TcpCheck
 from checks.tls import CertInfo, TlsConfig, TlsReport

@@ -27,7 +27,8 @@ from exporters.base import ExportContext
 from exporters.fleet import Fleet, FleetConfig, View, views_of
 from lab.mosquitto import Mosquitto
 from lab.ports import free_port
-from lab.postgres import LinkProxy, PgLab
+from lab.postgres import PgLab
+from lab.proxy import LinkProxy
 from lab.wait import wait_until
 from tests.fakes.pagerduty import FakePagerDuty, fake_pagerduty
 from tests.pg import fixture_pg_cluster, fixture_pg_pair  # noqa: F401  (pytest finds them)
@@ -41,7 +42,7 @@ T0 = 1_700_000_000.0
 
 
 def pg_result(reason: str, started_at: float, *, cluster: str = "db", check: str = "db") -> CheckResult:
-    """A postgres check's result as checks/postgres.py shapes it (the samples the fleet reads)."""
+    """A postgres check's result as checks/postgres/ shapes it (the samples the fleet reads)."""
     down = reason.startswith("primary_down")
     return CheckResult(
         check=check,
@@ -217,7 +218,7 @@ async def test_a_newcomer_judges_only_once_every_retained_view_is_in(broker: Mos
             await other.publish(f"mamori/burst/a{i}/status", b"online", qos=1, retain=True)
             await other.publish(f"mamori/burst/a{i}/fleet/pg/db", payload, qos=1, retain=True)
     published: list[CheckResult] = []
-    cfg = mqtt.Config.model_validate(
+    cfg = mqtt.MqttConfig.model_validate(
         {
             "name": "bus",
             "type": "mqtt",

@@ -32,7 +32,7 @@ from exporters.base import ExportContext
 from lab.certs import Certs, make_certs
 from lab.mosquitto import Mosquitto
 from lab.ports import free_port
-from lab.postgres import LinkProxy
+from lab.proxy import LinkProxy
 from lab.wait import wait_until
 from tests.servers import banner, serve_tcp
 
@@ -88,7 +88,7 @@ def result(i: int, check: str = "web", status: Status = Status.OK) -> CheckResul
     )
 
 
-def exporter_config(port: int, **extra: Any) -> mqtt.Config:
+def exporter_config(port: int, **extra: Any) -> mqtt.MqttConfig:
     raw: dict[str, Any] = {
         "name": "bus",
         "type": "mqtt",
@@ -101,7 +101,7 @@ def exporter_config(port: int, **extra: Any) -> mqtt.Config:
         "timeout": 2,
     }
     raw.update(extra)
-    return mqtt.Config.model_validate(raw)
+    return mqtt.MqttConfig.model_validate(raw)
 
 
 @dataclass
@@ -118,7 +118,7 @@ class Pumped:
 
 @contextlib.asynccontextmanager
 async def pumped(
-    cfg: mqtt.Config, directory: Path, context: ExportContext = CONTEXT
+    cfg: mqtt.MqttConfig, directory: Path, context: ExportContext = CONTEXT
 ) -> AsyncIterator[Pumped]:
     exporter = mqtt.build(cfg, context)
     assert isinstance(exporter, mqtt.MqttExporter)
@@ -605,7 +605,7 @@ async def test_config_is_validated_at_load(entry: str, message: str) -> None:
 
 
 async def test_defaults_and_topic_levels_of_the_agent() -> None:
-    cfg = mqtt.Config.model_validate({"name": "b", "type": "mqtt", "host": "broker.example.test"})
+    cfg = mqtt.MqttConfig.model_validate({"name": "b", "type": "mqtt", "host": "broker.example.test"})
     assert (cfg.port_number, cfg.qos, cfg.topic_prefix, cfg.keepalive, cfg.fleet.enabled) == (
         1883,
         1,
@@ -614,7 +614,8 @@ async def test_defaults_and_topic_levels_of_the_agent() -> None:
         False,
     )
     assert (
-        mqtt.Config.model_validate({"name": "b", "type": "mqtt", "host": "h", "tls": {}}).port_number == 8883
+        mqtt.MqttConfig.model_validate({"name": "b", "type": "mqtt", "host": "h", "tls": {}}).port_number
+        == 8883
     )
     exporter = mqtt.build(cfg, CONTEXT)
     assert isinstance(exporter, mqtt.MqttExporter)

@@ -31,7 +31,7 @@ from agent.model import CheckResult, Reason, Sample, Status
 from agent.outbox import Outbox, Record
 from exporters.base import ExportContext, OutboxSink
 from exporters.config import ExtraMissing, validate_exporter
-from exporters.oci import AGE_MARGIN, MAX_AGE, Config, OciExporter, build, fix_value
+from exporters.oci import AGE_MARGIN, MAX_AGE, OciConfig, OciExporter, build, fix_value
 from exporters.samples import flatten
 from lab.ports import free_port
 from tests.fakes.oci_monitoring import (
@@ -89,7 +89,7 @@ class Env:
     compartment: str
     tmp: Path
 
-    def config(self, **over: Any) -> Config:
+    def config(self, **over: Any) -> OciConfig:
         raw: dict[str, Any] = {
             "type": "oci",
             "compartment_id": self.compartment,
@@ -100,7 +100,7 @@ class Env:
             "timeout": 2,
         }
         raw.update(over)
-        return Config.model_validate(raw)
+        return OciConfig.model_validate(raw)
 
     def exporter(self, clock: Callable[[], float] = time.time, **over: Any) -> OciExporter:
         """Requests are paced on `clock` when it is a Clock (the fake sees that rate), else on a
@@ -224,7 +224,7 @@ def key(tmp_path: Path) -> ApiKey:
     return ApiKey.create(tmp_path / "oci")
 
 
-def load(key: ApiKey, extra: str) -> config.Config:
+def load(key: ApiKey, extra: str) -> config.AgentConfig:
     """Lines 1-5 are fixed, `extra` starts on line 6."""
     text = f"""agent: {{name: h1}}
 exporters:
@@ -406,22 +406,22 @@ def test_every_config_key_is_in_the_docs_table() -> None:
     documented = {
         key for cell in re.findall(r"^\| ([^|]+) \|", table, re.M) for key in re.findall(r"`(\w+)`", cell)
     }
-    assert set(Config.model_fields) - {"type"} <= documented
+    assert set(OciConfig.model_fields) - {"type"} <= documented
 
 
 def test_plain_http_only_to_loopback_and_a_missing_default_profile(key: ApiKey) -> None:
     raw = {"type": "oci", "compartment_id": "ocid1.tenancy.oc1..aaaa", "namespace": "m"}
     raw["config_file"] = str(key.config_file)
     with pytest.raises(ValueError, match=r"'http://telemetry.example.com' must use https://"):
-        Config.model_validate(raw | {"endpoint": "http://telemetry.example.com"})
-    assert Config.model_validate(raw | {"endpoint": "https://telemetry.example.com/"}).endpoint == (
+        OciConfig.model_validate(raw | {"endpoint": "http://telemetry.example.com"})
+    assert OciConfig.model_validate(raw | {"endpoint": "https://telemetry.example.com/"}).endpoint == (
         "https://telemetry.example.com"
     )
     text = key.config_file.read_text().replace("[DEFAULT]", "[PROD]")
     key.config_file.write_text(text)
     with pytest.raises(ValueError, match=r"profile: no profile \[DEFAULT\] in "):
-        Config.model_validate(raw)
-    assert Config.model_validate(raw | {"profile": "PROD"}).profile == "PROD"
+        OciConfig.model_validate(raw)
+    assert OciConfig.model_validate(raw | {"profile": "PROD"}).profile == "PROD"
 
 
 async def test_an_encrypted_key_with_its_passphrase_from_a_file(tmp_path: Path) -> None:
@@ -454,8 +454,8 @@ def test_the_20_dimension_limit_counts_the_agent_labels() -> None:
     }
     labels = {f"l{i}": "v" for i in range(5)}
     with pytest.raises(ValueError, match=r"10 static dimensions \+ host \+ 5 agent labels .* make 21"):
-        Config.model_validate(raw, context={"agent_labels": labels})
-    cfg = Config.model_validate(raw)  # without the agent section the loader cannot know...
+        OciConfig.model_validate(raw, context={"agent_labels": labels})
+    cfg = OciConfig.model_validate(raw)  # without the agent section the loader cannot know...
     with pytest.raises(StartupError, match="exporter oci: 10 static dimensions \\+ host \\+ 5 agent labels"):
         build(cfg, ExportContext(agent="h", labels=labels, interval=15))  # ...so the agent refuses to start
     with pytest.raises(StartupError, match="agent label 'host' collides"):
@@ -493,7 +493,7 @@ exporters:
 
 
 def test_build_without_the_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = Config.model_validate(
+    cfg = OciConfig.model_validate(
         {
             "type": "oci",
             "compartment_id": "ocid1.tenancy.oc1..aaaa",
@@ -512,7 +512,7 @@ def test_the_client_has_no_sdk_retries_no_circuit_breaker_and_the_regional_endpo
     def client(**over: Any) -> Any:
         raw = {"type": "oci", "compartment_id": "ocid1.tenancy.oc1..aaaa", "namespace": "m"}
         raw |= {"config_file": str(key.config_file)} | over
-        return build(Config.model_validate(raw), CONTEXT)._make_client()
+        return build(OciConfig.model_validate(raw), CONTEXT)._make_client()
 
     tokyo = client(region="ap-tokyo-1")  # built only: nothing is sent
     assert tokyo.base_client.endpoint == "https://telemetry-ingestion.ap-tokyo-1.oraclecloud.com/20180401"
@@ -778,7 +778,7 @@ async def test_a_result_cut_at_the_end_of_a_request_is_finished_next_and_counted
 
 def test_fills_counts_streams_not_results(key: ApiKey) -> None:
     raw = {"type": "oci", "compartment_id": "ocid1.tenancy.oc1..aaaa", "namespace": "m"}
-    exporter = build(Config.model_validate(raw | {"config_file": str(key.config_file)}), CONTEXT)
+    exporter = build(OciConfig.model_validate(raw | {"config_file": str(key.config_file)}), CONTEXT)
     now = time.time()
     assert exporter.linger == 2.0 and exporter.config.max_requests_per_second == 10
     assert not exporter.fills(records(*(http_result(f"c{i}", now) for i in range(2))))  # 34 streams
@@ -1102,7 +1102,7 @@ async def test_resource_principal_rpst_v2_2_signs_with_the_session_token(
         monkeypatch.setenv("OCI_RESOURCE_PRINCIPAL_PRIVATE_PEM", str(key_file))
         monkeypatch.setenv("OCI_RESOURCE_PRINCIPAL_REGION", "us-ashburn-1")
         env.fake.register(f"ST${token}", session_key.public_key())
-        cfg = Config.model_validate(
+        cfg = OciConfig.model_validate(
             {
                 "type": "oci",
                 "compartment_id": env.compartment,
@@ -1121,7 +1121,7 @@ async def test_resource_principal_without_its_environment_is_an_error_not_a_cras
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv("OCI_RESOURCE_PRINCIPAL_VERSION", raising=False)
-    cfg = Config.model_validate(
+    cfg = OciConfig.model_validate(
         {
             "type": "oci",
             "compartment_id": "ocid1.tenancy.oc1..aaaa",
@@ -1143,7 +1143,7 @@ async def test_instance_principal_through_the_metadata_service_and_federation(
     async with oci_env(tmp_path) as env, fake_oci_identity(env.fake) as identity:
         # The metadata service is down first: the push fails (no exception, nothing lost).
         monkeypatch.setenv("OCI_METADATA_BASE_URL", f"http://127.0.0.1:{free_port()}/opc/v2")
-        cfg = Config.model_validate(
+        cfg = OciConfig.model_validate(
             {
                 "type": "oci",
                 "compartment_id": env.compartment,

@@ -28,10 +28,10 @@ from agent.model import CheckResult, Reason, Sample, Status
 from agent.outbox import Outbox, Record
 from agent.runner import execute
 from agent.runtime import Agent
-from checks.http import HttpCheck
+from checks.http.check import HttpCheck
 from exporters.base import ExportContext
 from exporters.config import ExtraMissing
-from exporters.otel import Config, OtelExporter, build, resource_attributes, span_ids, unix_nano
+from exporters.otel import OtelConfig, OtelExporter, build, resource_attributes, span_ids, unix_nano
 from exporters.samples import flatten
 from lab.ports import free_port
 from lab.wait import wait_until
@@ -43,8 +43,8 @@ HTTP_PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 PointKey = tuple[str, frozenset[tuple[str, Any]], int, float]
 
 
-def otel_config(endpoint: str, **extra: Any) -> Config:
-    return Config.model_validate(
+def otel_config(endpoint: str, **extra: Any) -> OtelConfig:
+    return OtelConfig.model_validate(
         {"name": "otel", "type": "otel", "endpoint": endpoint, "timeout": 1.0, **extra}
     )
 
@@ -479,7 +479,7 @@ def test_config_defaults_and_header_files(tmp_path: Path) -> None:
         f"    headers: {{X-Scope-OrgID: tenant-1}}\n"
         f"    header_files: {{api-key: {tmp_path / 'key'}}}\n"
     )
-    assert isinstance(cfg, Config)
+    assert isinstance(cfg, OtelConfig)
     assert cfg.endpoint == "https://collector.example:4318"
     assert {k: v.get_secret_value() for k, v in cfg.headers.items()} == {
         "X-Scope-OrgID": "tenant-1",
@@ -558,7 +558,7 @@ def test_the_documented_example_is_valid() -> None:
     example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = config.parse(example, "otel.md", env={"OTLP_TOKEN": "t0k"})
     (otel,) = cfg.exporters
-    assert isinstance(otel, Config) and otel.traces and otel.endpoint == "http://otel-collector:4318"
+    assert isinstance(otel, OtelConfig) and otel.traces and otel.endpoint == "http://otel-collector:4318"
     assert otel.headers["Authorization"].get_secret_value() == "Bearer t0k"
     assert resource_attributes(otel, ExportContext(cfg.agent.name, cfg.agent.labels, 30.0)) == {
         "service.name": "mamori",

@@ -36,7 +36,7 @@ kind; destinations empty, not Notifications topic / Streaming stream OCIDs, or m
 service; a displayName empty or over 255 characters (*unverified* limit); a query that fails the
 basic MQL check below.
 
-The MQL check (deliberately independent of agent/ocialarms.py's parser): joins of conditions with
+The MQL check (deliberately independent of exporters/oci_alarms/mql.py's parser): joins of conditions with
 `&&` / `||`; a condition is `metric[interval]{dim = "v", dim =~ "a|b*"}.grouping().statistic()`
 or `….groupBy(d1, d2).statistic()` followed by `op number` or `in (a, b)` / `not in (a, b)`, or
 ending in `absent()`; a nested condition is `(condition).grouping-function.statistic() …`.

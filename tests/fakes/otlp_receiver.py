@@ -2,7 +2,7 @@
 `protocols: http`) on 127.0.0.1, for tests.
 
     async with otlp_receiver(required_headers={"Authorization": "Bearer t"}) as rx:
-        config = Config(type="otel", name="otel", endpoint=rx.endpoint, ...)
+        config = OtelConfig(type="otel", name="otel", endpoint=rx.endpoint, ...)
         ...
         assert {p.metric for p in rx.points} >= {"probe_success"}
 

@@ -21,6 +21,7 @@ running agent through its real reload path, against the strict Docker Engine API
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import shutil
@@ -36,6 +37,7 @@ import yaml
 
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, all_metrics
 from lab.stack import Stack, lab_stack
+from lab.wait import wait_until
 from tests.checks.test_pg_backup import backup, fake_pgbackrest, stanza
 from tests.fakes.docker_engine import fake_docker
 from tests.grafana.grafana import (
@@ -448,13 +450,19 @@ async def _until_answered(
 ) -> tuple[float, dict[Key, str]]:
     """Evaluate until every target of the `wanted` panels has data; the seconds it took, and
     the failures left (empty when all answered)."""
-    began = time.monotonic()
-    while True:
+    # Until one evaluation succeeds (wait_until takes an OSError for "not yet"), nothing answered.
+    failing: dict[Key, str] = {("", "", ""): f"no evaluation finished against {prometheus}"}
+
+    async def answered() -> bool:
+        nonlocal failing
         queries, answers = await _evaluate(session, prometheus)
         failing = {k: f"{answers[k]}: {queries[k]}" for k in answers if k[:2] in wanted and answers[k]}
-        if not failing or time.monotonic() - began > timeout:
-            return time.monotonic() - began, failing
-        await asyncio.sleep(0.5)
+        return not failing
+
+    began = time.monotonic()
+    with contextlib.suppress(TimeoutError):  # the caller asserts on what is still failing
+        await wait_until("every wanted panel to have data", answered, timeout, interval=0.5)
+    return time.monotonic() - began, failing
 
 
 async def _add_checks(stack: Stack, docker_socket: Path, pgbackrest: Path) -> None:

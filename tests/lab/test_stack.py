@@ -21,14 +21,8 @@ import yaml
 from agent import cli
 from agent.model import Status
 from lab import REPO
-from lab.stack import (
-    PROMETHEUS_YML,
-    RULES_DIR,
-    Stack,
-    StackError,
-    lab_stack,
-    prometheus_config,
-)
+from lab.prometheus import PROMETHEUS_YML, RULES_DIR, prometheus_config
+from lab.stack import Stack, StackError, lab_stack
 
 TARGETS_EXAMPLE = REPO / "deploy" / "prometheus" / "targets" / "mamori.example.yml"
 BASELINE_CHECKS = {"lb", "http", "tcp", "host", "postgres", "pg_backup", "fleet:db"}

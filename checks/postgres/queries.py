@@ -17,7 +17,7 @@ from typing import Any
 
 from psycopg import sql
 
-from checks.pg_cluster import Archiver, Receiver, Replica, Slot
+from checks.postgres.cluster import Archiver, Receiver, Replica, Slot
 
 # The reference position: the current WAL insert LSN on a primary, the replayed LSN on a
 # standby (what a cascading standby or a slot there is measured against).

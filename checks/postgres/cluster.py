@@ -2,7 +2,7 @@
 the RPO exposure and the failover readiness.
 
 Pure: no I/O and no clock. Everything it needs arrives in `NodeState`s (one per configured node,
-built by `checks/pg_queries.py`) and a `Policy` (the thresholds); what it remembers between runs
+built by `checks/postgres/queries.py`) and a `Policy` (the thresholds); what it remembers between runs
 (the role each node had, the primary's timeline) arrives in `Memory`. So every rule is
 unit-tested with hand-built states (tests/checks/test_postgres.py).
 
@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from agent.catalog import READY_REASONS
 from agent.model import Reason, Status
 from agent.text import seconds
 
@@ -55,23 +56,9 @@ PRECEDENCE: tuple[Reason, ...] = (
     Reason.TOO_MANY_CONNECTIONS,
 )
 
-# `mamori_pg_failover_ready{reason}`: why the cluster can (not) fail over, one at a time. The
-# cluster-wide ones first; then a standby's own problems, from the furthest from ready to the
-# closest: the best standby's problem is the cluster's.
-READY_REASONS = (
-    "ready",
-    "split_brain",
-    "sysid_mismatch",
-    "no_standby",
-    "standby_down",
-    "receiver_down",
-    "timeline_mismatch",
-    "replay_paused",
-    "lag_exceeds_rpo",
-)
+# `mamori_pg_failover_ready{reason}` (READY_REASONS, in the catalog): the cluster-wide reasons
+# first, then a standby's own problems, from the furthest from ready to the closest.
 _STANDBY_PROBLEMS = READY_REASONS[4:]  # worst first
-
-RECOMMENDED_REASONS = ("primary_reachable", "primary_down_standby_ready", "primary_down_standby_not_ready")
 
 # Connection failures that mean "the server is not there" (as opposed to: it did not answer in
 # time, it refused our credentials, it is full). Only these become `primary_down`.
@@ -282,7 +269,7 @@ class StandbyView:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class ClusterVerdict:
     status: Status
     reason: Reason
     message: str
@@ -321,7 +308,7 @@ def size(value: float | None) -> str:
 
 def judge(
     nodes: Sequence[NodeState], policy: Policy, memory: Memory = Memory(), notes: Sequence[str] = ()
-) -> Verdict:
+) -> ClusterVerdict:
     """The verdict of one run. `notes` (e.g. "no heartbeat table") end the message. Never raises."""
     up = [n for n in nodes if n.up]
     down = [n for n in nodes if not n.up]
@@ -390,7 +377,7 @@ def judge(
         message = _healthy_message(primary, standbys, exposure, policy, ready, ready_reason, up)
     if notes:
         message = f"{message} ({'; '.join(notes)})"
-    return Verdict(
+    return ClusterVerdict(
         status=status,
         reason=reason,
         message=message,

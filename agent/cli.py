@@ -29,7 +29,7 @@ from agent.errors import ConfigError, StartupError
 if TYPE_CHECKING:
     from agent.config import AgentConfig
     from agent.model import CheckResult
-    from checks.base import Check, CheckOutcome
+    from checks.base import Check
 
 UNKNOWN = 3
 T = TypeVar("T")
@@ -106,15 +106,8 @@ async def _closing(checks: list[Check[Any]], work: Awaitable[T]) -> T:
         await asyncio.gather(*(c.aclose() for c in checks), return_exceptions=True)
 
 
-def _outcome(result: CheckResult) -> CheckOutcome:
-    from checks.base import CheckOutcome
-
-    return CheckOutcome(result.status, result.reason, result.message, result.samples, result.attempts)
-
-
 def _nagios_line(check: Check[Any], result: CheckResult) -> str:
-    outcome = _outcome(result)
-    perf = " ".join(p.render() for p in check.perfdata(result.duration, outcome))
+    perf = " ".join(p.render() for p in check.perfdata(result))
     text = f"{check.type_name.upper()} {result.status.name} - {result.message or result.reason.value}"
     return f"{text} | {perf}" if perf else text
 
@@ -162,7 +155,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in results], indent=1))
     elif adhoc and len(checks) == 1 and results:
         print(_nagios_line(checks[0], results[0]))
-    elif len(checks) == 1 and results and (summary := checks[0].summary(_outcome(results[0]))):
+    elif len(checks) == 1 and results and (summary := checks[0].summary(results[0])):
         print(summary)
     else:
         print(_table(results, args.verbose))

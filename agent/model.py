@@ -110,6 +110,7 @@ class CheckResult:
     message: str = ""
     reason: Reason = Reason.OK
     attempts: int = 1
+    tags: tuple[str, ...] = ()  # the check's tags (set by the harness): what alert rules select on
 
     @property
     def success(self) -> bool:
@@ -120,6 +121,9 @@ class CheckResult:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
+        """The one encoding of a result: `/api/v1/results`, `agentctl check --json`, the MQTT
+        payload and the outbox's rows. Exact (floats round-trip), so `result_from_json()` gives
+        back an equal result."""
         return {
             "check": self.check,
             "type": self.check_type,
@@ -129,14 +133,25 @@ class CheckResult:
             "reason": self.reason.value,
             "message": self.message,
             "started_at": self.started_at,
-            "duration_seconds": round(self.duration, 6),
+            "duration_seconds": self.duration,
             "attempts": self.attempts,
             "samples": [{"name": s.name, "value": s.value, "labels": dict(s.labels)} for s in self.samples],
+            "tags": list(self.tags),
         }
 
 
+@dataclass(frozen=True, slots=True)
+class CheckRemoved:
+    """A reload removed check `check`. The scheduler publishes it into the pipeline after the
+    check's task is cancelled, so every sink receives it after the check's last result (in its
+    own queue's order) and can forget what it keeps of the check; a later result of that name is
+    of a check configured again."""
+
+    check: str
+
+
 def result_from_json(data: dict[str, Any]) -> CheckResult:
-    """The inverse of `CheckResult.to_json()` (the durable outbox stores results that way)."""
+    """The inverse of `CheckResult.to_json()`. A result encoded before results had tags has none."""
     return CheckResult(
         check=str(data["check"]),
         check_type=str(data["type"]),
@@ -151,6 +166,7 @@ def result_from_json(data: dict[str, Any]) -> CheckResult:
         message=str(data["message"]),
         reason=Reason(data["reason"]),
         attempts=int(data["attempts"]),
+        tags=tuple(str(t) for t in data.get("tags", ())),
     )
 
 

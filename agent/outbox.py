@@ -46,7 +46,7 @@ from pathlib import Path
 from agent.delivery.log import DurableLog, Layout, NewEntry
 from agent.delivery.outcome import PushResult
 from agent.delivery.schema import add_column, migrate
-from agent.model import CheckResult, Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status, result_from_json
 from agent.statefile import open_state_file
 from agent.statehealth import StateFileHealth
 
@@ -86,15 +86,16 @@ class Record:
 
 
 def encode(r: CheckResult) -> str:
-    """A result as compact JSON, exactly (floats round-trip; `to_json()` rounds for display)."""
-    samples = [[s.name, s.value, [list(kv) for kv in s.labels]] for s in r.samples]
-    row = [r.check, r.check_type, r.target, int(r.status), r.started_at, r.duration, samples]
-    row += [r.message, r.reason.value, r.attempts]
-    return json.dumps(row, separators=(",", ":"))
+    """A result as a row: its one encoding (`CheckResult.to_json()`), compact."""
+    return json.dumps(r.to_json(), separators=(",", ":"))
 
 
 def decode(payload: str) -> CheckResult:
-    check, type_, target, status, started, duration, samples, message, reason, attempts = json.loads(payload)
+    """A row, in the encoding above or in the list this file held before (older agents)."""
+    data = json.loads(payload)
+    if isinstance(data, dict):
+        return result_from_json(data)
+    check, type_, target, status, started, duration, samples, message, reason, attempts = data
     return CheckResult(
         check,
         type_,

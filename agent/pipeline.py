@@ -1,5 +1,8 @@
 """Fan-out of results to sinks, each behind its own bounded queue.
 
+A reload's removal of a check travels the same way (`CheckRemoved`), so each sink forgets a
+check after its last queued result, never before.
+
 `publish()` never blocks and never fails: a slow or dead sink only fills its own queue, whose
 oldest results are then dropped and counted (`mamori_sink_dropped_total{sink}`). Durable
 delivery for push sinks is the outbox's job (a sink of its own), not this queue's.
@@ -14,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from agent.model import CheckResult
+from agent.model import CheckRemoved, CheckResult
 from agent.telemetry import AgentMetrics
 
 log = logging.getLogger("mamori.pipeline")
@@ -26,6 +29,10 @@ class Sink(Protocol):
     async def consume(self, result: CheckResult) -> None:
         """Handle one result. An exception is counted and logged; the sink keeps running."""
 
+    async def remove(self, event: CheckRemoved) -> None:
+        """Forget what is kept of a check a reload removed. Comes after its last result; an
+        exception is counted and logged like one of `consume()`."""
+
     async def aclose(self) -> None:
         """Flush and release resources. Safe to call twice."""
 
@@ -35,7 +42,7 @@ class _Lane:
 
     def __init__(self, sink: Sink, capacity: int, metrics: AgentMetrics) -> None:
         self.sink = sink
-        self.queue: collections.deque[CheckResult] = collections.deque()
+        self.queue: collections.deque[CheckResult | CheckRemoved] = collections.deque()
         self.capacity = capacity
         self.wakeup = asyncio.Event()
         self.running = asyncio.Event()  # cleared while `FanOut.swap()` replaces the sink
@@ -50,13 +57,21 @@ class _Lane:
         metrics.queue_capacity.labels(sink=sink.name).set(capacity)
         self._last_error_log = 0.0
 
-    def offer(self, result: CheckResult) -> None:
+    def offer(self, item: CheckResult | CheckRemoved) -> None:
         if len(self.queue) >= self.capacity:
-            self.queue.popleft()
-            self.dropped.inc()
-        self.queue.append(result)
+            self._drop_oldest()
+        self.queue.append(item)
         self.depth.set(len(self.queue))
         self.wakeup.set()
+
+    def _drop_oldest(self) -> None:
+        """Drop the oldest result (counted); a removal is never dropped, or the removed check's
+        series would stay until the next restart."""
+        for i, item in enumerate(self.queue):
+            if isinstance(item, CheckResult):
+                del self.queue[i]
+                self.dropped.inc()
+                return
 
     async def work(self) -> None:
         while True:
@@ -66,12 +81,15 @@ class _Lane:
             await self.running.wait()
             if not self.queue:
                 continue
-            result = self.queue.popleft()
+            item = self.queue.popleft()
             self.depth.set(len(self.queue))
             self.busy = True
             self.between.clear()
             try:
-                await self.sink.consume(result)
+                if isinstance(item, CheckRemoved):
+                    await self.sink.remove(item)
+                else:
+                    await self.sink.consume(item)
             except Exception as exc:
                 self.errors.inc()
                 now = time.monotonic()
@@ -92,6 +110,7 @@ class _Lane:
 class FanOut:
     def __init__(self, sinks: list[Sink], capacity: int, metrics: AgentMetrics) -> None:
         self._lanes = [_Lane(sink, capacity, metrics) for sink in sinks]
+        self._metrics = metrics
         self._started = False
 
     def start(self) -> None:
@@ -117,10 +136,13 @@ class FanOut:
     def has(self, name: str) -> bool:
         return any(lane.sink.name == name for lane in self._lanes)
 
-    def publish(self, result: CheckResult) -> None:
-        """Hand a result to every sink. Never blocks, never raises."""
+    def publish(self, item: CheckResult | CheckRemoved) -> None:
+        """Hand a result, or the removal of a check, to every sink. Never blocks, never raises.
+        A removal also drops the check's own series from the agent's metrics."""
+        if isinstance(item, CheckRemoved):
+            self._metrics.forget_check(item.check)
         for lane in self._lanes:
-            lane.offer(result)
+            lane.offer(item)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every queue is empty (True) or `timeout` passes (False)."""

@@ -102,4 +102,5 @@ async def execute(check: Check[Any]) -> CheckResult:
         message=message,
         reason=outcome.reason,
         attempts=outcome.attempts,
+        tags=tuple(cfg.tags),
     )

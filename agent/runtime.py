@@ -57,7 +57,6 @@ class Agent:
         self.state_files: dict[str, StateFileHealth] = {}
         self._healths: dict[Path, StateFileHealth] = {}
         self.latest = LatestResults()
-        self.latest.retain(c.name for c in cfg.checks)
         prometheus = PrometheusSink(self.latest)
         self.metrics.registry.register(AgentInfoCollector(lambda: self.config.agent, __version__))
         self.metrics.registry.register(StateFileCollector(lambda: self.state_files.values()))
@@ -85,7 +84,7 @@ class Agent:
             cfg.alerts,
             {n.name: build(n) for n in cfg.notifiers},
             cfg.agent.name,
-            check_tags={c.name: c.tags for c in cfg.checks},
+            guard_checks=_guard_checks(cfg),
             health=health,
         )
         self.state_files["alerts"] = health
@@ -190,7 +189,12 @@ class Agent:
         self.fanout.start()
         for pump in self._pumps:
             pump.start()
-        self.scheduler = Scheduler(self.fanout.publish, self.metrics, self.config.agent.concurrency)
+        self.scheduler = Scheduler(
+            self.fanout.publish,
+            self.metrics,
+            self.config.agent.concurrency,
+            publish_removal=self.fanout.publish,
+        )
         self.scheduler.apply(self.config.checks)
         self._running = True
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -281,7 +285,6 @@ class Agent:
         self.config = new
         if self.scheduler is not None:
             started, stopped = self.scheduler.apply(new.checks)
-            self.latest.retain(c.name for c in new.checks)
             changed = set(started) & set(stopped)
             log.info(
                 "config reloaded: %d added, %d changed, %d removed, %d unchanged",
@@ -294,6 +297,15 @@ class Agent:
         self.metrics.last_reload.set(time.time())
 
 
+def _guard_checks(cfg: AgentConfig) -> list[str]:
+    """The configured checks the connectivity guard covers (a check's tags reach the alert engine
+    on its results; only the guard needs to know the checks that have not reported yet)."""
+    if cfg.alerts is None:
+        return []
+    guard = cfg.alerts.connectivity_guard
+    return [c.name for c in cfg.checks if guard.covers(c.name, c.tags)]
+
+
 def _alerting(cfg: AgentConfig) -> tuple[Any, ...]:
     """What the agent's own alerting is built from: a change means restarting it."""
-    return (cfg.alerts, cfg.notifiers, tuple((c.name, tuple(c.tags)) for c in cfg.checks))
+    return (cfg.alerts, cfg.notifiers, tuple(_guard_checks(cfg)))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.clock import REAL_CLOCK, Clock
-from agent.model import CheckResult, Reason, Status
+from agent.model import CheckRemoved, CheckResult, Reason, Status
 from agent.runner import execute
 from agent.telemetry import AgentMetrics
 from checks import check_class
@@ -49,10 +49,12 @@ class Scheduler:
         metrics: AgentMetrics,
         concurrency: int,
         *,
+        publish_removal: Callable[[CheckRemoved], None] = lambda event: None,
         spread: bool = True,
         clock: Clock = REAL_CLOCK,
     ) -> None:
         self._publish = publish
+        self._publish_removal = publish_removal  # the agent passes the fan-out's publish too
         self._clock = clock
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
@@ -66,7 +68,8 @@ class Scheduler:
     def apply(self, configs: Sequence[CheckConfig]) -> tuple[list[str], list[str]]:
         """Make the running checks match `configs`. Returns (started, stopped) check names.
 
-        Unchanged checks (equal config) keep running undisturbed; changed ones restart."""
+        Unchanged checks (equal config) keep running undisturbed; changed ones restart; each
+        removed one is announced to the pipeline (`CheckRemoved`) once its task is cancelled."""
         wanted = {c.name: c for c in configs}
         stopped = [
             name
@@ -79,7 +82,9 @@ class Scheduler:
                 entry.task.cancel()
             asyncio.get_running_loop().create_task(self._close(entry))
             if name not in wanted:
-                self._metrics.forget_check(name)
+                # After cancel(): the task cannot publish any more, so this follows the check's
+                # last result in every sink's queue.
+                self._publish_removal(CheckRemoved(name))
         started = []
         for name, cfg in wanted.items():
             if name in self._entries:

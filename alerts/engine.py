@@ -156,8 +156,10 @@ class _Group:
 class AlertEngine:
     """Turns `CheckResult`s into `Notification`s. Pure and deterministic given `now` and `new_id`.
 
-    `check_tags` maps every configured check to its tags (rules and the guard may select by tag;
-    the guard also counts configured guard checks that have not reported yet as not failing).
+    Rules, silences and the guard select by a check's tags, which arrive on its results
+    (`CheckResult.tags`; the engine keeps the latest per check for time-driven work).
+    `guard_checks` names the configured checks the connectivity guard covers: the guard counts
+    those that have not reported yet as not failing.
     `states` and `silences` restore what the store kept, so a restart re-pages nothing.
     """
 
@@ -166,7 +168,7 @@ class AlertEngine:
         config: AlertsConfig,
         agent: str,
         now: Callable[[], float],
-        check_tags: Mapping[str, Collection[str]] | None = None,
+        guard_checks: Collection[str] = (),
         states: Iterable[AlertRecord] = (),
         silences: Iterable[Silence] = (),
         new_id: Callable[[], str] | None = None,
@@ -176,7 +178,8 @@ class AlertEngine:
         self._now = now
         self._new_id = new_id or (lambda: uuid.uuid4().hex)
         self._rules = {rule.name: rule for rule in config.rules}
-        self._check_tags: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in (check_tags or {}).items()}
+        self._check_tags: dict[str, tuple[str, ...]] = {}  # the latest result's, per check
+        self._guard_checks = frozenset(guard_checks)
         self._alerts: dict[AlertKey, AlertRecord] = {}
         for record in states:
             if record.told and record.incident is None:
@@ -194,14 +197,16 @@ class AlertEngine:
     def set_silences(self, silences: Iterable[Silence]) -> None:
         self._silences = list(silences)
 
-    def set_check_tags(self, check_tags: Mapping[str, Collection[str]]) -> None:
-        self._check_tags = {k: tuple(v) for k, v in check_tags.items()}
+    def forget(self, check: str) -> None:
+        """`check` was removed from the config: drop its tags and its vote in the guard."""
+        self._check_tags.pop(check, None)
+        self._guard_failing.pop(check, None)
 
     def observe(self, result: CheckResult) -> list[Notification]:
         """Evaluate one result against every matching rule; return what must be sent now."""
         now = self._now()
         out = self._flush_groups(now)
-        tags = self._tags(result.check)
+        tags = self._check_tags[result.check] = result.tags
         out += self._observe_guard(result, tags, now)
         for rule in self.config.rules:
             if not rule.matches(result.check, tags):
@@ -451,7 +456,7 @@ class AlertEngine:
         if not guard.checks or not guard.covers(result.check, tags):
             return []
         self._guard_failing[result.check] = not result.success and result.reason in CONNECTION_REASONS
-        members = {c for c, t in self._check_tags.items() if guard.covers(c, t)} | set(self._guard_failing)
+        members = set(self._guard_checks) | set(self._guard_failing)
         failing = sum(1 for c in members if self._guard_failing.get(c, False))
         active = failing > 0 and failing / len(members) >= guard.min_failing_ratio
         record = self._alerts.get((NETWORK_DOWN_RULE, GUARD_CHECK))

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 
-from agent.model import CheckResult
+from agent.model import CheckRemoved, CheckResult
 from agent.statefile import is_environmental
 from agent.statehealth import StateFileHealth, loss_reason
 from alerts.config import AlertsConfig
@@ -53,7 +53,7 @@ class AlertSink:
         config: AlertsConfig,
         notifiers: Mapping[str, Notifier],
         agent: str,
-        check_tags: Mapping[str, Collection[str]] | None = None,
+        guard_checks: Collection[str] = (),
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
         store: AlertStore | None = None,
@@ -70,7 +70,7 @@ class AlertSink:
             config,
             agent,
             clock,
-            check_tags,
+            guard_checks,
             states=self.store.load_states(),
             silences=self.store.silences(),
         )
@@ -108,6 +108,11 @@ class AlertSink:
         if self._ticker is None:
             await self.start()
         self._commit(self.engine.observe(result), retry=False)
+
+    async def remove(self, event: CheckRemoved) -> None:
+        """A reload removed the check: the engine forgets what it learned from its results (its
+        alerts stay as they are, as they would across a restart)."""
+        self.engine.forget(event.check)
 
     def _commit(self, notifications: list[Notification], *, retry: bool = True) -> bool:
         """Store what changed (and what earlier commits could not), then wake the deliverers.

@@ -22,7 +22,7 @@ from typing import ClassVar, Generic, TypeVar
 from pydantic import Field, model_validator
 
 from agent.fields import Duration, Model
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
 from agent.secrets import Secrets, secrets_of
 
 
@@ -141,11 +141,11 @@ class Check(Generic[ConfigT]):
     async def aclose(self) -> None:
         """Release resources. Safe to call twice, and without `run` ever having been called."""
 
-    def summary(self, outcome: CheckOutcome) -> str | None:
+    def summary(self, result: CheckResult) -> str | None:
         """A readable multi-line report of one run for `agentctl check NAME`, or None to print the
         usual table. For checks whose one-line message cannot say enough (e.g. replication)."""
         return None
 
-    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
-        """Nagios perfdata for the CLI; the default reports the run time."""
-        return [PerfDatum("time", duration, "s", min=0)]
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
+        """Nagios perfdata of a result of this check for the CLI; the default reports the run time."""
+        return [PerfDatum("time", result.duration, "s", min=0)]

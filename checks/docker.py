@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.docker_api import ContainerSelector, DockerClient, DockerError, container_name, integer, obj, text
 
@@ -296,16 +296,12 @@ class DockerCheck(Check[DockerConfig]):
             samples.append(Sample(CONTAINERS, float(count), (("state", state),)))
         return tuple(samples)
 
-    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
         running = next(
-            (
-                s.value
-                for s in outcome.samples
-                if s.name == CONTAINERS and s.labels == (("state", "running"),)
-            ),
+            (s.value for s in result.samples if s.name == CONTAINERS and s.labels == (("state", "running"),)),
             0.0,
         )
         return [
-            PerfDatum("time", duration, "s", min=0),
+            PerfDatum("time", result.duration, "s", min=0),
             PerfDatum("running", running, min=0),
         ]

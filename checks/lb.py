@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, field_validator, model_validator
 
 from agent.fields import Model, check_host
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.http.check import HttpCheck
 from checks.http.config import HttpConfig
@@ -360,11 +360,11 @@ class LbCheck(Check[LbConfig]):
                     out.append(Sample("mamori_member_http_duration_seconds", s.value, (*labels, *s.labels)))
         return tuple(out)
 
-    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
-        values = {(s.name, s.labels): s.value for s in outcome.samples}
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
+        values = {(s.name, s.labels): s.value for s in result.samples}
         backend = (("role", "backend"),)
         return [
-            PerfDatum("time", duration, "s", min=0),
+            PerfDatum("time", result.duration, "s", min=0),
             PerfDatum("backends_healthy", values.get(("mamori_group_members_healthy", backend), 0.0), min=0),
             PerfDatum("backends", values.get(("mamori_group_members", backend), 0.0), min=0),
         ]

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from agent.fields import Duration, Model
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
 from agent.text import seconds
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 
@@ -153,9 +153,9 @@ class PgBackupCheck(Check[PgBackupConfig]):
             )
         return CheckOutcome(Status.OK, Reason.OK, f"{text}{window_text}", tuple(samples))
 
-    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
-        values = {s.name: s.value for s in outcome.samples}
-        out = [PerfDatum("time", duration, "s", min=0)]
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
+        values = {s.name: s.value for s in result.samples}
+        out = [PerfDatum("time", result.duration, "s", min=0)]
         if AGE in values:
             out.append(PerfDatum("backup_age", values[AGE], "s", crit=self.config.max_age, min=0))
         if PITR_WINDOW in values:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pydantic_core import InitErrorDetails
 
 from agent.fields import Host, Port
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.net import (
     READ_SIZE,
@@ -222,13 +222,16 @@ class TcpCheck(Check[TcpConfig]):
             samples.extend(state.tls.samples())
         return tuple(samples)
 
-    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
         connect = next(
             (
                 s.value
-                for s in outcome.samples
+                for s in result.samples
                 if s.name == "mamori_tcp_duration_seconds" and s.labels == (("phase", "connect"),)
             ),
             0.0,
         )
-        return [PerfDatum("time", duration, "s", min=0), PerfDatum("time_connect", connect, "s", min=0)]
+        return [
+            PerfDatum("time", result.duration, "s", min=0),
+            PerfDatum("time_connect", connect, "s", min=0),
+        ]

@@ -31,7 +31,7 @@ from agent.delivery.outcome import PushResult
 from agent.delivery.pump import Pump
 from agent.fields import Model
 from agent.metrics import CounterFamily, GaugeFamily, MetricFamily
-from agent.model import CheckResult
+from agent.model import CheckRemoved, CheckResult
 from agent.outbox import Outbox, Record
 from agent.statehealth import LOSS_REASONS
 
@@ -99,6 +99,9 @@ class OutboxSink:
         self.outbox.append([result])
         for pump in self.pumps:
             pump.wake()
+
+    async def remove(self, event: CheckRemoved) -> None:
+        """Nothing to forget: the outbox holds history, which is still delivered."""
 
     async def aclose(self) -> None:
         """Give each exporter one chance to send what waits (bounded), then stop them."""

@@ -3,7 +3,8 @@
 Each result is rendered to text-format lines once, when it arrives; a scrape only joins the
 stored lines, grouped by metric family in catalog order. A result is immutable and replaced
 whole by the next one, so the cache cannot go stale, and a check removed from the config
-disappears from `/metrics` at once. Every sample gets `check` and `target` labels; help and type
+disappears from `/metrics` when its removal (`CheckRemoved`) reaches this sink, after its last
+queued result. Every sample gets `check` and `target` labels; help and type
 come from `agent.catalog`.
 """
 
@@ -13,10 +14,12 @@ import math
 from collections.abc import Iterable
 
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
-from agent.model import CheckResult
+from agent.model import CheckRemoved, CheckResult
+from exporters.samples import flatten
 
 _UNDOCUMENTED = "Undocumented sample (missing from agent/catalog.py)."
 _ORDER = {name: i for i, name in enumerate(CHECK_METRICS)}
+LAST_RUN = "mamori_check_last_run_timestamp_seconds"
 
 
 def _escape(value: str) -> str:
@@ -37,49 +40,31 @@ def _line(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
 
 
 def render_result(r: CheckResult) -> dict[str, list[str]]:
-    """The exposition lines of one result, by metric name."""
-    base = tuple(zip(PER_CHECK_LABELS, (r.check, r.target), strict=True))
+    """The exposition lines of one result, by metric name: the series every metrics exporter
+    sends (`flatten`), plus the time of the run, which a pushed sample carries as its timestamp."""
     out: dict[str, list[str]] = {}
-
-    def add(name: str, extra: tuple[tuple[str, str], ...], value: float) -> None:
-        out.setdefault(name, []).append(_line(name, base + extra, value))
-
-    add("probe_success", (), 1.0 if r.success else 0.0)
-    add("probe_duration_seconds", (), r.duration)
-    add("mamori_check_status", (("type", r.check_type), ("reason", r.reason.value)), float(r.status))
-    add("mamori_check_last_run_timestamp_seconds", (), r.started_at)
-    add("mamori_check_attempts", (), float(r.attempts))
-    for s in r.samples:
-        add(s.name, s.labels, s.value)
+    for s in flatten(r):
+        out.setdefault(s.name, []).append(_line(s.name, s.labels, s.value))
+    base = tuple(zip(PER_CHECK_LABELS, (r.check, r.target), strict=True))
+    out[LAST_RUN] = [_line(LAST_RUN, base, r.started_at)]
     return out
 
 
 class LatestResults:
     """The latest result per check name, with its rendered exposition lines.
 
-    `retain()` is told the configured checks (at start and on every reload). A check a reload
-    removed disappears at once, and a result of it that was still on its way (queued for this
-    sink, or from a run that was ending) is ignored, so its series never come back. Results that
-    are not of a configured check at all (the fleet quorum's `fleet:<cluster>`) are kept."""
+    A check a reload removed is forgotten when its removal arrives (`forget()`), which the
+    pipeline delivers after the check's last queued result, so nothing brings its series back; a
+    result that arrives later is of the check configured again."""
 
     def __init__(self) -> None:
         self._by_check: dict[str, tuple[CheckResult, dict[str, list[str]]]] = {}
-        self._configured: frozenset[str] = frozenset()
-        self._removed: set[str] = set()  # configured once, removed since, not configured again
 
     def put(self, result: CheckResult) -> None:
-        if result.check in self._removed:
-            return
         self._by_check[result.check] = (result, render_result(result))
 
-    def retain(self, names: Iterable[str]) -> None:
-        """The configured checks are now `names`: forget the ones that were and are no longer."""
-        configured = frozenset(names)
-        gone = self._configured - configured
-        self._removed = (self._removed | gone) - configured
-        self._configured = configured
-        for name in gone:
-            self._by_check.pop(name, None)
+    def forget(self, name: str) -> None:
+        self._by_check.pop(name, None)
 
     def all(self) -> list[CheckResult]:
         return [self._by_check[name][0] for name in sorted(self._by_check)]
@@ -113,6 +98,9 @@ class PrometheusSink:
 
     async def consume(self, result: CheckResult) -> None:
         self.latest.put(result)
+
+    async def remove(self, event: CheckRemoved) -> None:
+        self.latest.forget(event.check)
 
     async def aclose(self) -> None:
         """Nothing to flush: the latest results live in memory."""

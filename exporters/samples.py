@@ -1,6 +1,8 @@
-"""A result as the flat list of samples every metrics exporter sends: the same series, names and
-labels as `/metrics` (exporters/prometheus.py), so a query means the same in Prometheus, OCI
-Monitoring and an OpenTelemetry backend. Units come from the name's suffix (Prometheus naming)."""
+"""A result as the flat list of samples every metrics exporter sends, and the one place a result's
+base series (probe_success, probe_duration_seconds, mamori_check_status, mamori_check_attempts)
+are derived: `/metrics` renders these too (exporters/prometheus.py, which adds only the run's
+timestamp as a series), so a query means the same in Prometheus, OCI Monitoring and an
+OpenTelemetry backend. Units come from the name's suffix (Prometheus naming)."""
 
 from __future__ import annotations
 

@@ -108,6 +108,7 @@ SLOW: dict[str, tuple[str, ...]] = {
     ),
     "tests/agent/test_reload_config.py": (
         "test_a_slow_load_runs_off_the_event_loop_and_a_loader_bug_is_one_counted_line",
+        "test_a_reload_removes_a_check_through_the_pipeline",
     ),
     "tests/agent/test_runner.py": (
         "test_a_retry_gets_what_is_left_of_the_timeout_and_keeps_its_phase_and_samples",

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.model import Reason, Status
+from agent.model import CheckResult, Reason, Status
 from checks.base import Check, CheckOutcome, PerfDatum
 from checks.host import procfs
 from checks.host.config import DEFAULT_PROCFS, HostConfig
@@ -249,11 +249,11 @@ class HostCheck(Check[HostConfig]):
         reason = Reason.OK if status is Status.OK else Reason.THRESHOLD
         return CheckOutcome(status, reason, message, tuple(samples))
 
-    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
         """time, then cpu/mem/swap/load1 and one 'disk_<mountpoint>' per filesystem (percent)."""
         c = self.config
-        data = [PerfDatum("time", duration, "s", min=0)]
-        values = {s.name: s.value for s in outcome.samples if not s.labels}
+        data = [PerfDatum("time", result.duration, "s", min=0)]
+        values = {s.name: s.value for s in result.samples if not s.labels}
         if CPU_USAGE in values:
             data.append(_pct_datum("cpu", values[CPU_USAGE], c.cpu_warning, c.cpu_critical))
         if MEMORY_USAGE in values:
@@ -268,7 +268,7 @@ class HostCheck(Check[HostConfig]):
 
             warn, crit = absolute(c.load_per_cpu_warning), absolute(c.load_per_cpu_critical)
             data.append(PerfDatum("load1", values[LOAD1], "", warn, crit, 0))
-        for s in outcome.samples:
+        for s in result.samples:
             if s.name == FS_USAGE:
                 mp = dict(s.labels)["mountpoint"]
                 data.append(_pct_datum(f"disk_{mp}", s.value, *c.disk_limits(mp)))

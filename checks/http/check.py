@@ -32,7 +32,7 @@ from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 import h11
 
 from agent.fields import secret_value
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.http.config import DEFAULT_PORTS, HttpConfig, check_url, format_status
 from checks.http.wire import HttpWire
@@ -464,17 +464,17 @@ class HttpCheck(Check[HttpConfig]):
             samples.extend(state.tls.samples())
         return tuple(samples)
 
-    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
         """check_http's perfdata: total time with the latency thresholds, each phase, body size."""
         phases = {
             dict(s.labels).get("phase"): s.value
-            for s in outcome.samples
+            for s in result.samples
             if s.name == "probe_http_duration_seconds"
         }
-        size = next((s.value for s in outcome.samples if s.name == "probe_http_content_length"), 0.0)
+        size = next((s.value for s in result.samples if s.name == "probe_http_content_length"), 0.0)
         cfg = self.config
         return [
-            PerfDatum("time", duration, "s", cfg.latency_warning, cfg.latency_critical, min=0),
+            PerfDatum("time", result.duration, "s", cfg.latency_warning, cfg.latency_critical, min=0),
             *(PerfDatum(f"time_{p}", phases.get(p, 0.0), "s", min=0) for p in PHASES),
             PerfDatum("size", size, "B", min=0),
         ]

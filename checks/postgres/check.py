@@ -38,7 +38,7 @@ from typing import ClassVar, TypeVar
 import psycopg
 from psycopg import errors
 
-from agent.model import Reason
+from agent.model import CheckResult, Reason
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.postgres.cluster import (
     ClusterVerdict,
@@ -382,8 +382,8 @@ class PostgresCheck(Check[PostgresConfig]):
 
     # --- reporting ---
 
-    def perfdata(self, duration: float, outcome: CheckOutcome) -> list[PerfDatum]:
-        out = [PerfDatum("time", duration, "s", min=0)]
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
+        out = [PerfDatum("time", result.duration, "s", min=0)]
         report = self._last
         if report is not None and report.policy.cluster_view:
             v = report.verdict
@@ -393,12 +393,12 @@ class PostgresCheck(Check[PostgresConfig]):
                 out.append(PerfDatum("rpo_exposure", v.exposure, "s", crit=report.policy.rpo, min=0))
         return out
 
-    def summary(self, outcome: CheckOutcome) -> str | None:
+    def summary(self, result: CheckResult) -> str | None:
         """The replication report of the last run (nodes, standbys, archiver, slots, RPO,
         failover readiness), or None before any run."""
         if self._last is None:
             return None
-        return render_summary(self.name, outcome, self._last.states, self._last.verdict, self._last.policy)
+        return render_summary(self.name, result, self._last.states, self._last.verdict, self._last.policy)
 
     async def aclose(self) -> None:
         """Close every node's connection. Safe to call twice, and before any run."""

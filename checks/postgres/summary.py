@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from agent.model import CheckResult
 from agent.text import seconds
-from checks.base import CheckOutcome
 from checks.postgres.cluster import (
     WRAPAROUND_LIMIT,
     ClusterVerdict,
@@ -23,10 +23,10 @@ def _lsn(value: int | None) -> str:
 
 
 def render_summary(
-    name: str, outcome: CheckOutcome, states: Sequence[NodeState], verdict: ClusterVerdict, policy: Policy
+    name: str, result: CheckResult, states: Sequence[NodeState], verdict: ClusterVerdict, policy: Policy
 ) -> str:
     """A readable multi-line report of one run, for `agentctl check -c FILE NAME`."""
-    lines = [f"{name}: {outcome.status.name} ({outcome.reason.value}) — cluster {policy.cluster}"]
+    lines = [f"{name}: {result.status.name} ({result.reason.value}) — cluster {policy.cluster}"]
     lines.append("nodes:")
     for s in states:
         if not s.up:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.model import CheckResult, Status
+from agent.model import CheckRemoved, CheckResult, Status
 from agent.pipeline import FanOut
 from agent.telemetry import AgentMetrics
 
@@ -29,6 +29,9 @@ class Recorder:
         if self.fail:
             raise RuntimeError("sink is down")
         self.got.append(r.check)
+
+    async def remove(self, event: CheckRemoved) -> None:
+        self.got.append(f"removed {event.check}")
 
     async def aclose(self) -> None:
         self.closed += 1

@@ -134,3 +134,32 @@ async def test_reloads_are_applied_one_at_a_time_in_order(tmp_path: Path) -> Non
     finally:
         agent.stop()
         assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_a_reload_removes_a_check_through_the_pipeline(tmp_path: Path) -> None:
+    # The removal is an event in the pipeline (CheckRemoved), not a call from the runtime into
+    # the Prometheus store: the check's series, its result and the agent's own series of it go.
+    port = free_port()
+    path = tmp_path / "agent.yml"
+    path.write_text(agent_yaml(port, ["a", "b"]).replace("10s, timeout: 1s", "0.5s, timeout: 0.5s"))
+    agent = Agent(config.load(path, {}), path, {})
+    task = asyncio.create_task(agent.run())
+    try:
+        await started(port)
+        for _ in range(100):
+            if {r.check for r in agent.latest.all()} == {"a", "b"}:
+                break
+            await asyncio.sleep(0.05)
+        assert 'check="b"' in await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics")
+        path.write_text(agent_yaml(port, ["a"]).replace("10s, timeout: 1s", "0.5s, timeout: 0.5s"))
+        reload = agent.reload()
+        assert reload is not None
+        await reload
+        assert await agent.fanout.drain(timeout=5)
+        assert [r.check for r in agent.latest.all()] == ["a"]
+        assert 'check="b"' not in await asyncio.to_thread(get, f"http://127.0.0.1:{port}/metrics")
+        await asyncio.sleep(0.6)  # a's next run: b stays gone
+        assert [r.check for r in agent.latest.all()] == ["a"]
+    finally:
+        agent.stop()
+        assert await asyncio.wait_for(task, 10) == 0

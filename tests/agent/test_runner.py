@@ -154,3 +154,13 @@ async def test_each_attempt_is_told_what_is_left_of_the_one_budget() -> None:
 def test_outside_the_harness_a_check_has_its_whole_timeout() -> None:
     check = BudgetCheck(BudgetConfig(name="b", type="budget", interval=10, timeout=2.5))
     assert check.time_left() == 2.5
+
+
+async def test_the_result_carries_the_checks_tags() -> None:
+    # Rules, silences and the connectivity guard select by tag: the tags travel on the result
+    # (set here, by the harness), not through a map handed to the alert engine.
+    async with serve_http({"/": json_ok()}) as srv:
+        check = HttpCheck.from_url(srv.url("/"), timeout=1.0)
+        check.config = check.config.model_copy(update={"tags": ("edge", "shop")})
+        result = await execute(check)
+    assert (result.status, result.tags) == (Status.OK, ("edge", "shop"))

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from agent.model import CheckResult, Reason, Status
+from agent.model import CheckRemoved, CheckResult, Reason, Status
+from agent.pipeline import FanOut
 from agent.scheduler import Scheduler, phase_offset
 from agent.telemetry import AgentMetrics
 from checks import REGISTRY
@@ -248,3 +249,42 @@ async def test_retries_stop_when_the_budget_is_spent() -> None:
     # 0.1 + 0.2 fit in the 0.5 s budget (keeping a tenth of it for the attempt); 0.4 more does not.
     assert result.attempts == 3
     assert result.duration < 0.6
+
+
+async def test_a_removed_check_is_announced_after_its_last_result_and_its_series_go() -> None:
+    # No out-of-band removal: the scheduler cancels the check's task (which can then publish no
+    # more), then publishes `CheckRemoved` into the pipeline, behind the check's last result in
+    # every sink's queue; the fan-out drops the check's own series from the agent's metrics.
+    metrics = AgentMetrics()
+    seen: list[CheckResult | CheckRemoved] = []
+
+    class Recorder:
+        name = "rec"
+
+        async def consume(self, r: CheckResult) -> None:
+            seen.append(r)
+
+        async def remove(self, event: CheckRemoved) -> None:
+            seen.append(event)
+
+        async def aclose(self) -> None:
+            pass
+
+    fan = FanOut([Recorder()], capacity=100, metrics=metrics)
+    sched = Scheduler(fan.publish, metrics, concurrency=4, spread=False, publish_removal=fan.publish)
+    sched.apply([sleep_cfg("keep", interval=0.05), sleep_cfg("drop", interval=0.05)])
+    await asyncio.sleep(0.12)  # results queued, not yet consumed: the fan-out is not started
+    assert sample(metrics, "mamori_check_runs_total", check="drop", status="ok") > 0
+    sched.apply([sleep_cfg("keep", interval=0.05)])
+    fan.start()
+    await asyncio.sleep(0.12)
+    await sched.aclose()
+    await fan.aclose()
+    drops = [x for x in seen if x.check == "drop"]
+    assert len(drops) >= 2 and drops[-1] == CheckRemoved("drop")
+    assert all(isinstance(x, CheckResult) for x in drops[:-1])
+    assert any(isinstance(x, CheckResult) and x.check == "keep" for x in seen[seen.index(drops[-1]) :])
+    assert (
+        metrics.registry.get_sample_value("mamori_check_runs_total", {"check": "drop", "status": "ok"})
+        is None
+    )

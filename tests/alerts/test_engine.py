@@ -26,12 +26,14 @@ class Clock:
 
 
 def bad(check: str = "web", reason: Reason = Reason.TIMEOUT, **kw: Any) -> CheckResult:
+    kw.setdefault("tags", TAGS.get(check, ()))  # as the harness sets them from the config
     return CheckResult(
         check, "http", f"https://{check}.example", Status.CRITICAL, T0, 0.1, reason=reason, **kw
     )
 
 
 def good(check: str = "web", **kw: Any) -> CheckResult:
+    kw.setdefault("tags", TAGS.get(check, ()))
     return CheckResult(check, "http", f"https://{check}.example", Status.OK, T0, 0.1, **kw)
 
 
@@ -344,8 +346,8 @@ def test_silence_suppresses_until_it_expires() -> None:
 def test_silence_removed_early_and_tag_matcher() -> None:
     clock = Clock()
     silence = Silence("s1", (("tag", "edge"),), T0, T0 + 1800)
-    e = engine(config(), clock, silences=[silence], check_tags={"web": ["edge"], "db": []})
-    assert e.observe(bad()) == []
+    e = engine(config(), clock, silences=[silence])
+    assert e.observe(bad(tags=("edge",))) == []
     assert events(e.observe(bad("db"))) == [("trigger", "mamori:host1:down:db")]
     e.set_silences([])
     assert events(e.tick()) == [("trigger", KEY)]
@@ -413,12 +415,13 @@ def guard_config(**kw: Any) -> AlertsConfig:
     return config(connectivity_guard={"checks": ["tag:external", "gateway"]}, **kw)
 
 
-TAGS = {"gateway": [], "api": ["external"], "cdn": ["external"], "mail": ["external"], "disk": []}
+TAGS = {"gateway": (), "api": ("external",), "cdn": ("external",), "mail": ("external",), "disk": ()}
+GUARDED = ["gateway", "api", "cdn", "mail"]  # what the runtime derives from the config
 
 
 def test_connectivity_guard_one_alert_not_one_per_check() -> None:
     clock = Clock()
-    e = engine(guard_config(), clock, check_tags=TAGS)
+    e = engine(guard_config(), clock, guard_checks=GUARDED)
     sent: list[Notification] = []
     for check in ("gateway", "api", "cdn", "mail"):
         reason = Reason.UNREACHABLE if check == "gateway" else Reason.DNS
@@ -449,7 +452,7 @@ def test_connectivity_guard_one_alert_not_one_per_check() -> None:
 
 def test_connectivity_guard_releases_a_check_still_failing_afterwards() -> None:
     clock = Clock()
-    e = engine(guard_config(), clock, check_tags=TAGS)
+    e = engine(guard_config(), clock, guard_checks=GUARDED)
     for check in ("gateway", "api", "cdn", "mail"):
         e.observe(bad(check))
     assert e.network_down
@@ -463,7 +466,7 @@ def test_connectivity_guard_releases_a_check_still_failing_afterwards() -> None:
 
 def test_guard_ignores_failures_that_are_not_connection_level() -> None:
     clock = Clock()
-    e = engine(guard_config(group_wait=0), clock, check_tags=TAGS)
+    e = engine(guard_config(group_wait=0), clock, guard_checks=GUARDED)
     sent = [
         n
         for check in ("gateway", "api", "cdn", "mail")

@@ -22,7 +22,7 @@ from agent import config as agent_config
 from agent.catalog import CHECK_METRICS
 from agent.model import CheckResult, Reason, Sample, Status
 from agent.runner import execute
-from checks.base import CheckConfig, CheckOutcome
+from checks.base import CheckConfig
 from checks.host.check import FIRST_CPU_INTERVAL, HostCheck
 from checks.host.config import HostConfig
 
@@ -387,8 +387,7 @@ async def test_synthetic_breaches_are_graded_and_listed(fake_host: FakeHost) -> 
     )
     assert re.fullmatch(expected, result.message), result.message
 
-    outcome = CheckOutcome(result.status, result.reason, result.message, result.samples)
-    rendered = {p.label: p.render() for p in check.perfdata(0.5, outcome)}
+    rendered = {p.label: p.render() for p in check.perfdata(result.with_(duration=0.5))}
     assert rendered["mem"] == "'mem'=75%;70;80;0;100"
     assert rendered["swap"] == "'swap'=75%;50;74;0;100"
     assert rendered["load1"] == "'load1'=1.5;1;2;0"  # per-cpu limits times 2 CPUs

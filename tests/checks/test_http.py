@@ -493,10 +493,7 @@ async def test_perfdata() -> None:
     async with serve_http() as srv:
         c = check(srv.url("/health"), latency_warning=1, latency_critical=2)
         result = await execute(c)
-    from checks.base import CheckOutcome
-
-    outcome = CheckOutcome(result.status, result.reason, result.message, result.samples)
-    perf = {p.label: p for p in c.perfdata(result.duration, outcome)}
+    perf = {p.label: p for p in c.perfdata(result)}
     assert list(perf) == ["time", *(f"time_{p}" for p in PHASES), "size"]
     assert (perf["time"].warn, perf["time"].crit, perf["time"].uom) == (1, 2, "s")
     assert perf["size"].value == len(HEALTHY_BODY) and perf["size"].uom == "B"

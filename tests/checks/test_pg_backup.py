@@ -18,7 +18,6 @@ from agent import config
 from agent.config import ConfigError
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
-from checks.base import CheckOutcome
 from checks.pg_backup import PgBackupCheck, PgBackupConfig, parse_time
 
 HOUR = 3600.0
@@ -247,10 +246,7 @@ async def test_pgbackrest_newest_stop_and_pitr_window(tmp_path: Path) -> None:
     assert value(result, "mamori_pg_backups") == 3
     assert result.message == "newest backup (F2_D1) is 5h00m old; restorable window 191h59m"
     assert result.target == "pgbackrest:demo"
-    perf = {
-        p.label: p
-        for p in check.perfdata(result.duration, CheckOutcome(result.status, samples=result.samples))
-    }
+    perf = {p.label: p for p in check.perfdata(result)}
     assert perf["backup_age"].crit == 26 * HOUR and "pitr_window" in perf
 
 

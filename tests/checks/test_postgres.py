@@ -34,7 +34,6 @@ from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from agent.scheduler import Scheduler
 from agent.telemetry import AgentMetrics
-from checks.base import CheckOutcome
 from checks.postgres.check import PostgresCheck
 from checks.postgres.cluster import (
     PRECEDENCE,
@@ -841,7 +840,7 @@ def delay(result: CheckResult) -> float:
 
 
 def summary(check: PostgresCheck, result: CheckResult) -> str:
-    text = check.summary(CheckOutcome(result.status, result.reason, result.message, result.samples))
+    text = check.summary(result)
     assert text is not None
     return text
 

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks import check_class
-from checks.base import CheckOutcome
 from checks.net import ProbeError, resolve
 from checks.tcp import TcpCheck, TcpConfig
 from lab.ports import free_port
@@ -234,8 +233,7 @@ async def test_perfdata() -> None:
     async with serve_tcp(silent()) as srv:
         check = TcpCheck.from_url(f"tcp://127.0.0.1:{srv.port}", timeout=2.0)
         result = await execute(check)
-    outcome = CheckOutcome(result.status, result.reason, result.message, result.samples)
-    perf = check.perfdata(result.duration, outcome)
+    perf = check.perfdata(result)
     assert [p.label for p in perf] == ["time", "time_connect"]
     assert perf[1].value == value(result, "mamori_tcp_duration_seconds", phase="connect")
 

@@ -17,7 +17,7 @@ from agent.delivery.outcome import PushResult
 from agent.delivery.pump import Pump
 from agent.errors import ConfigError, StartupError
 from agent.model import CheckResult, Reason, Sample, Status, result_from_json
-from agent.outbox import Outbox, Record, encode
+from agent.outbox import Outbox, Record, decode, encode
 from exporters.base import ExportCollector, OutboxSink
 
 T0 = 1_700_000_000.0
@@ -308,3 +308,35 @@ async def test_a_reconnected_exporter_ends_the_retry_wait(tmp_path: Path) -> Non
     finally:
         await pump.stop()
         box.close()
+
+
+def test_rows_are_the_results_one_encoding_and_rows_of_the_previous_encoding_still_decode() -> None:
+    tagged = result(1).with_(tags=("edge",))
+    assert json.loads(encode(tagged)) == tagged.to_json()  # the encoding of /api/v1/results
+    assert decode(encode(tagged)) == tagged
+    # A row an older agent wrote (a list, no tags) in a file this agent opens.
+    old = (
+        '["web","http","https://shop.example/",0,1700000015.0,0.013,'
+        '[["probe_http_status_code",200.0,[]]],"run 1","ok",2]'
+    )
+    assert decode(old) == result(1).with_(samples=result(1).samples[:1], duration=0.013, tags=())
+
+
+def test_an_outbox_file_with_rows_of_the_previous_encoding_is_read_after_an_upgrade(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "o.db"
+    box = Outbox(path, 10**6, ["a"])
+    box.append([result(1), result(2)])
+    box.close()
+    db = sqlite3.connect(path)
+    old = '["web","http","https://shop.example/",0,1700000015.0,0.013,[],"run 1","ok",2]'
+    db.execute("UPDATE results SET payload = ? WHERE seq = (SELECT MIN(seq) FROM results)", (old,))
+    db.commit()
+    db.close()
+    box = Outbox(path, 10**6, ["a"])
+    assert [r.result for r in box.read("a", 10)] == [
+        result(1).with_(samples=(), duration=0.013),
+        result(2),
+    ]
+    box.close()

@@ -33,7 +33,7 @@ PER_CHECK_LABELS = ("check", "target")
 # Closed label sets: every value a label of these per-check metrics can have, for what checks a
 # query against the catalog (exporters/oci_alarms: an alarm on another value never fires).
 # `mamori_check_status{type}`: the check types (checks/__init__.py's REGISTRY) and the fleet's
-# results (exporters/fleet.py); tests/test_metrics_catalog.py holds the two to this list.
+# results (checks/fleet.py); tests/test_metrics_catalog.py holds the two to this list.
 CHECK_TYPES = ("http", "tcp", "host", "lb", "docker", "postgres", "pg_backup", "fleet")
 
 # `mamori_pg_failover_ready{reason}`: why the cluster can (not) fail over, one at a time
@@ -383,7 +383,7 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "1 if, from this agent's vantage point, the primary is down and a standby is ready; reason: primary_reachable, primary_down_standby_ready, primary_down_standby_not_ready.",
         "postgres",
     ),
-    # fleet: the MQTT exporter's quorum of agents (exporters/fleet.py), check `fleet:<cluster>`
+    # fleet: the quorum of agents (checks/fleet.py), check `fleet:<cluster>`
     "mamori_fleet_agents": _m(
         "gauge",
         "cluster",

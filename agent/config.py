@@ -258,6 +258,8 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentCo
             checks_complete = False
             continue
         values = {"interval": agent.interval, "timeout": agent.timeout, **raw}
+        if type_name == "fleet":  # where its views are: this agent's site, and its name
+            values = {"site": agent.labels.get("site", "default"), "agent": agent.name, **values}
         try:
             cfg = check_class(type_name).config_model.model_validate(values)
         except ValidationError as exc:
@@ -298,7 +300,7 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentCo
     exporters_complete = not any(i.path.startswith("exporters") for i in issues)
     # Without checks every rule matches nothing: the warning above says so once.
     if alerts is not None and checks and checks_complete and exporters_complete:
-        _alert_targets(doc, file, alerts, checks, exporters, issues, warnings)
+        _alert_targets(doc, file, alerts, checks, issues, warnings)
     if issues:
         raise ConfigError(issues)
     return AgentConfig(
@@ -318,18 +320,14 @@ def _alert_targets(
     file: str,
     alerts: Any,
     checks: list[CheckConfig],
-    exporters: tuple[Any, ...],
     issues: list[ConfigIssue],
     warnings: list[ConfigIssue],
 ) -> None:
     """Rules and connectivity guard entries that name no check (a typo: they could never fire)."""
     from alerts.config import validate_targets
 
-    fleet = any(getattr(getattr(e, "fleet", None), "enabled", False) for e in exporters)
-    # A postgres check's cluster is its `cluster`, else its name (checks/postgres/config.py).
-    clusters = [getattr(c, "cluster", None) or c.name for c in checks if c.type == "postgres"]
     check_tags = {c.name: c.tags for c in checks}
-    for path, message, warning in validate_targets(alerts, check_tags, clusters if fleet else None):
+    for path, message, warning in validate_targets(alerts, check_tags):
         issue = ConfigIssue(file, doc.line_of(path), format_path(path), message, warning=warning)
         (warnings if warning else issues).append(issue)
 

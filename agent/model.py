@@ -76,7 +76,7 @@ class Reason(enum.StrEnum):
     AUTH_FAILED = "auth_failed"
     BACKUP_STALE = "backup_stale"
     PITR_WINDOW_SHORT = "pitr_window_short"
-    # fleet (the MQTT exporter's quorum of agents, exporters/fleet.py)
+    # fleet (the quorum of agents, checks/fleet.py)
     PRIMARY_DOWN_CONFIRMED = "primary_down_confirmed"
     # load balancer and its backends (lb)
     LB_MISCONFIGURED = "lb_misconfigured"

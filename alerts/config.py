@@ -288,7 +288,7 @@ def validate_routes(config: AlertsConfig, notifier_names: Collection[str]) -> li
     return errors
 
 
-FLEET_PREFIX = "fleet:"  # exporters.fleet.CHECK_PREFIX: results of the MQTT fleet quorum
+FLEET_PREFIX = "fleet:"  # checks.fleet.CHECK_PREFIX: the names of the fleet quorum's checks
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -300,33 +300,20 @@ def _listing(names: Iterable[str]) -> str:
     return shown if len(names) <= 8 else f"{shown}, … ({len(names)} in all)"
 
 
-def _fleet_match(pattern: str, clusters: Collection[str] | None) -> str | None:
-    """How a check pattern may match `fleet:<cluster>` results: "local" (a cluster this agent
-    watches, with the fleet quorum on), "remote" (a cluster only another agent reports), "off"
-    (it names fleet results, but the quorum is off), or None."""
-    literal = _GLOB.split(pattern, 1)[0]
-    if clusters is None:
-        return "off" if literal.startswith(FLEET_PREFIX) else None
-    if any(fnmatch.fnmatchcase(FLEET_PREFIX + c, pattern) for c in clusters):
-        return "local"
-    if literal.startswith(FLEET_PREFIX) or FLEET_PREFIX.startswith(literal):
-        return "remote"
-    return None
+def _fleet_pattern(pattern: str) -> bool:
+    """Whether a check pattern names `fleet:<cluster>` results (the `fleet` check's names)."""
+    return _GLOB.split(pattern, 1)[0].startswith(FLEET_PREFIX)
 
 
 def validate_targets(
-    config: AlertsConfig, check_tags: Mapping[str, Collection[str]], fleet_clusters: Collection[str] | None
+    config: AlertsConfig, check_tags: Mapping[str, Collection[str]]
 ) -> list[tuple[tuple[str | int, ...], str, bool]]:
     """Rules and connectivity guard entries that match no check: a typo, so they could never fire.
     Returns (path in the document, message, is_warning) for each.
 
-    `check_tags` maps every configured check to its tags. `fleet_clusters` is None without the
-    MQTT fleet quorum; with it, the clusters of this agent's postgres checks. `fleet:<cluster>`
-    results (no tags) are made at run time, for those clusters and for any another agent of the
-    site reports, so a pattern only such a result could match is a warning, not an error; so is
-    a `fleet:` pattern while the quorum is off (a config prepared for it, as
-    deploy/examples/production.yml). The guard counts only connection failures, which fleet
-    results never are."""
+    `check_tags` maps every configured check to its tags. A `fleet:` pattern that matches no
+    check is a warning, not an error: a config prepared for a `fleet` check not enabled yet (as
+    deploy/examples/production.yml)."""
     out: list[tuple[tuple[str | int, ...], str, bool]] = []
     tagged = {t for tags in check_tags.values() for t in tags}
     checks = _listing(check_tags)
@@ -342,19 +329,10 @@ def validate_targets(
             message = f"no check matching {rule.check!r} has tag {rule.tag!r}: the rule can never fire"
             out.append((place, message, False))
             continue
-        fleet = None if rule.tag is not None else _fleet_match(rule.check, fleet_clusters)
-        if fleet == "local":
-            continue
-        if fleet == "remote":
+        if rule.tag is None and _fleet_pattern(rule.check):
             message = (
-                f"{rule.check!r} matches no check here: only a fleet:<cluster> result of a cluster"
-                " another agent reports could match it"
-            )
-            out.append((place + ("check",), message, True))
-        elif fleet == "off":
-            message = (
-                f"{rule.check!r} matches no check: fleet:<cluster> results appear only with an mqtt"
-                " exporter with fleet: {enabled: true}"
+                f"{rule.check!r} matches no check: fleet:<cluster> results come only from a check"
+                " of type fleet"
             )
             out.append((place + ("check",), message, True))
         else:

@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "docker": "checks.docker:DockerCheck",
     "postgres": "checks.postgres.check:PostgresCheck",
     "pg_backup": "checks.pg_backup:PgBackupCheck",
+    "fleet": "checks.fleet:FleetCheck",
 }
 
 

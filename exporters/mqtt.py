@@ -1,5 +1,6 @@
 """`type: mqtt`: every result, as JSON, to an MQTT broker — retained, so a newcomer sees the latest
-status of every check at once — with a last will, and optionally the fleet quorum (exporters/fleet.py).
+status of every check at once — with a last will, and optionally this agent's views for the fleet
+quorum (agent/fleetview.py; the quorum itself is the `fleet` check, checks/fleet.py).
 
 Topics (`<prefix>` default `mamori`, `<site>` the agent's `site` label or `default`, `<host>` the
 agent's name):
@@ -7,12 +8,15 @@ agent's name):
   `site`, `host`), QoS `qos` (default 1), retained;
 - `<prefix>/<site>/<host>/status`: `online` (retained) on every connect, `offline` (retained) as
   the last will (an unclean disconnect) and before a clean shutdown;
-- with `fleet: {enabled: true}`: `<prefix>/<site>/<host>/fleet/pg/<cluster>` (see exporters/fleet.py).
+- with `fleet: {enabled: true}`: `<prefix>/<site>/<host>/fleet/pg/<cluster>`, this agent's view of
+  each Postgres cluster, derived from its own `postgres` results (agent/fleetview.py), QoS 1,
+  retained, sent again after each reconnect. Nothing is read back: the verdict is the `fleet`
+  check's (checks/fleet.py), which subscribes to these views on its own connection.
 
 Lifecycle and guarantees:
-- `start()` starts one connection task: connect, publish `online`, subscribe (fleet), read
-  messages until the connection drops, then reconnect with exponential backoff and jitter
-  (`reconnect_delay` doubling to `reconnect_max`). Each connection is a new aiomqtt client, so
+- `start()` starts one connection task: connect, publish `online`, wait until the connection drops,
+  then reconnect with exponential backoff and jitter (`reconnect_delay` doubling to
+  `reconnect_max`). Each connection is a new aiomqtt client, so
   nothing a dead connection had in flight is resent behind the outbox's back.
 - `push()` never raises: while disconnected it returns `PushResult(0, why)` at once and the
   results wait in the durable outbox; connected, it publishes the batch in order and reports as
@@ -32,49 +36,31 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
-import re
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from agent.backoff import backoff
+from agent.broker import BrokerHost, ClientLog, TlsOptions, TopicPrefix, tls_context, topic_level_problem
 from agent.delivery.outcome import PushResult
 from agent.errors import StartupError
 from agent.fields import Duration, Model, Port, secret_value
+from agent.fleetview import FLEET_LEVEL, STATUS, OwnViews
 from agent.model import CheckResult
 from agent.outbox import Record
 from exporters.base import ExportContext, ExporterBase, PushExporter
-from exporters.fleet import Fleet, FleetConfig
 
 if TYPE_CHECKING:
     import aiomqtt
 
 log = logging.getLogger("mamori.exporters.mqtt")
 
-STATUS = "status"
-FLEET_LEVEL = "fleet"
 ONLINE, OFFLINE = b"online", b"offline"
-_HOST = re.compile(r"^[A-Za-z0-9_.:-]+$")  # a name or an IPv4/IPv6 address, no scheme or port
 _CLOSE_TIMEOUT = 2.0  # aclose(): the `offline` message and the DISCONNECT
-
-
-def topic_level_problem(value: str, what: str) -> str | None:
-    """Why `value` cannot be one MQTT topic level (None if it can)."""
-    if not value:
-        return f"{what} is empty"
-    bad = sorted({c for c in value if c in "+#/" or c == "\0"})
-    if bad:
-        shown = ", ".join("NUL" if c == "\0" else repr(c) for c in bad)
-        return f"{what} {value!r} cannot be an MQTT topic level: it contains {shown}"
-    if len(value.encode()) > 1024:
-        return f"{what} is longer than 1024 bytes"
-    return None
 
 
 def agent_problems(agent: str, site: str) -> list[str]:
@@ -84,73 +70,41 @@ def agent_problems(agent: str, site: str) -> list[str]:
     return [p for p in problems if p is not None]
 
 
-class TlsOptions(Model):
-    """`tls:` of the mqtt exporter. Present (even `tls: {}`) means MQTT over TLS."""
+_MOVED = ("quorum", "min_votes", "window_intervals")
+_VIEW_WINDOWS = 3  # own views are forgotten after 10 × this many of their intervals (agent/fleetview.py)
 
-    verify: bool = True  # the broker's chain and name; off only for a lab
-    ca_file: Path | None = None  # default: the system's CAs
-    cert_file: Path | None = None  # client certificate (with key_file)
-    key_file: Path | None = None
-    server_name: str | None = None  # the name to verify and send as SNI; default: `host`
 
-    @field_validator("ca_file", "cert_file", "key_file")
+class FleetViews(Model):
+    """The `fleet:` key of an mqtt exporter: publish this agent's views for the fleet quorum."""
+
+    enabled: bool = False
+
+    @model_validator(mode="before")
     @classmethod
-    def _file_exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"file not found: {path}")
-        return path
-
-    @field_validator("server_name")
-    @classmethod
-    def _server_name(cls, name: str | None) -> str | None:
-        if name is not None and not re.match(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$", name):
-            raise ValueError(f"invalid server_name {name!r}: expected a host name such as mqtt.example.com")
-        return name
-
-    @model_validator(mode="after")
-    def _pairs(self) -> TlsOptions:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file must be given together")
-        if not self.verify and (self.ca_file is not None or self.server_name is not None):
-            raise ValueError("ca_file and server_name are for verification: remove them or set verify: true")
-        return self
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (moved := [k for k in _MOVED if k in data]):
+            raise ValueError(
+                f"{', '.join(moved)}: the fleet quorum is a check now — move these keys to a check"
+                " of type fleet (docs/checks/fleet.md); here only `enabled` remains"
+            )
+        return data
 
 
 class MqttConfig(ExporterBase):
     type: Literal["mqtt"]
-    host: str = Field(min_length=1, max_length=253)
+    host: BrokerHost
     port: Port | None = None  # default 1883, or 8883 with tls
     username: str | None = Field(default=None, min_length=1)
     password: SecretStr | None = None  # or password_file
     tls: TlsOptions | None = None
     client_id: str | None = Field(default=None, min_length=1, max_length=128)  # default mamori-<host>
-    topic_prefix: str = "mamori"
+    topic_prefix: TopicPrefix = "mamori"
     qos: Literal[0, 1] = 1
     keepalive: Duration = 60.0
     timeout: Duration = 10.0  # waiting for CONNACK, and for a batch's PUBACKs
     reconnect_delay: Duration = 1.0
     reconnect_max: Duration = 60.0
-    fleet: FleetConfig = FleetConfig()
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, host: str) -> str:
-        if not _HOST.match(host):
-            raise ValueError(
-                f"invalid host {host!r}: expected a host name or an IP address (no scheme, no port)"
-            )
-        return host
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix(cls, prefix: str) -> str:
-        if not prefix:
-            raise ValueError("topic_prefix is empty")
-        for level in prefix.split("/"):
-            problem = topic_level_problem(level, "a level of topic_prefix")
-            if problem is not None:
-                raise ValueError(f"{problem} (topic_prefix {prefix!r}: levels separated by /, none empty)")
-        return prefix
+    fleet: FleetViews = FleetViews()
 
     @field_validator("client_id")
     @classmethod
@@ -201,40 +155,6 @@ class MqttConfig(ExporterBase):
         return 8883 if self.tls is not None else 1883
 
 
-class _NamedContext(ssl.SSLContext):
-    """A client context that verifies (and sends as SNI) a fixed name rather than the host it
-    connects to: paho-mqtt passes its `host` as server_hostname and has no option for this."""
-
-    server_name: str | None = None
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        if self.server_name is not None:
-            kwargs["server_hostname"] = self.server_name
-        return super().wrap_socket(sock, *args, **kwargs)
-
-
-def tls_context(options: TlsOptions) -> ssl.SSLContext:
-    """The client context for `options`. Reads the files now (StartupError if they are bad)."""
-    ctx = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        if options.verify:
-            ctx.check_hostname = True
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            if options.ca_file is not None:
-                ctx.load_verify_locations(cafile=str(options.ca_file))
-            else:
-                ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        else:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if options.cert_file is not None and options.key_file is not None:
-            ctx.load_cert_chain(str(options.cert_file), str(options.key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"mqtt exporter: cannot load the TLS files: {exc}") from None
-    ctx.server_name = options.server_name
-    return ctx
-
-
 def payload_of(result: CheckResult, agent: str, site: str) -> bytes:
     """A result as the JSON every subscriber reads: `CheckResult.to_json()` plus agent, site and
     host. A non-finite sample value (which JSON cannot carry) is sent as null."""
@@ -246,32 +166,6 @@ def payload_of(result: CheckResult, agent: str, site: str) -> bytes:
             if not math.isfinite(sample["value"]):
                 sample["value"] = None
         return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
-
-
-class _ClientLog(logging.Handler):
-    """paho-mqtt's own log lines (aiomqtt passes them to the logger it is given). They stay out
-    of the agent's log, except at debug level: the exporter logs each failure itself, once per
-    streak. The last error is kept, as it says why a connection dropped (e.g. "failed to receive
-    on socket: [Errno 104] Connection reset by peer") where the disconnect reason code says only
-    "Unspecified error"."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.last_error = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if record.levelno >= logging.ERROR:
-            self.last_error = message
-        log.debug("mqtt client: %s", message)
-
-
-def _client_logger(handler: _ClientLog) -> logging.Logger:
-    # Not from logging.getLogger(): a private logger with no parent, so nothing propagates to the
-    # root logger and nothing is registered for the life of the process.
-    logger = logging.Logger("mamori.exporters.mqtt.client", logging.WARNING)
-    logger.addHandler(handler)
-    return logger
 
 
 class MqttExporter:
@@ -299,15 +193,15 @@ class MqttExporter:
         self.base = f"{config.topic_prefix}/{self.site}/{self.agent}"
         self.status_topic = f"{self.base}/{STATUS}"
         self.client_id = config.client_id or f"mamori-{self.agent}"
-        self.fleet = (
-            Fleet(config.fleet, self.agent, self.site, config.topic_prefix, context.interval)
+        self.views = (
+            OwnViews(self.agent, self.site, config.topic_prefix, context.interval)
             if config.fleet.enabled
             else None
         )
         self._client: aiomqtt.Client | None = None
         self._lost: asyncio.Future[None] | None = None  # done when the current connection ends
         self._closing = asyncio.Event()
-        self._fleet_wake = asyncio.Event()
+        self._views_wake = asyncio.Event()
         # Set on each connect: the pump (exporters/base.py) ends its retry wait and sends the
         # backlog at once instead of after the rest of its backoff.
         self.reconnected = asyncio.Event()
@@ -317,15 +211,11 @@ class MqttExporter:
         self._error = "not connected to the broker yet"
         self._logged_error = ""  # the failure logged for the current streak ("" = none)
         self._session_up = False  # the current session got as far as CONNACK
-        # The fleet judges only once this connection's retained messages are in (see Fleet.sync_topic).
-        self._sync_marker = b""
-        self._synced = False
-        self._sync_deadline = 0.0
         self.failures = 0  # failed connects or lost connections in a row
         self.connects = 0  # successful connects, ever
         self._reserved_logged: set[str] = set()
-        self._client_log = _ClientLog()
-        self._client_logger = _client_logger(self._client_log)
+        self._client_log = ClientLog(log)
+        self._client_logger = self._client_log.logger()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -339,8 +229,8 @@ class MqttExporter:
         if self._tasks or self._closed:
             return
         self._tasks.append(asyncio.create_task(self._connection_loop(), name=f"mqtt:{self.name}"))
-        if self.fleet is not None:
-            self._tasks.append(asyncio.create_task(self._fleet_loop(), name=f"mqtt-fleet:{self.name}"))
+        if self.views is not None:
+            self._tasks.append(asyncio.create_task(self._views_loop(), name=f"mqtt-views:{self.name}"))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.timeout):
                 await self._first_attempt.wait()
@@ -431,12 +321,8 @@ class MqttExporter:
         client = self._new_client()
         async with client:
             await client.publish(self.status_topic, ONLINE, qos=1, retain=True)
-            if self.fleet is not None:
-                self._synced, self._sync_marker = False, os.urandom(8).hex().encode()
-                self._sync_deadline = time.monotonic() + self.config.timeout
-                await client.subscribe([(topic, 1) for topic in self.fleet.subscriptions()])
-                await client.publish(self.fleet.sync_topic(), self._sync_marker, qos=1)
-                self.fleet.reconnected()
+            if self.views is not None:
+                self.views.reconnected()
             lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._client, self._lost = client, lost
             self.connects += 1
@@ -453,7 +339,7 @@ class MqttExporter:
                 log.info("mqtt exporter %s: connected to %s as %s", self.name, where, self.client_id)
             self.failures, self._logged_error, self._session_up = 0, "", True
             self._error = f"connection to {where} lost"
-            self._fleet_wake.set()
+            self._views_wake.set()
             self._first_attempt.set()
             reader = asyncio.create_task(self._read(client))
             closing = asyncio.create_task(self._closing.wait())
@@ -466,7 +352,7 @@ class MqttExporter:
                 for task in (reader, closing):
                     task.cancel()
                 await asyncio.gather(reader, closing, return_exceptions=True)
-                self._fleet_wake.set()
+                self._views_wake.set()
             if not self._closing.is_set():
                 exc = reader.exception() if not reader.cancelled() else None
                 if exc is None:
@@ -478,35 +364,10 @@ class MqttExporter:
                 await client.publish(self.status_topic, OFFLINE, qos=1, retain=True, timeout=_CLOSE_TIMEOUT)
 
     async def _read(self, client: aiomqtt.Client) -> None:
-        """Incoming messages until the connection drops (aiomqtt raises MqttError then)."""
-        async for message in client.messages:
-            if self.fleet is None:
-                continue
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            topic = message.topic.value
-            if topic == self.fleet.sync_topic():
-                if payload == self._sync_marker and not self._synced:
-                    self._synced = True
-                    self._fleet_wake.set()
-                continue
-            if self.fleet.receive(topic, payload) and self._judging():
-                self._publish_results(only_changed=True)
-
-    def _judging(self) -> bool:
-        """Connected, and this connection's retained views are in (or `timeout` has passed
-        without the marker coming back: a broker ACL may forbid it; judge anyway)."""
-        if not self.connected:
-            return False
-        if not self._synced and time.monotonic() >= self._sync_deadline:
-            log.warning(
-                "mqtt exporter %s: the fleet's sync marker did not come back within %gs "
-                "(may this client publish and subscribe to %s?); judging without it",
-                self.name,
-                self.config.timeout,
-                self.fleet.sync_topic() if self.fleet is not None else "",
-            )
-            self._synced = True
-        return self._synced
+        """Until the connection drops (aiomqtt raises MqttError then). Nothing is subscribed, so
+        no message is expected; any that comes is ignored."""
+        async for _ in client.messages:
+            pass
 
     # --- results -----------------------------------------------------------------------------------
 
@@ -518,8 +379,8 @@ class MqttExporter:
         return f"{self.base}/{check}"
 
     async def push(self, records: Sequence[Record]) -> PushResult:
-        if self.fleet is not None and self.fleet.observe(r.result for r in records):
-            self._fleet_wake.set()
+        if self.views is not None and self.views.observe(r.result for r in records):
+            self._views_wake.set()
         client, lost = self._client, self._lost
         if client is None or lost is None or lost.done():
             return PushResult(0, self._error)
@@ -574,39 +435,29 @@ class MqttExporter:
                 check,
             )
 
-    # --- the fleet ---------------------------------------------------------------------------------
+    # --- the fleet's views -------------------------------------------------------------------------
 
-    def _publish_results(self, *, only_changed: bool) -> None:
-        assert self.fleet is not None
-        for result in self.fleet.results(self._clock(), only_changed=only_changed):
-            self.context.publish(result)
-
-    async def _fleet_loop(self) -> None:
-        """Publish this agent's views as they change, and every interval hand the verdicts to
-        the agent (at once when a message changes one)."""
-        assert self.fleet is not None
-        fleet = self.fleet
+    async def _views_loop(self) -> None:
+        """Publish this agent's views as they change (and all of them again after a reconnect);
+        forget, once an interval, those too old to count again."""
+        assert self.views is not None
+        views = self.views
         interval = self.context.interval
         next_tick = time.monotonic()
         while not self._closing.is_set():
-            self._fleet_wake.clear()  # before the work: a wake during it is not lost
+            self._views_wake.clear()  # before the work: a wake during it is not lost
             client, lost = self._client, self._lost
             if client is not None and lost is not None and not lost.done():
-                for topic, payload, view in fleet.unsent():
+                for topic, payload, view in views.unsent():
                     if not await self._acked(client, lost, topic, payload):
                         break  # the connection task notices and reconnects; sent again then
-                    fleet.sent(view)
-            now_mono = time.monotonic()
-            if now_mono >= next_tick:
-                fleet.forget(self._clock())
-                next_tick = now_mono + interval
-                if self._judging():
-                    self._publish_results(only_changed=False)
-            elif self._judging():
-                self._publish_results(only_changed=True)
+                    views.sent(view)
+            if time.monotonic() >= next_tick:
+                views.forget(self._clock(), _VIEW_WINDOWS)
+                next_tick = time.monotonic() + interval
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
-                    await self._fleet_wake.wait()
+                    await self._views_wake.wait()
 
     async def _acked(
         self, client: aiomqtt.Client, lost: asyncio.Future[None], topic: str, payload: bytes
@@ -635,5 +486,5 @@ def build(config: MqttConfig, context: ExportContext) -> PushExporter:
     problems = agent_problems(context.agent, context.site)
     if problems:
         raise StartupError(f"mqtt exporter {config.name}: {'; '.join(problems)}")
-    ctx = tls_context(config.tls) if config.tls is not None else None
+    ctx = tls_context(config.tls, f"mqtt exporter {config.name}") if config.tls is not None else None
     return MqttExporter(config, context, aiomqtt, ctx)

@@ -2,7 +2,8 @@
 
 Everything it watches runs on 127.0.0.1: the web lab (HAProxy in front of the apps), the
 Postgres pair and its base backups when the stack has them, this machine, and — with a broker —
-an MQTT exporter with the fleet quorum. Its own notifier posts to the stack's recorder.
+an MQTT exporter publishing the fleet's views and the `fleet` check. Its own notifier posts to
+the stack's recorder.
 """
 
 from __future__ import annotations
@@ -174,17 +175,16 @@ def agent_config(s: AgentSetup) -> dict[str, Any]:
         },
     }
     if s.mqtt_port is not None:
-        # Every result to the lab's broker, retained. min_votes 1: the lab has one agent;
-        # production keeps the default 2.
+        # Every result to the lab's broker, retained, with this agent's views for the quorum.
         doc["exporters"] = [
-            {
-                "name": "bus",
-                "type": "mqtt",
-                "host": HOST,
-                "port": s.mqtt_port,
-                "fleet": {"enabled": True, "min_votes": 1},
-            }
+            {"name": "bus", "type": "mqtt", "host": HOST, "port": s.mqtt_port, "fleet": {"enabled": True}}
         ]
+        if s.pg is not None:
+            # The quorum on the same broker. min_votes 1: the lab has one agent; production
+            # keeps the default 2.
+            checks.append(
+                {"type": "fleet", "cluster": s.cluster, "host": HOST, "port": s.mqtt_port, "min_votes": 1}
+            )
     return doc
 
 

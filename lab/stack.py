@@ -14,10 +14,10 @@ What runs, all on 127.0.0.1 (ports picked free unless asked for):
   archiving, the monitoring role of deploy/postgres/monitoring-role.sql; one real base backup
   (`pg_basebackup`) in `pg/backups/` for the pg_backup check. Optional: skipped (with a note in
   `Stack.skipped`) when the PostgreSQL 15 binaries are missing, or with `postgres=False`;
-- Mosquitto (lab/mosquitto.py) when installed, with the agent's MQTT exporter (fleet on);
+- Mosquitto (lab/mosquitto.py) when installed, with the agent's MQTT exporter (the fleet's views on);
 - the agent, in this process (agent/runtime.py), from the config file this module writes
   (`agent/agent.yml`); its checks are named after their types: `lb`, `http`, `tcp`, `host`,
-  `postgres` (cluster `db`), `pg_backup`, plus the fleet's `fleet:db` with MQTT;
+  `postgres` (cluster `db`), `pg_backup`, plus the fleet check `fleet:db` with MQTT;
 - Prometheus from deploy/prometheus/prometheus.yml with alerts/rules/*.yml, and Alertmanager from
   deploy/alertmanager/alertmanager.yml whose receivers (PagerDuty, Slack, the dead-man's switch)
   all point at a loopback recorder in this process (`Stack.notifications`).
@@ -277,12 +277,10 @@ class Stack:
         return {r.check: r for r in self.agent.latest.all()}
 
     def expected_checks(self) -> list[str]:
-        return [c.name for c in self.agent.config.checks] + (
-            [f"fleet:{self.cluster}"] if self.mqtt is not None and self._pg is not None else []
-        )
+        return [c.name for c in self.agent.config.checks]
 
     async def wait_results(self, timeout: float = 15.0) -> None:
-        """Until the agent has a result for every check (and the fleet's)."""
+        """Until the agent has a result for every check."""
         expected = set(self.expected_checks())
 
         def complete() -> bool:

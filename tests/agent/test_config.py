@@ -222,19 +222,20 @@ alerts:
     - {name: other, check: "fleet:billing", status: critical}
   routes: {critical: [pd]}
 """
-FLEET_ON = "exporters:\n  - {name: bus, type: mqtt, host: 127.0.0.1, fleet: {enabled: true}}\n"
+FLEET_ON = "  - {type: fleet, cluster: orders, host: 127.0.0.1}\n"
 
 
 def test_rules_on_fleet_results_are_warnings_when_only_run_time_results_could_match() -> None:
-    # With the quorum on, fleet:orders is this agent's own cluster; fleet:billing could only come
-    # from another agent of the site. With it off, no fleet: result is made at all.
-    cfg = config.parse(FLEET_RULES + FLEET_ON, "x.yml", env={})
+    # With a fleet check for orders, fleet:orders is a configured check; fleet:billing is a rule
+    # prepared for a fleet check not configured (yet). Without it, no fleet: result is made at all.
+    text = FLEET_RULES.replace("notifiers:", FLEET_ON + "notifiers:")
+    cfg = config.parse(text, "x.yml", env={})
     assert [str(w) for w in cfg.warnings] == [
-        "x.yml:10: alerts.rules[2].check: warning: 'fleet:billing' matches no check here: only a"
-        " fleet:<cluster> result of a cluster another agent reports could match it"
+        "x.yml:11: alerts.rules[2].check: warning: 'fleet:billing' matches no check:"
+        " fleet:<cluster> results come only from a check of type fleet"
     ]
     cfg = config.parse(FLEET_RULES, "x.yml", env={})
-    off = "matches no check: fleet:<cluster> results appear only with an mqtt exporter with fleet:"
+    off = "matches no check: fleet:<cluster> results come only from a check of type fleet"
     assert [(w.path, off in w.message) for w in cfg.warnings] == [
         ("alerts.rules[0].check", True),
         ("alerts.rules[1].check", True),

@@ -580,18 +580,10 @@ exporters:
             "exporters[0].password_file: cannot read /nonexistent: No such file or directory",
         ),
         ("{name: b, type: mqtt, host: x, clientid: a}", "exporters[0].clientid: unknown key"),
-        (
-            "{name: b, type: mqtt, host: x, fleet: {enabled: true, quorum: most}}",
-            "exporters[0].fleet.quorum: invalid quorum 'most': expected majority, all or a number of agents",
-        ),
-        (
-            "{name: b, type: mqtt, host: x, fleet: {quorum: 1}}",
-            "exporters[0].fleet.quorum: quorum (1) is less than min_votes (2): "
-            "lower min_votes too if 1 votes should confirm",
-        ),
-        (
-            "{name: b, type: mqtt, host: x, fleet: {window_intervals: 0}}",
-            "exporters[0].fleet.window_intervals: Input should be greater than or equal to 1",
+        (  # the quorum's keys moved to the fleet check (tests/checks/test_fleet.py)
+            "{name: b, type: mqtt, host: x, fleet: {enabled: true, quorum: majority, min_votes: 2}}",
+            "exporters[0].fleet: quorum, min_votes: the fleet quorum is a check now — move these keys"
+            " to a check of type fleet (docs/checks/fleet.md); here only `enabled` remains",
         ),
         ("{name: b, type: mqtt, host: x, fleet: {enable: true}}", "exporters[0].fleet.enable: unknown key"),
     ],

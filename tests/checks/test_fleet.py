@@ -1,9 +1,10 @@
-"""The fleet quorum (exporters/fleet.py): the arithmetic on real postgres-shaped results, and three
-real agents (agent.runtime.Agent) with real postgres checks on the real PostgreSQL pair of
-tests/pg.py, talking over a real Mosquitto: one agent partitioned from the primary alone confirms
-nothing; the primary really down is confirmed within three intervals and pages through the
-agents' own alert rules (`check: "fleet:*"`, `reason: [primary_down_confirmed]`); an agent whose
-connection dies (its last will) leaves the quorum at once and rejoins when it reconnects."""
+"""The fleet quorum (checks/fleet.py; the views: agent/fleetview.py): the arithmetic on real
+postgres-shaped results, and three real agents (agent.runtime.Agent) with real postgres checks
+on the real PostgreSQL pair of tests/pg.py, talking over a real Mosquitto: one agent partitioned
+from the primary alone confirms nothing; the primary really down is confirmed within three
+intervals and pages through the agents' own alert rules (`check: "fleet:*"`,
+`reason: [primary_down_confirmed]`); an agent whose connection dies (its last will) leaves the
+quorum at once and rejoins when it reconnects."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ import pytest
 import pytest_asyncio
 
 from agent import config
+from agent.fleetview import OwnViews, View, views_of
 from agent.model import CheckResult, Reason, Sample, Status
+from agent.runner import execute
 from agent.runtime import Agent
-from exporters import mqtt
-from exporters.base import ExportContext
-from exporters.fleet import Fleet, FleetConfig, View, views_of
+from checks.fleet import Fleet, FleetCheck, FleetCheckConfig
 from lab.mosquitto import Mosquitto
 from lab.ports import free_port
 from lab.postgres import PgLab
@@ -68,11 +69,28 @@ def pg_result(reason: str, started_at: float, *, cluster: str = "db", check: str
 def view(agent: str, down: bool, timestamp: float, interval: float = 1.0) -> bytes:
     reason = "primary_down_standby_ready" if down else "primary_reachable"
     (v,) = views_of(pg_result(reason, timestamp), agent, interval)
-    return v.payload("lab")
+    payload: bytes = v.payload("lab")
+    return payload
+
+
+def check_config(**cfg: object) -> FleetCheckConfig:
+    values = {"type": "fleet", "cluster": "db", "host": "127.0.0.1", "interval": 1.0, "timeout": 1.0}
+    return FleetCheckConfig.model_validate({"site": "lab", "agent": "a1", **values, **cfg})
 
 
 def fleet(**cfg: object) -> Fleet:
-    return Fleet(FleetConfig.model_validate({"enabled": True, **cfg}), "a1", "lab", "mamori", 1.0)
+    return Fleet(check_config(**cfg))
+
+
+def results(f: Fleet, now: float) -> list[CheckResult]:
+    """The check's result for the verdict at `now` (as the harness makes it from its outcome)."""
+    o = f.verdict(now).outcome()
+    name, target = "fleet:" + f.cluster, f.target()
+    return [CheckResult(name, "fleet", target, o.status, now, 0.0, o.samples, o.message, o.reason)]
+
+
+def own_views() -> OwnViews:
+    return OwnViews("a1", "lab", "mamori", 1.0)
 
 
 def test_a_view_is_what_the_postgres_check_saw() -> None:
@@ -107,8 +125,8 @@ def test_a_view_is_what_the_postgres_check_saw() -> None:
     own = CheckResult(
         "fleet:db", "fleet", "x", Status.CRITICAL, T0, 0.0, reason=Reason.PRIMARY_DOWN_CONFIRMED
     )
-    f = fleet()
-    assert f.observe([own]) is False and f.clusters() == []
+    own_view = own_views()
+    assert own_view.observe([own]) is False and own_view.clusters() == []
 
 
 @pytest.mark.parametrize(
@@ -129,7 +147,7 @@ def test_the_quorum(cfg: dict[str, object], downs: list[bool], confirmed: bool, 
     for i, down in enumerate(downs):
         f.receive(f"mamori/lab/a{i + 1}/status", b"online")
         f.receive(f"mamori/lab/a{i + 1}/fleet/pg/db", view(f"a{i + 1}", down, T0))
-    (r,) = f.results(T0 + 0.5)
+    (r,) = results(f, T0 + 0.5)
     samples = {s.name: s.value for s in r.samples}
     assert samples == {
         "mamori_fleet_agents": len(downs),
@@ -151,22 +169,22 @@ def test_live_means_heard_from_within_the_window_and_not_offline() -> None:
     f = fleet()
     for agent in ("a1", "a2", "a3"):
         f.receive(f"mamori/lab/{agent}/fleet/pg/db", view(agent, True, T0))
-    assert f.verdict("db", T0 + 1).confirmed and len(f.verdict("db", T0 + 1).live) == 3
+    assert f.verdict(T0 + 1).confirmed and len(f.verdict(T0 + 1).live) == 3
     # a3's last will: it no longer counts, although its view is still fresh.
     f.receive("mamori/lab/a3/status", b"offline")
-    v = f.verdict("db", T0 + 1)
+    v = f.verdict(T0 + 1)
     assert (v.live, v.down, v.needed, v.confirmed) == (("a1", "a2"), ("a1", "a2"), 2, True)
     # a2 falls silent: after 3 of its intervals it is not live either, and a1 alone confirms nothing.
     f.receive("mamori/lab/a1/fleet/pg/db", view("a1", True, T0 + 3))
-    v = f.verdict("db", T0 + 3.5)
+    v = f.verdict(T0 + 3.5)
     assert (v.live, v.confirmed) == (("a1",), False)
     # a3 back online with a fresh view: counted again.
     f.receive("mamori/lab/a3/status", b"online")
     f.receive("mamori/lab/a3/fleet/pg/db", view("a3", True, T0 + 3.2))
-    assert f.verdict("db", T0 + 3.5).live == ("a1", "a3") and f.verdict("db", T0 + 3.5).confirmed
+    assert f.verdict(T0 + 3.5).live == ("a1", "a3") and f.verdict(T0 + 3.5).confirmed
     # An older view arriving late (a replay) does not replace a newer one.
     f.receive("mamori/lab/a3/fleet/pg/db", view("a3", False, T0 + 1))
-    assert f.verdict("db", T0 + 3.5).down == ("a1", "a3")
+    assert f.verdict(T0 + 3.5).down == ("a1", "a3")
     # Cleared retained views/statuses are forgotten; garbage is ignored (and logged once).
     f.receive("mamori/lab/a3/fleet/pg/db", b"")
     f.receive("mamori/lab/a9/fleet/pg/db", b"{not json")
@@ -175,14 +193,14 @@ def test_live_means_heard_from_within_the_window_and_not_offline() -> None:
         json.dumps({"timestamp": T0, "interval": 0, "primary_down": True}).encode(),
     )
     f.receive("mamori/other/a1/fleet/pg/db", view("x", True, T0 + 3))  # another site: not ours
-    assert f.verdict("db", T0 + 3.5).live == ("a1",)
-    # Long gone: forgotten, and so is the cluster.
+    assert f.verdict(T0 + 3.5).live == ("a1",)
+    # Long gone: forgotten.
     f.forget(T0 + 1000)
-    assert f.clusters() == [] and f.results(T0 + 1000) == []
+    assert f.verdict(T0 + 1000).live == ()
 
 
 def test_own_results_become_views_once_with_their_measured_interval() -> None:
-    f = fleet()
+    f = own_views()
     assert f.observe([pg_result("primary_reachable", T0)])
     assert f.observe([pg_result("primary_reachable", T0 + 0.5)])
     ((topic, _, v),) = f.unsent()
@@ -192,10 +210,70 @@ def test_own_results_become_views_once_with_their_measured_interval() -> None:
     assert f.unsent() == []
     f.reconnected()  # a new connection: publish it again (the broker may have lost it)
     assert [u[2] for u in f.unsent()] == [v]
-    # Only changes are reported with only_changed.
-    assert len(f.results(T0 + 1, only_changed=True)) == 1
-    assert f.results(T0 + 1, only_changed=True) == []
-    assert len(f.results(T0 + 1)) == 1
+    assert f.clusters() == ["db"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "{type: fleet, cluster: db, host: x, quorum: most}",
+            "checks[0].quorum: invalid quorum 'most': expected majority, all or a number of agents",
+        ),
+        (
+            "{type: fleet, cluster: db, host: x, quorum: 1}",
+            "checks[0].quorum: quorum (1) is less than min_votes (2): "
+            "lower min_votes too if 1 votes should confirm",
+        ),
+        (
+            "{type: fleet, cluster: db, host: x, window_intervals: 0}",
+            "checks[0].window_intervals: Input should be greater than or equal to 1",
+        ),
+        (
+            "{type: fleet, name: quorum, cluster: db, host: x}",
+            "checks[0]: the name of a fleet check is 'fleet:db' (fleet:<cluster>), not 'quorum':"
+            " alert rules and dashboards know it by that name; remove `name`",
+        ),
+        (
+            "{type: fleet, cluster: db/x, host: x}",
+            "checks[0].cluster: cluster 'db/x' cannot be an MQTT topic level",
+        ),
+        ("{type: fleet, cluster: db, host: x, password: p}", "checks[0].password: password needs username"),
+        ("{type: fleet, cluster: db, host: 'mqtt://x'}", "checks[0].host: invalid host 'mqtt://x'"),
+    ],
+)
+def test_config_is_validated_at_load(entry: str, message: str) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(f"checks:\n  - {entry}\n", "t.yml", env={})
+    assert str(err.value).startswith(f"t.yml:2: {message}"), str(err.value)
+
+
+def test_name_site_and_agent_default_to_the_agents() -> None:
+    text = "agent: {name: h1, labels: {site: lab}}\nchecks:\n  - {type: fleet, cluster: db, host: x}\n"
+    (cfg,) = config.parse(text, "t.yml", env={}).checks
+    assert isinstance(cfg, FleetCheckConfig)
+    assert (cfg.name, cfg.site, cfg.agent, cfg.port_number) == ("fleet:db", "lab", "h1", 1883)
+    check = FleetCheck(cfg)
+    assert (check.target, check.client_id) == ("mamori/lab/+/fleet/pg/db", "mamori-h1-fleet-db")
+
+
+async def test_without_a_broker_it_says_so_and_repeats_the_last_verdict() -> None:
+    cfg = check_config(port=free_port(), timeout=0.3, reconnect_delay=0.05, reconnect_max=0.1)
+    check = FleetCheck(cfg)
+    try:
+        r = await execute(check)
+        assert (r.status, r.reason) == (Status.UNKNOWN, Reason.UNREACHABLE), r
+        assert r.message.startswith("no verdict yet for cluster db: cannot connect to 127.0.0.1:"), r.message
+        # A confirmed verdict stands while the broker cannot be asked: an OK or UNKNOWN would
+        # resolve the page.
+        for agent in ("a1", "a2"):
+            check.fleet.receive(f"mamori/lab/{agent}/fleet/pg/db", view(agent, True, time.time()))
+        check._last = check.fleet.verdict(time.time())
+        r = await execute(check)
+        assert (r.status, r.reason) == (Status.CRITICAL, Reason.PRIMARY_DOWN_CONFIRMED), r
+        assert "(the last verdict, repeated: cannot connect to 127.0.0.1:" in r.message, r.message
+    finally:
+        await check.aclose()
 
 
 # --- three agents, a real Postgres pair, a real broker ------------------------------------------------------
@@ -218,24 +296,17 @@ async def test_a_newcomer_judges_only_once_every_retained_view_is_in(broker: Mos
             await other.publish(f"mamori/burst/a{i}/status", b"online", qos=1, retain=True)
             await other.publish(f"mamori/burst/a{i}/fleet/pg/db", payload, qos=1, retain=True)
     published: list[CheckResult] = []
-    cfg = mqtt.MqttConfig.model_validate(
-        {
-            "name": "bus",
-            "type": "mqtt",
-            "host": "127.0.0.1",
-            "port": broker.port,
-            "username": "agent",
-            "password": "fleet-pw",
-            "fleet": {"enabled": True},
-        }
+    cfg = check_config(
+        port=broker.port, username="agent", password="fleet-pw", site="burst", agent="newcomer", timeout=2.0
     )
-    exporter = mqtt.build(cfg, ExportContext("newcomer", {"site": "burst"}, 0.2, published.append))
+    check = FleetCheck(cfg)
     try:
-        await exporter.start()
-        await wait_until("a verdict", lambda: published, 5)
-        await asyncio.sleep(0.5)  # a few ticks more
+        for _ in range(4):  # the first run waits for the retained views; then a few runs more
+            published.append(await execute(check))
+            await asyncio.sleep(0.1)
     finally:
-        await exporter.aclose()
+        await check.aclose()
+        await check.aclose()  # safe twice
     verdicts = [({s.name: s.value for s in r.samples}, r.status) for r in published]
     first, _ = verdicts[0]
     assert first["mamori_fleet_agents"] == 5 and first["mamori_fleet_primary_down_votes"] == 2, verdicts
@@ -285,6 +356,20 @@ checks:
     nodes:
       - {{name: primary, host: 127.0.0.1, port: {primary_port}}}
       - {{name: standby, host: 127.0.0.1, port: {lab.standby.port}}}
+  # The verdict is cheap to ask for (what the subscription holds): asked often, so that a change
+  # (agent3's last will) shows within a fraction of the postgres check's interval.
+  - type: fleet
+    cluster: db
+    interval: 0.1s
+    timeout: 0.1s
+    host: 127.0.0.1
+    port: {broker_port}
+    username: agent
+    password: fleet-pw
+    reconnect_delay: 0.1s
+    reconnect_max: 0.5s
+    quorum: majority
+    window_intervals: 3
 outbox: {{path: {directory / f"{name}-outbox.db"}}}
 exporters:
   - name: bus
@@ -295,7 +380,7 @@ exporters:
     password: fleet-pw
     reconnect_delay: 0.1s
     reconnect_max: 0.5s
-    fleet: {{enabled: true, quorum: majority, window_intervals: 3}}
+    fleet: {{enabled: true}}
 notifiers:
   - {{name: pd, type: pagerduty, routing_key: {pd.routing_key}, url: "{pd.url}"}}
 alerts:

@@ -137,7 +137,6 @@ class Agent:
             agent=cfg.agent.name,
             labels=dict(cfg.agent.labels),
             interval=cfg.agent.interval,
-            publish=lambda result: self.fanout.publish(result),
         )
         try:
             exporters = [exporter_module(e.type).build(e, context) for e in cfg.exporters]

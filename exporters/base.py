@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,8 +53,8 @@ class ExportContext:
     agent: str  # agent.name (the host)
     labels: Mapping[str, str]  # agent.labels (site, role, …)
     interval: float  # agent.interval: the default check interval
-    # Hand a result to the fan-out as if a check had produced it (the fleet quorum uses this).
-    publish: Callable[[CheckResult], None] = lambda result: None
+    # No way back into the fan-out: data flows one way, and a derived result is a check's
+    # (the fleet quorum is checks/fleet.py).
 
     @property
     def site(self) -> str:

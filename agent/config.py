@@ -298,6 +298,8 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentCo
         message = "no checks: the agent watches nothing (it only serves its own metrics)"
         warnings.append(ConfigIssue(file, doc.line_of(no_checks), "checks", message, warning=True))
     exporters_complete = not any(i.path.startswith("exporters") for i in issues)
+    if exporters_complete:
+        _fleet_votes(doc, file, checks, seen, exporters, warnings)
     # Without checks every rule matches nothing: the warning above says so once.
     if alerts is not None and checks and checks_complete and exporters_complete:
         _alert_targets(doc, file, alerts, checks, issues, warnings)
@@ -313,6 +315,30 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentCo
         exporters=exporters,
         warnings=tuple(warnings),
     )
+
+
+def _fleet_votes(
+    doc: YamlDoc,
+    file: str,
+    checks: list[CheckConfig],
+    seen: Mapping[str, int],
+    exporters: tuple[Any, ...],
+    warnings: list[ConfigIssue],
+) -> None:
+    """A fleet check on a cluster this agent watches, while no mqtt exporter publishes this
+    agent's views: the agent judges but does not vote (probably not meant)."""
+    if any(getattr(getattr(e, "fleet", None), "enabled", False) for e in exporters):
+        return
+    # A postgres check's cluster is its `cluster`, else its name (checks/postgres/config.py).
+    clusters = {getattr(c, "cluster", None) or c.name for c in checks if c.type == "postgres"}
+    for c in checks:
+        if c.type == "fleet" and getattr(c, "cluster", None) in clusters:
+            where: yamldoc.Path = ("checks", seen[c.name])
+            message = (
+                f"this agent watches cluster {getattr(c, 'cluster', '')!r} but does not vote in its"
+                " quorum: no mqtt exporter publishes its views (fleet: {enabled: true})"
+            )
+            warnings.append(ConfigIssue(file, doc.line_of(where), format_path(where), message, warning=True))
 
 
 def _alert_targets(

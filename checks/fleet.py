@@ -322,9 +322,9 @@ class FleetCheck(Check[FleetCheckConfig]):
             if self.config.tls is not None:
                 ctx = tls_context(self.config.tls, f"fleet check {self.name}")
             self._task = asyncio.create_task(self._connection_loop(ctx), name=f"fleet:{self.name}")
-        if not self._synced.is_set():
-            # The first run (or one during a reconnect) waits for this connection's retained views,
-            # within its budget, rather than answer without them.
+        if not self._synced.is_set() and self._last is None:
+            # Until the first verdict, a run waits for the retained views (within its budget)
+            # rather than answer without them; later ones repeat the last verdict at once.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, self.time_left() - 0.1)):
                     await self._synced.wait()
@@ -369,7 +369,8 @@ class FleetCheck(Check[FleetCheckConfig]):
             try:
                 await self._session(ctx)
             except self._mqtt.MqttError as exc:
-                self._failed(str(exc) or type(exc).__name__)
+                cause = exc.__cause__  # aiomqtt's "Disconnected during message iteration" wraps why
+                self._failed(str(cause) if cause is not None else str(exc) or type(exc).__name__)
             except Exception as exc:  # an OS error aiomqtt did not wrap: keep reconnecting
                 self._failed(f"{type(exc).__name__}: {exc}")
             finally:
@@ -413,6 +414,8 @@ class FleetCheck(Check[FleetCheckConfig]):
                     where,
                     self.failures,
                 )
+            else:
+                log.info("fleet check %s: connected to %s as %s", self.name, where, self.client_id)
             self.failures, self._logged_error = 0, ""
             self._error = f"connection to {where} lost"
             messages = aiter(client.messages)

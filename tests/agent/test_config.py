@@ -228,7 +228,8 @@ FLEET_ON = "  - {type: fleet, cluster: orders, host: 127.0.0.1}\n"
 def test_rules_on_fleet_results_are_warnings_when_only_run_time_results_could_match() -> None:
     # With a fleet check for orders, fleet:orders is a configured check; fleet:billing is a rule
     # prepared for a fleet check not configured (yet). Without it, no fleet: result is made at all.
-    text = FLEET_RULES.replace("notifiers:", FLEET_ON + "notifiers:")
+    views = "exporters:\n  - {name: bus, type: mqtt, host: 127.0.0.1, fleet: {enabled: true}}\n"
+    text = FLEET_RULES.replace("notifiers:", FLEET_ON + "notifiers:") + views
     cfg = config.parse(text, "x.yml", env={})
     assert [str(w) for w in cfg.warnings] == [
         "x.yml:11: alerts.rules[2].check: warning: 'fleet:billing' matches no check:"

@@ -257,6 +257,22 @@ def test_name_site_and_agent_default_to_the_agents() -> None:
     assert (check.target, check.client_id) == ("mamori/lab/+/fleet/pg/db", "mamori-h1-fleet-db")
 
 
+def test_a_fleet_check_without_this_agents_views_is_a_warning() -> None:
+    text = """
+agent: {name: h1, labels: {site: lab}}
+checks:
+  - {name: db, type: postgres, nodes: [{name: a, host: 127.0.0.1}, {name: b, host: 127.0.0.2}]}
+  - {type: fleet, cluster: db, host: 127.0.0.1}
+"""
+    cfg = config.parse(text, "t.yml", env={})
+    assert [str(w) for w in cfg.warnings] == [
+        "t.yml:5: checks[1]: warning: this agent watches cluster 'db' but does not vote in its quorum:"
+        " no mqtt exporter publishes its views (fleet: {enabled: true})"
+    ]
+    views = "exporters:\n  - {name: bus, type: mqtt, host: 127.0.0.1, fleet: {enabled: true}}\n"
+    assert config.parse(text + views, "t.yml", env={}).warnings == ()
+
+
 async def test_without_a_broker_it_says_so_and_repeats_the_last_verdict() -> None:
     cfg = check_config(port=free_port(), timeout=0.3, reconnect_delay=0.05, reconnect_max=0.1)
     check = FleetCheck(cfg)
@@ -272,6 +288,7 @@ async def test_without_a_broker_it_says_so_and_repeats_the_last_verdict() -> Non
         r = await execute(check)
         assert (r.status, r.reason) == (Status.CRITICAL, Reason.PRIMARY_DOWN_CONFIRMED), r
         assert "(the last verdict, repeated: cannot connect to 127.0.0.1:" in r.message, r.message
+        assert r.duration < 0.2, "with a verdict to repeat, a run does not wait for the broker"
     finally:
         await check.aclose()
 

@@ -14,6 +14,7 @@ from checks import REGISTRY
 
 pytest_plugins = ["tests.lanes"]  # the markers unit / service / e2e / deploy
 
+
 @pytest.fixture
 def fake_checks() -> Iterator[None]:
     """Register the test-only check types of tests/agent/fakes.py for the duration of a test."""

@@ -31,7 +31,8 @@ demo: $(STAMP)
 test: $(STAMP) debs lint typecheck suite
 
 # Debian packages the test suite runs for real (installed only when missing).
-TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto docker-compose python3.11-venv
+TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto docker-compose python3.11-venv \
+	docker.io busybox-static debootstrap
 
 debs:
 	@bash .ci/ensure-debs $(TEST_DEBS)

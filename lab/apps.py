@@ -7,11 +7,19 @@
     await app.stop()
 
 Routes (every method is answered the same way):
-    /api/health   200 {"status": "ok", "db": {"status": "up"}, "instance": NAME}
+    /api/health   200 {"status": "ok", "db": {"status": "up"}, "instance": NAME, "version": V}
     /             200, a small HTML page naming the instance
     anything else 404 {"status": "not found"}
-Every response carries `X-Instance: NAME`, so a client behind the load balancer can tell which
-instance answered. The fault switches apply to every path.
+Every response carries `X-Instance: NAME` and `X-Version: V`, so a client behind the load
+balancer can tell which instance (and which release) answered. The fault switches apply to every
+path.
+
+In a container (lab/docker_apps.py) the same server runs as a process:
+`python3 -m lab.apps --name app-1 --port 8081 [--version 2] [--mode error:500] [--control-port
+9081] [--cert F --key F]`. `--mode` is the mode it starts in (`healthy`, `slow:MS`, `error:STATUS`,
+`hang`, `db_down`, `exit:CODE` to exit at once, `memory` to allocate until killed); the control
+port (127.0.0.1) takes `PUT /mode` with the same words as its body, so a test flips a running
+container's behaviour like an in-process one's.
 
 The behaviour switches take effect at the next request and are kept across `down()`/`up()`: a
 container that restarts with the same bug still has it. They are plain methods so a test, a
@@ -20,8 +28,12 @@ benchmark or `python -m lab.demo` flips them from the same event loop without re
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
+import signal
 import ssl
+import sys
 from typing import Literal
 
 from aiohttp import web
@@ -48,8 +60,11 @@ class AppServer:
     checks, including requests that then hang or fail; `health_checks` counts those checks.
     """
 
-    def __init__(self, name: str, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, name: str, port: int = 0, ssl_context: ssl.SSLContext | None = None, version: str = "1"
+    ) -> None:
         self.name = name
+        self.version = version
         self.port = port
         self.ssl_context = ssl_context
         self.requests = 0
@@ -158,14 +173,95 @@ class AppServer:
             await self._hang_over.wait()  # cancelled by stop()/down() after the grace
         if self._delay:
             await asyncio.sleep(self._delay)
-        headers = {"X-Instance": self.name, "Cache-Control": "no-store"}
+        headers = {"X-Instance": self.name, "X-Version": self.version, "Cache-Control": "no-store"}
         if self._mode == "error":
             return web.json_response({"status": "error"}, status=self._status, headers=headers)
         if request.path == "/api/health":
             db = "down" if self._mode == "db_down" else "up"
-            body = {"status": "ok", "db": {"status": db}, "instance": self.name}
+            body = {"status": "ok", "db": {"status": db}, "instance": self.name, "version": self.version}
             return web.json_response(body, headers=headers)
         if request.path == "/":
             page = f"<!doctype html><title>{self.name}</title><h1>Mamori lab: {self.name}</h1>\n"
             return web.Response(text=page, content_type="text/html", headers=headers)
         return web.json_response({"status": "not found"}, status=404, headers=headers)
+
+
+# --- as a process (in a container) ------------------------------------------------------------------
+
+
+def apply_mode(app: AppServer, words: str) -> None:
+    """Switch `app` to the mode `words` names (`healthy`, `slow:MS`, `error:STATUS`, `hang`,
+    `db_down`); `exit:CODE` exits the process, `memory` allocates until the kernel kills it.
+    Raises ValueError for anything else."""
+    name, _, arg = words.strip().partition(":")
+    if name == "healthy" and not arg:
+        app.healthy()
+    elif name == "slow" and arg:
+        app.slow(float(arg))
+    elif name == "error":
+        app.error(int(arg or 503))
+    elif name == "hang" and not arg:
+        app.hang()
+    elif name == "db_down" and not arg:
+        app.db_down()
+    elif name == "exit":
+        os._exit(int(arg or 1))
+    elif name == "memory" and not arg:
+        hog = []
+        while True:  # the container's memory limit ends this (OOM kill)
+            hog.append(bytearray(1 << 20))
+    else:
+        raise ValueError(f"unknown mode {words!r}")
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    context = None
+    if args.cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
+    app = AppServer(args.name, args.port, ssl_context=context, version=args.version)
+    apply_mode(app, args.mode)
+    await app.start()
+    control = None
+    if args.control_port:
+
+        async def put_mode(request: web.Request) -> web.Response:
+            try:
+                apply_mode(app, await request.text())
+            except ValueError as exc:
+                return web.Response(status=400, text=f"{exc}\n")
+            return web.Response(text=f"{app.mode}\n")
+
+        control_app = web.Application()
+        control_app.router.add_put("/mode", put_mode)
+        control = web.AppRunner(control_app, access_log=None)
+        await control.setup()
+        await web.TCPSite(control, HOST, args.control_port).start()
+    sys.stdout.write(f"{args.name} {args.version} listening on {app.url}\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    if control is not None:
+        await control.cleanup()
+    await app.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab.apps", description="one lab app server")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--version", default=os.environ.get("LAB_APP_VERSION", "1"))
+    parser.add_argument("--mode", default=os.environ.get("LAB_APP_MODE", "healthy"))
+    parser.add_argument("--control-port", type=int, default=0)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

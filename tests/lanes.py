@@ -24,8 +24,10 @@ SERVICE_FIXTURES = frozenset(
         "lab",  # the web lab: app servers behind a real HAProxy
         "broker",  # Mosquitto
         "alertmanager",  # Alertmanager
+        "docker_engine",  # a real Docker Engine (tests/docker/)
     }
 )
+DOCKER_FIXTURE = "docker_engine"
 E2E_FIXTURES = frozenset({"agent_proc"})
 
 # Table entries are a directory ("tests/lab/"), a module ("tests/x.py") or a test ("tests/x.py::test_y",
@@ -230,3 +232,12 @@ def lane_of(item: pytest.Item) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(lane_of(item))
+    # Tests on the real Docker Engine run last, and the machine's image cache (a debootstrap of
+    # ~1 min on a fresh machine) is built meanwhile, in a thread, while the rest of the suite runs.
+    docker = [item for item in items if DOCKER_FIXTURE in getattr(item, "fixturenames", ())]
+    if docker:
+        from lab.docker import missing_binaries, prepare_in_background
+
+        items[:] = [item for item in items if item not in docker] + docker
+        if not missing_binaries():
+            prepare_in_background()

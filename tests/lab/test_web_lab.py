@@ -86,7 +86,7 @@ async def fetch(
 
 
 def healthy_json(instance: str) -> dict[str, Any]:
-    return {"status": "ok", "db": {"status": "up"}, "instance": instance}
+    return {"status": "ok", "db": {"status": "up"}, "instance": instance, "version": "1"}
 
 
 @pytest.fixture

@@ -1,7 +1,11 @@
 """A read-only Docker Engine API client over the engine's unix socket, and container discovery.
 
-Only `GET` requests are ever sent (`/v1.43/containers/json` and `/v1.43/containers/{id}/json`):
-an agent with the socket mounted must not be able to change anything through this module.
+Only `GET` requests are ever sent (`/_ping`, `/vX.Y/containers/json` and
+`/vX.Y/containers/{id}/json`): an agent with the socket mounted must not be able to change
+anything through this module. The API version is negotiated as Docker's own clients do: the
+first request of a client pings the engine and uses the lower of the engine's `Api-Version` and
+`API_VERSION`, so the agent speaks to Debian's Docker 20.10 (API 1.41) as to Docker 29, which
+refuses anything older than 1.44. A fixed version cannot serve both.
 
 aiohttp is imported here and nowhere else in the checks: this module is imported only when a
 config uses Docker, so an agent without Docker checks never pays for aiohttp's import time or RSS.
@@ -36,7 +40,11 @@ from checks.net import os_reason, printable
 if TYPE_CHECKING:
     import aiohttp
 
-API_VERSION = "v1.43"
+# The newest API version whose answers this module reads; an older engine's own version is used
+# instead (see `_negotiate`). What is read (State, Health, RestartCount, Labels, Networks) has
+# the same shape from 1.24 on; 1.44 added Health.Status "none", which checks/docker.py handles.
+API_VERSION = "v1.45"
+_VERSION = re.compile(r"^v?([0-9]{1,3})\.([0-9]{1,3})$")
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
 DEFAULT_TIMEOUT = 10.0
 # A list of thousands of containers is a few MB; anything far beyond that is not the engine.
@@ -109,6 +117,7 @@ class DockerClient:
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._version: str | None = None  # negotiated at the first request, e.g. "v1.41"
 
     async def list_containers(
         self, labels: Mapping[str, str | None], all_: bool = False
@@ -162,18 +171,63 @@ class DockerClient:
             )
         return self._session
 
+    async def _negotiate(self) -> str:
+        """The API version to speak: the lower of the engine's (the `Api-Version` header of
+        `GET /_ping`) and ours. An engine that does not say gets ours, and answers for itself."""
+        if self._version is None:
+            status, headers, body = await self._fetch("/_ping")
+            if not 200 <= status < 300:
+                why = _error_text(body)
+                raise DockerError(
+                    f"the Docker engine at {self.socket} answered {status} to GET /_ping: {why}", status
+                )
+            theirs = _VERSION.match(headers.get("Api-Version", "").strip())
+            ours = _VERSION.match(API_VERSION)
+            assert ours is not None
+            version = (int(ours.group(1)), int(ours.group(2)))
+            if theirs is not None:
+                version = min(version, (int(theirs.group(1)), int(theirs.group(2))))
+            self._version = f"v{version[0]}.{version[1]}"
+        return self._version
+
     async def _get(self, path: str, query: str = "") -> Any:
+        try:
+            target = f"/{await self._negotiate()}{path}"
+            status, _, body = await self._fetch(target, query)
+        except DockerError as exc:
+            if exc.status is None:
+                self._version = None  # the engine may come back as another version (an upgrade)
+            raise
+        if not 200 <= status < 300:
+            raise DockerError(
+                f"the Docker engine at {self.socket} answered {status} to GET {target}: {_error_text(body)}",
+                status,
+            )
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            if isinstance(exc, json.JSONDecodeError):
+                detail = exc.msg
+            else:
+                detail = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "nested too deeply"
+            raise DockerError(
+                f"invalid JSON from the Docker engine at {self.socket} (GET {target}): {detail}", status
+            ) from None
+
+    async def _fetch(self, target: str, query: str = "") -> tuple[int, Mapping[str, str], bytes]:
+        """One GET of `target`: (status, headers, body). Raises DockerError for everything that is
+        not an HTTP answer (socket, timeout, protocol, size)."""
         import aiohttp
         from yarl import URL
 
         session = self._session_for_request()
-        target = f"/{API_VERSION}{path}"
         url = URL(f"http://docker{target}" + (f"?{query}" if query else ""), encoded=True)
         what = f"GET {target}"
         try:
             async with asyncio.timeout(self.timeout):
                 async with session.get(url, allow_redirects=False) as resp:
                     status = resp.status
+                    headers = resp.headers
                     body = await self._read(resp, what)
         except TimeoutError:
             raise DockerError(
@@ -199,21 +253,7 @@ class DockerClient:
             raise DockerError(
                 f"connection to the Docker engine at {self.socket} failed ({what}): {_one_line(why)}"
             ) from None
-        if not 200 <= status < 300:
-            raise DockerError(
-                f"the Docker engine at {self.socket} answered {status} to {what}: {_error_text(body)}",
-                status,
-            )
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            if isinstance(exc, json.JSONDecodeError):
-                detail = exc.msg
-            else:
-                detail = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "nested too deeply"
-            raise DockerError(
-                f"invalid JSON from the Docker engine at {self.socket} ({what}): {detail}", status
-            ) from None
+        return status, headers, body
 
     async def _read(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
         body = bytearray()

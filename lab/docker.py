@@ -354,6 +354,21 @@ class DockerEngine:
         if volumes.stdout.split():
             await self.docker("volume", "rm", "-f", *volumes.stdout.split(), check=False)
 
+    # --- faults -------------------------------------------------------------------------------
+
+    def freeze(self) -> None:
+        """SIGSTOP dockerd and its descendants (containerd): the socket still accepts
+        connections, nothing answers. `thaw()` undoes it; `stop()` thaws first."""
+        self._child.freeze()
+
+    def thaw(self) -> None:
+        self._child.thaw()
+
+    async def crash(self) -> None:
+        """SIGKILL dockerd and its descendants, as a crash would: its socket file stays and
+        refuses connections. `stop()` still removes everything."""
+        await self._child.stop((signal.SIGKILL, 5.0))
+
     # --- the CLI ------------------------------------------------------------------------------
 
     async def docker(

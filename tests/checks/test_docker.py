@@ -110,9 +110,9 @@ async def test_fake_rejects_what_the_engine_rejects(engine: FakeDocker) -> None:
             "please upgrade your client to a newer version"
         },
     )
-    assert await raw_request(sock, "GET", "/v1.46/containers/json") == (
+    assert await raw_request(sock, "GET", "/v1.44/containers/json") == (
         400,
-        {"message": "client version 1.46 is too new. Maximum supported API version is 1.45"},
+        {"message": "client version 1.44 is too new. Maximum supported API version is 1.43"},
     )
     assert await raw_request(sock, "GET", "/v1.43/info") == (404, {"message": "page not found"})
     assert await raw_request(sock, "GET", "/v1.43/containers/json?filters=%7Bnot") == (

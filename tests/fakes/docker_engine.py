@@ -6,9 +6,12 @@
         engine.update("web-1", state="exited", exit_code=137, oom_killed=True)
         engine.fail_next(500, "boom"); engine.hang(); engine.garble_next(b"{not json")
 
-It answers what Mamori reads, in the engine's documented JSON shapes (API v1.43), and behaves
-like the engine where a client could get it wrong:
-- `GET /v{1.24..1.45}/containers/json`: `all` parsed as the engine parses booleans; without it
+It answers what Mamori reads, in the engine's documented JSON shapes (API v1.43, Docker 24.0),
+and behaves like the engine where a client could get it wrong:
+- `GET /_ping` (versioned or not): `OK` with the `Api-Version` header (1.43), which a client
+  negotiates its version with. Pings are always answered (never a fault, never in `requests`):
+  the faults are for the container requests a test aims them at.
+- `GET /v{1.24..1.43}/containers/json`: `all` parsed as the engine parses booleans; without it
   only running, paused and restarting containers (the engine's "running" set); `filters` is
   URL-encoded JSON, either `{"label":["k","k=v"]}` or the `{"label":{"k=v":true}}` form; `k`
   means the label is present, `k=v` that it equals v, all must match; newest container first.
@@ -42,7 +45,7 @@ from urllib.parse import parse_qs, urlsplit
 from aiohttp import web
 
 MIN_VERSION = (1, 24)
-MAX_VERSION = (1, 45)
+MAX_VERSION = (1, 43)  # Docker 24.0, as `_SERVER` says
 STATES = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
 HEALTH = (None, "starting", "healthy", "unhealthy")
 # The engine's "running" set: what `all=false` lists (it counts paused and restarting as running).
@@ -54,6 +57,7 @@ _ENGINE_FILTERS = frozenset((
 ))  # fmt: skip
 _VERSIONED = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 _INSPECT = re.compile(r"^/containers/(.+)/json$")
+_PING = re.compile(r"^(/v\d+\.\d+)?/_ping$")
 _SERVER = "Docker/24.0.7 (linux)"
 _CREATED_AT = 1_700_000_000  # a fixed epoch, so every answer is reproducible
 
@@ -300,6 +304,8 @@ class FakeDocker:
     # --- serving ---
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method in ("GET", "HEAD") and _PING.match(urlsplit(request.raw_path).path):
+            return _response(200, b"OK", content_type="text/plain")
         self.requests.append((request.method, request.raw_path))
         if self._faults:
             fault = self._faults.popleft()
@@ -416,14 +422,14 @@ def _labels_match(wanted: list[str], labels: dict[str, str]) -> bool:
     return True
 
 
-def _response(status: int, body: bytes) -> web.Response:
+def _response(status: int, body: bytes, content_type: str = "application/json") -> web.Response:
     headers = {
         "Api-Version": f"{MAX_VERSION[0]}.{MAX_VERSION[1]}",
         "Docker-Experimental": "false",
         "Ostype": "linux",
         "Server": _SERVER,
     }
-    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+    return web.Response(status=status, body=body, content_type=content_type, headers=headers)
 
 
 def _json(status: int, payload: Any) -> web.Response:

@@ -219,9 +219,12 @@ class DockerCheck(Check[DockerConfig]):
                 problems.append(
                     _Problem(status, Reason.CONTAINER_RESTARTING, f"restarted {times} since the last run")
                 )
-        if c.health == "unhealthy":
+        # Only a running container's health is news: the engine marks every container with a
+        # healthcheck "unhealthy" when it stops (FailingStreak 0), so a job that finished with 0
+        # would otherwise page, and an exit would be reported twice.
+        if c.status == "running" and c.health == "unhealthy":
             problems.append(_Problem(Status.CRITICAL, Reason.CONTAINER_UNHEALTHY, "unhealthy"))
-        elif c.health == "starting" and not problems:
+        elif c.status == "running" and c.health == "starting" and not problems:
             note = f"{c.name} health starting"
         if c.status in ("paused", "created", "removing") and not problems:
             note = f"{c.name} {c.status}"

@@ -29,7 +29,8 @@ HOG = "a=x; while :; do a=$a$a; done"  # doubles a string until the memory limit
 # name: (docker run options, command, labels)
 CONTAINERS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     "exited-3": ([], ["sh", "-c", "exit 3"], {SERVICE: "exited", PORT: "80"}),
-    "done-0": ([], ["true"], {SERVICE: "done", PORT: "80"}),
+    # With a healthcheck: the engine marks a stopped container "unhealthy"; a finished job is fine.
+    "done-0": (["--health-cmd", "true"], ["true"], {SERVICE: "done", PORT: "80"}),
     "oom-1": (["--memory", "8m", "--memory-swap", "8m"], ["sh", "-c", HOG], {SERVICE: "oom", PORT: "80"}),
     "loop-1": (["--restart", "always"], ["sh", "-c", "exit 1"], {SERVICE: "loop", PORT: "80"}),
     "paused-1": ([], ["sleep", "600"], {SERVICE: "web", PORT: "80", DISCOVER: "1"}),

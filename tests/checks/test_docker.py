@@ -1,5 +1,7 @@
 """Docker: the read-only engine client, discovery and the docker check, against the strict fake
-engine of tests/fakes/docker_engine.py (no Docker engine runs on the test machines)."""
+engine of tests/fakes/docker_engine.py — only for what the real engine of tests/docker/ cannot be
+made to do here (docs/lab.md, "Docker": errors, garbled answers, races, exact restart counts,
+networks with addresses)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import asyncio
 import json
 import os
 import re
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,6 @@ from pydantic import ValidationError
 
 import checks.docker
 from agent import config as agent_config
-from agent.catalog import CHECK_METRICS
 from agent.errors import ConfigError
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
@@ -162,66 +162,6 @@ async def test_fake_lists_like_the_engine(engine: FakeDocker) -> None:
 # --- the client ----------------------------------------------------------------------------------
 
 
-async def test_list_sends_the_label_filter_as_url_encoded_json(
-    engine: FakeDocker, client: DockerClient
-) -> None:
-    engine.add("web-1", {PORT: "80", SERVICE: "web & co=1"}, "10.0.0.2")
-    engine.add("web-2", {PORT: "80", SERVICE: "web"}, "10.0.0.3")
-    engine.add("db", {SERVICE: "web & co=1"}, "10.0.0.4")
-    listed = await client.list_containers({PORT: None, SERVICE: "web & co=1"})
-    assert [c["Names"] for c in listed] == [["/web-1"]]
-    method, target = engine.requests[-1]
-    assert method == "GET"
-    assert urlsplit(target).path == "/v1.43/containers/json"
-    assert parse_qs(urlsplit(target).query)["all"] == ["false"]
-    assert filters_sent(target) == {"label": [PORT, f"{SERVICE}=web & co=1"]}
-    assert " " not in target and "{" not in target  # encoded, not raw JSON
-
-    assert len(await client.list_containers({})) == 3
-    assert filters_sent(engine.requests[-1][1]) is None
-
-
-async def test_list_all_includes_stopped_containers(engine: FakeDocker, client: DockerClient) -> None:
-    engine.add("up", {PORT: "80"}, "10.0.0.2")
-    engine.add("down", {PORT: "80"}, "10.0.0.3", state="exited", exit_code=2)
-    assert [container_name(c) for c in await client.list_containers({PORT: None})] == ["up"]
-    assert sorted(container_name(c) for c in await client.list_containers({PORT: None}, all_=True)) == [
-        "down",
-        "up",
-    ]
-    assert parse_qs(urlsplit(engine.requests[-1][1]).query)["all"] == ["true"]
-
-
-async def test_inspect_by_id_short_id_and_name(engine: FakeDocker, client: DockerClient) -> None:
-    engine.add("web-1", {PORT: "80"}, "10.0.0.2", health="healthy", restart_count=4)
-    full = engine.id_of("web-1")
-    for ref in (full, full[:12], "web-1"):
-        data = await client.inspect(ref)
-        assert (data["Id"], data["Name"], data["RestartCount"]) == (full, "/web-1", 4)
-        assert data["State"]["Health"]["Status"] == "healthy"
-    assert engine.requests[-1] == ("GET", "/v1.43/containers/web-1/json")
-    with pytest.raises(DockerError) as info:
-        await client.inspect("gone")
-    assert info.value.status == 404
-    assert str(info.value) == (
-        f"the Docker engine at {engine.socket} answered 404 to GET /v1.43/containers/gone/json: "
-        "No such container: gone"
-    )
-
-
-async def test_missing_socket(tmp_path: Path) -> None:
-    sock = tmp_path / "docker.sock"
-    client = DockerClient(sock)
-    with pytest.raises(DockerError) as info:
-        await client.list_containers({})
-    await client.aclose()
-    assert str(info.value) == (
-        f"cannot reach the Docker engine at {sock}: no such socket — is Docker running, and is the "
-        "socket mounted into the agent's container (read-only)?"
-    )
-    assert info.value.status is None
-
-
 async def test_permission_denied_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The tests may run as root, which no file mode stops: make the connect itself fail as the
     # kernel does for a socket the agent's user may not open.
@@ -248,18 +188,6 @@ async def test_permission_denied_for_real(engine: FakeDocker) -> None:
     with pytest.raises(DockerError, match="permission denied — mount the socket read-only"):
         await client.list_containers({})
     await client.aclose()
-
-
-async def test_nothing_listening(tmp_path: Path) -> None:
-    sock = tmp_path / "docker.sock"
-    sock.write_text("not a socket")
-    client = DockerClient(sock)
-    with pytest.raises(DockerError) as info:
-        await client.list_containers({})
-    await client.aclose()
-    assert str(info.value) == (
-        f"cannot reach the Docker engine at {sock}: connection refused — is the Docker engine running?"
-    )
 
 
 async def test_engine_errors_become_one_line_docker_errors(engine: FakeDocker, client: DockerClient) -> None:
@@ -295,20 +223,6 @@ async def test_engine_errors_become_one_line_docker_errors(engine: FakeDocker, c
         await client.inspect("x")
 
 
-async def test_hang_times_out_at_the_client_timeout(engine: FakeDocker) -> None:
-    client = DockerClient(engine.socket, timeout=0.3)
-    engine.hang()
-    t0 = time.monotonic()
-    with pytest.raises(DockerError) as info:
-        await client.list_containers({})
-    elapsed = time.monotonic() - t0
-    await client.aclose()
-    assert 0.3 <= elapsed < 0.8
-    assert str(info.value) == (
-        f"no answer from the Docker engine at {engine.socket} within 0.3s (GET /v1.43/containers/json)"
-    )
-
-
 async def test_connection_closed_without_an_answer(engine: FakeDocker) -> None:
     client = DockerClient(engine.socket)
     # aiohttp retries a GET once when the connection closes before an answer (e.g. a kept-alive
@@ -327,83 +241,11 @@ async def test_connection_closed_without_an_answer(engine: FakeDocker) -> None:
     )
 
 
-async def test_one_session_and_aclose_twice(engine: FakeDocker) -> None:
-    client = DockerClient(engine.socket)
-    await client.aclose()  # before any request
-    client = DockerClient(engine.socket)
-    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
-    await client.list_containers({})
-    session = client._session
-    await client.inspect("web-1")
-    assert client._session is session  # one session (and connector) per client
-    await client.aclose()
-    await client.aclose()
-    with pytest.raises(DockerError, match=r"is closed$"):
-        await client.list_containers({})
-
-
 # --- discovery -----------------------------------------------------------------------------------
 
 
 def discovery(**values: Any) -> DiscoveryConfig:
     return DiscoveryConfig.model_validate(values)
-
-
-async def test_discover_running_labelled_containers_sorted_by_name(
-    engine: FakeDocker, client: DockerClient
-) -> None:
-    engine.add("web-2", {PORT: "8080", PATH: "/health", SERVICE: "web"}, "172.18.0.3", network="shop_default")
-    engine.add("web-1", {PORT: "8080", SERVICE: "web"}, "172.18.0.2", network="shop_default")
-    engine.add("api", {PORT: "9000"}, "172.17.0.5")
-    engine.add("db", {SERVICE: "db"}, "172.18.0.9", network="shop_default")  # no port label: not selected
-    engine.add("old", {PORT: "80"}, "172.17.0.6", state="exited", exit_code=1)
-    cfg = discovery(socket=engine.socket)
-    backends, notes = await discover(client, cfg)
-    assert backends == [
-        Backend("api", "172.17.0.5", 9000, None, engine.id_of("api")[:12], None),
-        Backend("web-1", "172.18.0.2", 8080, None, engine.id_of("web-1")[:12], "web"),
-        Backend("web-2", "172.18.0.3", 8080, "/health", engine.id_of("web-2")[:12], "web"),
-    ]
-    assert notes == []
-    assert filters_sent(engine.requests[-1][1]) == {"label": [PORT]}
-    assert parse_qs(urlsplit(engine.requests[-1][1]).query)["all"] == ["false"]
-
-
-async def test_discover_follows_containers_coming_and_going(engine: FakeDocker, client: DockerClient) -> None:
-    cfg = discovery(socket=engine.socket)
-    assert await discover(client, cfg) == ([], [])
-    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
-    engine.add("web-2", {PORT: "80"}, "10.0.0.3")
-    assert [b.name for b in (await discover(client, cfg))[0]] == ["web-1", "web-2"]
-    engine.remove("web-1")
-    engine.update("web-2", state="exited", exit_code=0)
-    engine.add("web-3", {PORT: "81"}, "10.0.0.4")
-    assert [(b.name, b.host, b.port) for b in (await discover(client, cfg))[0]] == [("web-3", "10.0.0.4", 81)]
-    engine.add("web-1", {PORT: "80"}, "10.0.0.5")  # re-created: same name, new id and address
-    backends, _ = await discover(client, cfg)
-    assert [(b.name, b.host, b.container_id) for b in backends] == [
-        ("web-1", "10.0.0.5", engine.id_of("web-1")[:12]),
-        ("web-3", "10.0.0.4", engine.id_of("web-3")[:12]),
-    ]
-
-
-async def test_discover_by_service_and_label_values(engine: FakeDocker, client: DockerClient) -> None:
-    engine.add("web-1", {PORT: "80", SERVICE: "web", "tier": "front"}, "10.0.0.2")
-    engine.add("web-2", {PORT: "80", SERVICE: "web", "tier": "back"}, "10.0.0.3")
-    engine.add("api-1", {PORT: "80", SERVICE: "api", "tier": "front"}, "10.0.0.4")
-    backends, _ = await discover(client, discovery(socket=engine.socket, service="web"))
-    assert [b.name for b in backends] == ["web-1", "web-2"]
-    assert filters_sent(engine.requests[-1][1]) == {"label": [PORT, f"{SERVICE}=web"]}
-    backends, _ = await discover(client, discovery(socket=engine.socket, labels={"tier": "front"}))
-    assert [b.name for b in backends] == ["api-1", "web-1"]
-    backends, _ = await discover(
-        client, discovery(socket=engine.socket, labels={"tier": "front", PORT: None}, service="web")
-    )
-    assert [b.name for b in backends] == ["web-1"]
-    # A custom service label.
-    engine.add("svc", {PORT: "80", "com.docker.compose.service": "web"}, "10.0.0.9")
-    cfg = discovery(socket=engine.socket, service_label="com.docker.compose.service", service="web")
-    assert [(b.name, b.service) for b in (await discover(client, cfg))[0]] == [("svc", "web")]
 
 
 async def test_discover_picks_the_network(engine: FakeDocker, client: DockerClient) -> None:
@@ -418,38 +260,6 @@ async def test_discover_picks_the_network(engine: FakeDocker, client: DockerClie
     backends, notes = await discover(client, discovery(socket=engine.socket, network="alpha_net"))
     assert [(b.name, b.host) for b in backends] == [("multi", "10.1.0.2")]
     assert notes == ["other skipped: not attached to network alpha_net (attached: zeta_net)"]
-
-
-async def test_discover_host_and_none_network_modes(engine: FakeDocker, client: DockerClient) -> None:
-    engine.add("hostnet", {PORT: "9100"}, network="host")
-    engine.add("isolated", {PORT: "80"}, network="none")
-    backends, notes = await discover(client, discovery(socket=engine.socket))
-    assert [(b.name, b.host, b.port) for b in backends] == [("hostnet", "127.0.0.1", 9100)]
-    assert notes == ["isolated skipped: network mode none gives it no address of its own"]
-    backends, _ = await discover(client, discovery(socket=engine.socket, host_address="10.0.0.1"))
-    assert backends[0].host == "10.0.0.1"
-
-
-async def test_discover_reports_bad_labels_and_states(engine: FakeDocker, client: DockerClient) -> None:
-    for name, port in (("a-zero", "0"), ("b-big", "65536"), ("c-word", "http"), ("d-space", " 80")):
-        engine.add(name, {PORT: port, SERVICE: "web"}, "10.0.0.2")
-    engine.add("e-noport", {SERVICE: "web"}, "10.0.0.3")
-    engine.add("f-path", {PORT: "80", PATH: "health", SERVICE: "web"}, "10.0.0.4")
-    engine.add("g-paused", {PORT: "80", SERVICE: "web"}, "10.0.0.5", state="paused")
-    engine.add("h-restarting", {PORT: "80", SERVICE: "web"}, "10.0.0.6", state="restarting")
-    engine.add("i-ok", {PORT: "65535", PATH: "", SERVICE: "web"}, "10.0.0.7")
-    backends, notes = await discover(client, discovery(socket=engine.socket, labels={}, service="web"))
-    assert [(b.name, b.port, b.path) for b in backends] == [("i-ok", 65535, None)]
-    assert notes == [
-        "a-zero skipped: invalid mamori.probe.port label '0' (expected a port 1-65535)",
-        "b-big skipped: invalid mamori.probe.port label '65536' (expected a port 1-65535)",
-        "c-word skipped: invalid mamori.probe.port label 'http' (expected a port 1-65535)",
-        "d-space skipped: invalid mamori.probe.port label ' 80' (expected a port 1-65535)",
-        "e-noport skipped: no mamori.probe.port label",
-        "f-path skipped: invalid mamori.probe.path label 'health' (expected /a/path)",
-        "g-paused skipped: paused",
-        "h-restarting skipped: restarting",
-    ]
 
 
 def test_to_backend_tolerates_whatever_the_engine_sends() -> None:
@@ -561,72 +371,6 @@ async def run_at(check: DockerCheck, clock: Clock, advance: float = 30.0) -> Che
     return await check.run()
 
 
-async def test_ok_with_samples(engine: FakeDocker) -> None:
-    engine.add("web-1", {PORT: "80"}, "10.0.0.2", health="healthy", restart_count=2)
-    engine.add("web-2", {PORT: "80"}, "10.0.0.3")
-    engine.add("migrate", {PORT: "80"}, "10.0.0.4", state="exited", exit_code=0)
-    check = make(engine)
-    assert check.target == f"docker:{engine.socket}"
-    outcome = await check.run()
-    await check.aclose()
-    assert (outcome.status, outcome.reason) == (Status.OK, Reason.OK)
-    assert outcome.message == "3 containers: 2 running, 1 exited (1 healthy); migrate exited with code 0"
-    expected = {
-        "web-1": (1.0, 1.0, 2.0, 0.0, 0.0),
-        "web-2": (1.0, -1.0, 0.0, 0.0, 0.0),
-        "migrate": (0.0, -1.0, 0.0, 0.0, 0.0),
-    }
-    for name, values in expected.items():
-        names = (
-            "mamori_container_running",
-            "mamori_container_healthy",
-            "mamori_container_restarts_total",
-            "mamori_container_oom_killed",
-            "mamori_container_exit_code",
-        )
-        assert tuple(sample(outcome, n, container=name) for n in names) == values, name
-    counts = {dict(s.labels)["state"]: s.value for s in outcome.samples if s.name == "mamori_containers"}
-    assert counts == {
-        "created": 0.0,
-        "running": 2.0,
-        "paused": 0.0,
-        "restarting": 0.0,
-        "removing": 0.0,
-        "exited": 1.0,
-        "dead": 0.0,
-    }
-    for s in outcome.samples:
-        spec = CHECK_METRICS[s.name]
-        assert tuple(k for k, _ in s.labels) == spec.labels, s.name
-    # One list (stopped ones included, selected by label) and one inspect per container.
-    assert filters_sent(engine.requests[0][1]) == {"label": [PORT]}
-    assert parse_qs(urlsplit(engine.requests[0][1]).query)["all"] == ["true"]
-    assert sorted(t for _, t in engine.requests[1:]) == sorted(
-        f"/v1.43/containers/{engine.id_of(n)}/json" for n in expected
-    )
-
-
-async def test_unhealthy(engine: FakeDocker) -> None:
-    engine.add("web-1", {PORT: "80"}, "10.0.0.2", health="healthy")
-    engine.add("web-2", {PORT: "80"}, "10.0.0.3", health="unhealthy")
-    engine.add("web-3", {PORT: "80"}, "10.0.0.4", health="starting")
-    outcome = await make(engine).run()
-    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_UNHEALTHY)
-    assert outcome.message == "web-2: unhealthy; 3 containers: 3 running (1 healthy); web-3 health starting"
-    assert [sample(outcome, "mamori_container_healthy", container=f"web-{i}") for i in (1, 2, 3)] == [1, 0, 0]
-
-
-async def test_restarting_now(engine: FakeDocker) -> None:
-    engine.add("web-1", {PORT: "80"}, "10.0.0.2", state="restarting", restart_count=7, exit_code=1)
-    outcome = await make(engine).run()
-    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_RESTARTING)
-    assert outcome.message == (
-        "web-1: restarting (restart count 7, last exit code 1); 1 container: 1 restarting"
-    )
-    assert sample(outcome, "mamori_container_running", container="web-1") == 0
-    assert sample(outcome, "mamori_container_restarts_total", container="web-1") == 7
-
-
 async def test_restarts_between_runs(engine: FakeDocker, clock: Clock) -> None:
     engine.add("web-1", {PORT: "80"}, "10.0.0.2", restart_count=10)
     engine.add("web-2", {PORT: "80"}, "10.0.0.3", restart_count=0)
@@ -683,47 +427,15 @@ async def test_oom_killed_and_exited(engine: FakeDocker) -> None:
     )
     assert sample(outcome, "mamori_container_oom_killed", container="worker") == 1
     assert sample(outcome, "mamori_container_exit_code", container="worker") == 137
+    # Each state alone is made for real in tests/docker/test_container_states.py; "dead" (a
+    # removal that failed half-way) cannot be made there.
     engine.remove("worker")
-    outcome = await make(engine).run()
-    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_EXITED)
-    assert outcome.message == "cron: exited with code 2; 2 containers: 1 running, 1 exited"
     engine.update("cron", state="dead", exit_code=0)
     outcome = await make(engine).run()
     assert (outcome.reason, outcome.message) == (
         Reason.CONTAINER_EXITED,
         "cron: dead with code 0; 2 containers: 1 running, 1 dead",
     )
-
-
-async def test_include_stopped_off_ignores_exited_containers(engine: FakeDocker) -> None:
-    engine.add("web-1", {PORT: "80"}, "10.0.0.2")
-    engine.add("cron", {PORT: "80"}, "10.0.0.4", state="exited", exit_code=2)
-    outcome = await make(engine, include_stopped=False).run()
-    assert (outcome.status, outcome.message) == (Status.OK, "1 container: 1 running")
-    assert parse_qs(urlsplit(engine.requests[0][1]).query)["all"] == ["false"]
-
-
-async def test_expect_running(engine: FakeDocker) -> None:
-    engine.add("web-1", {PORT: "80", SERVICE: "web"}, "10.0.0.2")
-    engine.add("web-2", {PORT: "80", SERVICE: "web"}, "10.0.0.3", state="paused")
-    engine.add("api", {PORT: "80", SERVICE: "api"}, "10.0.0.4")
-    outcome = await make(engine, service="web", expect_running=2).run()
-    assert (outcome.status, outcome.reason, outcome.message) == (
-        Status.CRITICAL,
-        Reason.CONTAINER_MISSING,
-        "1 running, expected at least 2; 2 containers: 1 running, 1 paused; web-2 paused",
-    )
-    assert filters_sent(engine.requests[0][1]) == {"label": [PORT, f"{SERVICE}=web"]}
-    assert (await make(engine, service="web", expect_running=1).run()).status == Status.OK
-    outcome = await make(engine, service="db", expect_running=1).run()
-    assert (outcome.reason, outcome.message) == (
-        Reason.CONTAINER_MISSING,
-        "0 running, expected at least 1; no containers match the labels mamori.probe.port, mamori.service=db",
-    )
-    # Without expect_running, no containers is not a problem (and says so).
-    outcome = await make(engine, labels={"nothing": "here"}).run()
-    assert (outcome.status, outcome.message) == (Status.OK, "no containers match the labels nothing=here")
-    assert [s.value for s in outcome.samples if s.name == "mamori_containers"] == [0.0] * 7
 
 
 async def test_worst_wins_and_precedence(engine: FakeDocker, clock: Clock) -> None:
@@ -768,24 +480,6 @@ async def test_container_removed_between_list_and_inspect(engine: FakeDocker) ->
     assert len(engine.requests) == 2
 
 
-async def test_engine_unreachable_is_unknown(tmp_path: Path) -> None:
-    sock = tmp_path / "docker.sock"
-    check = DockerCheck(DockerConfig(name="c", interval=30, timeout=2, socket=sock))
-    result = await execute(check)
-    await check.aclose()
-    await check.aclose()
-    assert (result.status, result.reason, result.target) == (
-        Status.UNKNOWN,
-        Reason.UNAVAILABLE,
-        f"docker:{sock}",
-    )
-    assert result.message == (
-        f"cannot reach the Docker engine at {sock}: no such socket — is Docker running, and is the "
-        "socket mounted into the agent's container (read-only)?"
-    )
-    assert result.samples == ()
-
-
 @pytest.mark.parametrize("fail_request", [0, 1])
 async def test_engine_errors_are_unknown(engine: FakeDocker, fail_request: int) -> None:
     engine.add("web-1", {PORT: "80"}, "10.0.0.2")
@@ -820,12 +514,12 @@ async def test_engine_errors_are_unknown(engine: FakeDocker, fail_request: int) 
     await check.aclose()
 
 
-@pytest.mark.parametrize("hang_request", [0, 1])
-async def test_hung_engine_is_unknown_within_the_timeout(engine: FakeDocker, hang_request: int) -> None:
+async def test_hung_engine_is_unknown_within_the_timeout(engine: FakeDocker) -> None:
+    # A hung list is the real engine frozen (tests/docker/test_engine_faults.py); a hang that
+    # starts exactly between the list and an inspect can only be made here.
     engine.add("web-1", {PORT: "80"}, "10.0.0.2")
     check = make(engine, timeout=0.4)
-    if hang_request == 1:
-        engine.garble_next(json.dumps([engine.containers["web-1"].list_entry()]).encode())
+    engine.garble_next(json.dumps([engine.containers["web-1"].list_entry()]).encode())
     engine.hang()
     result = await execute(check)
     await check.aclose()

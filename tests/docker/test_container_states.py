@@ -103,7 +103,7 @@ async def test_each_state_has_its_status_reason_and_message(engine: DockerEngine
             Status.CRITICAL,
             Reason.CONTAINER_OOM_KILLED,
             "oom-1: OOM-killed, exited with code 137; 1 container: 1 exited",
-        )
+        ), (outcome.message, (await engine.inspect("oom-1"))["State"])
         assert sample(outcome, "mamori_container_oom_killed", container="oom-1") == 1
         assert sample(outcome, "mamori_container_exit_code", container="oom-1") == 137
 

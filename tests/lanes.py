@@ -83,8 +83,10 @@ E2E = (
     "tests/checks/test_postgres.py::test_agentctl_check_prints_the_replication_summary",
     "tests/exporters/test_oci.py::test_the_agent_does_not_log_the_sdks_circuit_breaker_line_at_start",
 )
+DOCKER = "tests/docker/"  # the real Docker Engine: service lane, run last
 SERVICE: tuple[str, ...] = (
     "tests/lab/",
+    DOCKER,
     "tests/alerts/test_e2e.py",  # real PostgreSQL, Prometheus and Alertmanager; the agents in-process
 )
 
@@ -234,7 +236,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(lane_of(item))
     # Tests on the real Docker Engine run last, and the machine's image cache (a debootstrap of
     # ~1 min on a fresh machine) is built meanwhile, in a thread, while the rest of the suite runs.
-    docker = [item for item in items if DOCKER_FIXTURE in getattr(item, "fixturenames", ())]
+    docker = [
+        item
+        for item in items
+        if item.nodeid.startswith(DOCKER) or DOCKER_FIXTURE in getattr(item, "fixturenames", ())
+    ]
     if docker:
         from lab.docker import missing_binaries, prepare_in_background
 

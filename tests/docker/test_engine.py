@@ -9,8 +9,9 @@ from pathlib import Path
 
 import aiohttp
 import psutil
+import pytest
 
-from lab.docker import LABEL, DockerEngine
+from lab.docker import LABEL, DockerEngine, DockerLabError
 from lab.docker_apps import app_image, run_app
 from lab.ports import free_port
 from lab.wait import wait_until
@@ -53,8 +54,12 @@ async def _is(probe: Callable[[], Awaitable[str]], wanted: str) -> bool:
 
 
 async def test_stop_leaves_no_process_mount_or_directory(tmp_path: Path) -> None:
-    engine = DockerEngine(tmp_path)
+    """On vfs, the driver lab-notes found to work anywhere (the session engine prefers overlay2)."""
+    engine = DockerEngine(tmp_path, storage_driver="vfs")
     await engine.start()
+    assert engine.storage_driver == "vfs"
+    info = await engine.docker("info", "--format", "{{.Driver}}")
+    assert info.stdout.strip() == "vfs"
     root = engine.root
     assert root is not None
     image = await engine.image("busybox")
@@ -68,3 +73,13 @@ async def test_stop_leaves_no_process_mount_or_directory(tmp_path: Path) -> None
     ]
     assert not leftovers
     await engine.stop()  # safe twice
+
+
+async def test_a_driver_that_cannot_start_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    engine = DockerEngine(tmp_path, storage_driver="no-such-driver")
+    with pytest.raises(DockerLabError) as caught:
+        await engine.start()
+    message = str(caught.value)
+    assert message.startswith("dockerd did not start with no-such-driver: "), message
+    assert "\n" not in message.strip() or len(message) < 2000
+    assert engine.root is None and not engine._child.running

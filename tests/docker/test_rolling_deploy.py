@@ -106,7 +106,7 @@ class Watched:
 
 # One fleet and one agent for the module: creating a container from the python image costs
 # seconds on vfs (one copy of its root filesystem each), so the tests share them, in this order:
-# the healthy rollout (v1 → v2), then each bad one, which leaves app-1 bad (the next replaces it).
+# the healthy rollout (v1 → v2), then each bad one, which stops at app-1 and is rolled back.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
@@ -201,6 +201,17 @@ async def test_a_bad_rollout_stops_and_the_gate_names_the_bad_container(
     await wait_until(
         "web_degraded on Slack",
         lambda: any("web_degraded" in str(m.body) for m in watched.slack.messages[messages:]),
+        20,
+    )
+    assert watched.pd.events[pages:] == []
+    # The operator rolls app-1 back: the warning resolves, so the next bad release warns anew.
+    await watched.fleet.replace("app-1", before)
+    await wait_until(
+        "web_degraded resolved on Slack",
+        lambda: any(
+            "web_degraded" in str(m.body) and "[RESOLVED]" in str(m.body)
+            for m in watched.slack.messages[messages:]
+        ),
         20,
     )
     assert watched.pd.events[pages:] == []

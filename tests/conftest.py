@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from checks import REGISTRY
+from lab.docker import DockerEngine
 
 pytest_plugins = ["tests.lanes"]  # the markers unit / service / e2e / deploy
 
@@ -93,3 +95,24 @@ def small_fs(tmp_path: Path) -> Iterator[SmallFs]:
     finally:
         # -l: a process the test started may still hold a file open; the mount goes when it exits.
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
+# --- the real Docker Engine: one per test session (lab/docker.py); its tests run last ----------
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+    """dockerd of our own, started in the main thread (its parent-death signal follows it)."""
+    engine = DockerEngine(tmp_path_factory.mktemp("docker"))
+    asyncio.run(engine.start())
+    try:
+        yield engine
+    finally:
+        asyncio.run(engine.stop())
+
+
+@pytest.fixture
+async def engine(docker_engine: DockerEngine) -> AsyncIterator[DockerEngine]:
+    """The session's engine, with whatever a test made removed after it."""
+    yield docker_engine
+    await docker_engine.remove_lab_objects()

@@ -13,9 +13,9 @@ an instant query. None may come back empty or without a finite value — except 
 in NEEDS_FAULT, which are empty on a healthy system by design and get their data from the fault
 named there, and NO_NOTIFIER (see there).
 
-The lab has no Docker engine; the app-container panels are fed by a `docker` check added to the
-running agent through its real reload path, against the strict Docker Engine API fake
-(tests/fakes/docker_engine.py) listing the lab's three apps as containers.
+The app-container panels are fed by a `docker` check added to the running agent through its real
+reload path, on the lab's real Docker Engine (lab/docker.py): three busybox containers with a
+passing HEALTHCHECK, labelled as the lab's three apps.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ import pytest
 import yaml
 
 from agent.catalog import AGENT_METRICS, CHECK_METRICS, all_metrics
+from lab.docker import DockerEngine
 from lab.stack import Stack, lab_stack
 from lab.wait import wait_until
 from tests.checks.test_pg_backup import backup, fake_pgbackrest, stanza
-from tests.fakes.docker_engine import fake_docker
 from tests.grafana.grafana import (
     DASHBOARDS,
     DATASOURCE_UID,
@@ -467,7 +467,7 @@ async def _until_answered(
 
 async def _add_checks(stack: Stack, docker_socket: Path, pgbackrest: Path) -> None:
     """Two checks added to the running agent through its real reload path (SIGHUP's): `docker`
-    on the Docker engine fake, and `pg_backup` on the pgBackRest stand-in (the lab's own
+    on the real engine, and `pg_backup` on the pgBackRest stand-in (the lab's own
     pg_backup check reads a directory of base backups, which cannot say how far back a restore
     can go: the PITR window needs pgBackRest's archive range)."""
     doc = yaml.safe_load(stack.agent_config.read_text())
@@ -496,14 +496,25 @@ def _pgbackrest(directory: Path) -> Path:
     return fake_pgbackrest(directory, stanza(backups, archive_min="000000010000000000000001"))
 
 
-async def test_every_panel_has_data_on_the_lab(tmp_path: Path) -> None:
+async def test_every_panel_has_data_on_the_lab(tmp_path: Path, engine: DockerEngine) -> None:
     all_panels = {_panel_key(d, p) for d in DASHBOARD_FILES.values() for p in query_panels(d)}
-    async with lab_stack() as stack, fake_docker(tmp_path) as engine:
+    async with lab_stack() as stack:
         assert stack.prometheus_url is not None, stack.skipped
         assert stack.has_postgres and stack.mqtt is not None, stack.skipped
+        image = await engine.image("busybox")
         for app in stack.web.apps:
-            labels = {"mamori.service": "web", "mamori.probe.port": str(app.port)}
-            engine.add(app.name, labels, network="host", health="healthy")
+            labels = engine.labels(**{"mamori.service": "web", "mamori.probe.port": str(app.port)})
+            await engine.docker(
+                "run", "-d", "--name", app.name, "--network", "host", *labels,
+                "--health-cmd", "true", "--health-interval", "1s", image, "sleep", "3600",
+            )  # fmt: skip
+        for app in stack.web.apps:
+
+            async def container_healthy(name: str = app.name) -> bool:
+                state = (await engine.inspect(name))["State"]
+                return isinstance(state, dict) and state.get("Health", {}).get("Status") == "healthy"
+
+            await wait_until(f"{app.name} to be healthy", container_healthy, 20)
         await _add_checks(stack, engine.socket, _pgbackrest(tmp_path))
         optional = set(NO_NOTIFIER) if stack.agent.config.alerts is None else set()
         await stack.wait_scraped()

@@ -286,6 +286,13 @@ CHECK_METRICS: dict[str, MetricSpec] = {
     "mamori_pg_slot_active": _m(
         "gauge", "node slot", "1 if a consumer is connected to the slot.", "postgres"
     ),
+    "mamori_pg_slot_expected": _m(
+        "gauge",
+        "node slot",
+        "1 if the check expects the slot (a configured or expected standby's, or in expected_slots): "
+        "an inactive slot that is not expected is a warning.",
+        "postgres",
+    ),
     "mamori_pg_slot_retained_bytes": _m(
         "gauge",
         "node slot",

@@ -95,6 +95,13 @@ class PostgresCheck(Check[PostgresConfig]):
         # The primary's time of this check's first heartbeat: a standby that shows no row yet
         # is at least that far behind (a lower bound that keeps growing while the link is cut).
         self._first_beat: float | None = None
+        # `heartbeat_interval`: the loop time and ts of this check's last heartbeat, and each
+        # standby's delay measured with it (kept while the standby shows that heartbeat).
+        self._last_write: float | None = None
+        self._written: float | None = None
+        self._beat_delays: dict[str, float] = {}
+        # (node, slot) -> the loop time this check first saw the slot inactive.
+        self._inactive_since: dict[tuple[str, str], float] = {}
 
     @property
     def target(self) -> str:
@@ -110,7 +117,7 @@ class PostgresCheck(Check[PostgresConfig]):
         probe_end = t0 + budget * PROBE_SHARE
         end = t0 + budget * RUN_SHARE
         probed = await asyncio.gather(*(self._probe(node, probe_end) for node in self._nodes))
-        states = [state for state, _ in probed]
+        states = self._slot_ages([state for state, _ in probed], loop.time())
         notes: list[str] = []
         if self.config.heartbeat:
             states = await self._heartbeat(states, [clock for _, clock in probed], end, notes)
@@ -227,6 +234,27 @@ class PostgresCheck(Check[PostgresConfig]):
         clock = _Clock(probe.now, at) if probe.now is not None else None
         return state, clock
 
+    def _slot_ages(self, states: list[NodeState], now: float) -> list[NodeState]:
+        """The states with each inactive slot's `inactive_for`: how long this check has seen it
+        inactive (from 0 at the first sight). A node that is down keeps its slots' timers."""
+        seen: dict[tuple[str, str], float] = {}
+        out = []
+        for state in states:
+            if not state.up:
+                seen.update((k, v) for k, v in self._inactive_since.items() if k[0] == state.name)
+                out.append(state)
+                continue
+            slots = []
+            for slot in state.slots:
+                if not slot.active:
+                    key = (state.name, slot.name)
+                    since = seen[key] = self._inactive_since.get(key, now)
+                    slot = replace(slot, inactive_for=now - since)
+                slots.append(slot)
+            out.append(replace(state, slots=tuple(slots)))
+        self._inactive_since = seen
+        return out
+
     def _down(self, node: NodeConnection, reason: Reason, text: str) -> NodeState:
         return NodeState(
             name=node.config.name,
@@ -249,29 +277,49 @@ class PostgresCheck(Check[PostgresConfig]):
         with each reachable standby's `heartbeat` filled in. Never raises."""
         primaries = [i for i, s in enumerate(states) if s.role == "primary"]
         standbys = [i for i, s in enumerate(states) if s.role == "standby"]
+        loop = asyncio.get_running_loop()
+        due = self._beat_due(loop.time())
         if not standbys:
             # No standby configured here: keep the row fresh for whoever reads it on the
             # standbys (another check, another agent); a missing table matters only if some
             # standby streams from this primary.
-            if primaries:
+            if primaries and due:
                 streamed = any(states[i].replicas for i in primaries)
                 await self._write(primaries, states, clocks, end, notes if streamed else [])
             return states
         clock: _Clock | None = None
         written: float | None = None
-        if primaries:
+        if primaries and due:
             written, clock = await self._write(primaries, states, clocks, end, notes)
             if written is None and clock is None:
                 return states  # no heartbeat table: pg_cluster falls back to replay_lag
-        loop = asyncio.get_running_loop()
+        elif primaries:
+            # Between heartbeats (`heartbeat_interval`): read only, on the probe's primary clock.
+            clock = clocks[max(primaries, key=lambda i: states[i].timeline or 0)]
         stop = min(end, loop.time() + self.config.heartbeat_wait)
+        newest = None if due else self._written
         beats = await asyncio.gather(
-            *(self._read(self._nodes[i], written, clock, stop, end) for i in standbys)
+            *(
+                self._read(
+                    self._nodes[i], written, clock, stop, end, newest, self._beat_delays.get(states[i].name)
+                )
+                for i in standbys
+            )
         )
         out = list(states)
         for i, beat in zip(standbys, beats, strict=True):
             out[i] = replace(out[i], heartbeat=beat)
+            if written is not None and beat.delay is not None and beat.clock == "primary":
+                self._beat_delays[states[i].name] = beat.delay
         return out
+
+    def _beat_due(self, now: float) -> bool:
+        """Whether this run writes the heartbeat: every run, or once per `heartbeat_interval`
+        (half an interval early rather than a whole interval late)."""
+        every = self.config.heartbeat_interval
+        if every is None or self._last_write is None:
+            return True
+        return now - self._last_write >= every - self.config.interval / 2
 
     async def _write(
         self,
@@ -311,6 +359,7 @@ class PostgresCheck(Check[PostgresConfig]):
             if i == best and row is not None and row.get("ts") is not None:
                 ts = float(row["ts"])
                 result = (ts, _Clock(ts, (t1 + t2) / 2))
+                self._last_write, self._written = t1, ts
                 if self._first_beat is None:
                     self._first_beat = ts
         return result
@@ -328,11 +377,20 @@ class PostgresCheck(Check[PostgresConfig]):
         )
 
     async def _read(
-        self, node: NodeConnection, written: float | None, clock: _Clock | None, stop: float, end: float
+        self,
+        node: NodeConnection,
+        written: float | None,
+        clock: _Clock | None,
+        stop: float,
+        end: float,
+        newest: float | None = None,
+        kept: float | None = None,
     ) -> Heartbeat:
         """The heartbeat as this standby sees it. When this run wrote one, re-read (backing off)
         until it shows or `stop` passes, so a healthy standby reads a delay of milliseconds
-        rather than one interval. Never raises."""
+        rather than one interval. Between heartbeats (`newest`: the ts of this check's last
+        one), a standby that shows it keeps the delay it was measured with then (`kept`),
+        capped by the heartbeat's age; one that does not reads a delay that grows. Never raises."""
         loop = asyncio.get_running_loop()
         query = heartbeat_read(self._table)
         pause = 0.005
@@ -364,7 +422,10 @@ class PostgresCheck(Check[PostgresConfig]):
                 None, note=f"no heartbeat row for {self._policy.cluster} on {node.config.name} yet"
             )
         if clock is not None:
-            return Heartbeat(max(0.0, clock.at_time((t1 + t2) / 2) - ts), "primary")
+            age = max(0.0, clock.at_time((t1 + t2) / 2) - ts)
+            if newest is not None and kept is not None and ts >= newest:
+                return Heartbeat(min(kept, age), "primary")
+            return Heartbeat(age, "primary")
         standby_now = row.get("now") if row is not None else None
         if standby_now is None:
             return Heartbeat(None, note=f"{node.config.name} did not say its time")

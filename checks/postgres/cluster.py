@@ -162,6 +162,7 @@ class Slot:
     wal_status: str | None = None  # reserved, extended, unreserved, lost (NULL: never reserved)
     safe_wal_size: int | None = None  # NULL while max_slot_wal_keep_size = -1
     retained_bytes: int | None = None
+    inactive_for: float | None = None  # seconds this check has seen it inactive; None: active/unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,8 @@ class Policy:
     ready_backlog_critical: int = 100
     slot_retained_warning: int | None = 2**30
     slot_retained_critical: int | None = None
+    expected_slots: tuple[str, ...] = ()  # slots that may be inactive (standbys', expected_slots)
+    slot_inactive_warning: float | None = None  # seconds an unexpected slot may stay inactive
     wraparound_warning: float = 0.5
     wraparound_critical: float = 0.75
     connections_warning: float = 0.8
@@ -633,12 +636,33 @@ def _slot_issues(node: NodeState, policy: Policy) -> list[Issue]:
             elif policy.slot_retained_warning is not None and retained >= policy.slot_retained_warning:
                 status = max(status, Status.WARNING)
                 why.append(f"retains {size(retained)}")
+        if _unexpected_inactive(s, policy):
+            # Not a standby's nor an expected slot: nobody will come back for its WAL, which
+            # grows by a segment per archive_timeout even on an idle primary (the heartbeat).
+            status = max(status, Status.WARNING)
+            held = "" if any(w.startswith("retains") for w in why) else f"retains {size(retained)} and "
+            why.append(
+                f"is not expected (no configured standby or expected_slots names it) and has been "
+                f"inactive for {seconds(s.inactive_for)}: it {held}keeps all WAL from now on until "
+                "it is dropped"
+            )
         if why:
             state = "active" if s.active else "inactive"
             out.append(
                 Issue(status, Reason.SLOT_RETENTION, f"{node.name}: {state} slot {s.name} {', '.join(why)}")
             )
     return out
+
+
+def _unexpected_inactive(slot: Slot, policy: Policy) -> bool:
+    limit = policy.slot_inactive_warning
+    return (
+        limit is not None
+        and not slot.active
+        and slot.inactive_for is not None
+        and slot.inactive_for >= limit
+        and slot.name not in policy.expected_slots
+    )
 
 
 def _wraparound_issues(node: NodeState, policy: Policy) -> list[Issue]:

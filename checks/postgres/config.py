@@ -17,6 +17,7 @@ from checks.postgres.cluster import (
 )
 
 _NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
+_SLOT = re.compile(r"^[a-z0-9_]{1,63}$")  # what pg_create_physical_replication_slot accepts
 _TABLE = re.compile(r"^(?:([a-z_][a-z0-9_$]{0,62})\.)?([a-z_][a-z0-9_$]{0,62})$")
 
 
@@ -50,12 +51,19 @@ class PostgresConfig(CheckConfig):
     heartbeat: bool = True
     heartbeat_table: str = "mamori.heartbeat"
     heartbeat_wait: Duration = 1.0
+    # Write the heartbeat at most this often (default: every run). On an idle primary each write
+    # makes archive_timeout switch a 16 MiB segment: see docs/checks/postgres.md, "What the
+    # heartbeat costs".
+    heartbeat_interval: Duration | None = None
     archive_age_warning: Duration | None = None  # default: 5m, or half of archive_age_critical
     archive_age_critical: Duration | None = None  # default: rpo
     ready_backlog_warning: int = Field(default=10, ge=1)
     ready_backlog_critical: int = Field(default=100, ge=1)
     slot_retained_warning: ByteSize | None = 2**30
     slot_retained_critical: ByteSize | None = None
+    # Slots that may sit inactive besides the standbys' (a backup tool's, a standby being built).
+    expected_slots: tuple[str, ...] = ()
+    slot_inactive_warning: Duration | None = 300.0  # an inactive slot nobody expects: WARNING
     wraparound_warning: float = Field(default=0.5, gt=0, lt=1)
     wraparound_critical: float = Field(default=0.75, gt=0, lt=1)
     connections_warning: float = Field(default=0.8, gt=0, le=1)
@@ -85,6 +93,19 @@ class PostgresConfig(CheckConfig):
             raise ValueError("an expected standby is an application_name of 1 to 63 characters")
         return names
 
+    @field_validator("expected_slots")
+    @classmethod
+    def _slot_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"expected slots must be unique: {', '.join(dupes)}")
+        bad = [n for n in names if not _SLOT.match(n)]
+        if bad:
+            raise ValueError(
+                f"invalid slot name {bad[0]!r}: a slot name is 1 to 63 lower-case letters, digits or _"
+            )
+        return names
+
     @field_validator("heartbeat_table")
     @classmethod
     def _table(cls, value: str) -> str:
@@ -98,6 +119,18 @@ class PostgresConfig(CheckConfig):
             value = getattr(self, key)
             if value is not None and value >= self.timeout:
                 raise ValueError(f"{key} ({value:g}s) must be less than timeout ({self.timeout:g}s)")
+        if self.heartbeat_interval is not None:
+            hb = self.heartbeat_interval
+            if hb < self.interval:
+                raise ValueError(
+                    f"heartbeat_interval ({seconds(hb)}) must be at least interval "
+                    f"({seconds(self.interval)}): the heartbeat is written by a run"
+                )
+            if hb >= self.lag_critical_s:
+                raise ValueError(
+                    f"heartbeat_interval ({seconds(hb)}) must be less than lag_critical "
+                    f"({seconds(self.lag_critical_s)}): a delay is measured once per heartbeat"
+                )
         pairs: list[tuple[str, str, Callable[[Any], str]]] = [
             ("lag_warning", "lag_critical", seconds),
             ("archive_age_warning", "archive_age_critical", seconds),
@@ -159,11 +192,19 @@ class PostgresConfig(CheckConfig):
             ready_backlog_critical=self.ready_backlog_critical,
             slot_retained_warning=self.slot_retained_warning,
             slot_retained_critical=self.slot_retained_critical,
+            expected_slots=self.slot_names(),
+            slot_inactive_warning=self.slot_inactive_warning,
             wraparound_warning=self.wraparound_warning,
             wraparound_critical=self.wraparound_critical,
             connections_warning=self.connections_warning,
             connections_critical=self.connections_critical,
         )
+
+    def slot_names(self) -> tuple[str, ...]:
+        """The slots this check expects: `expected_slots`, the expected standbys and every
+        configured node's application name (a standby's slot is usually named after it)."""
+        names = (*self.expected_slots, *self.expected_standbys, *(n.standby_name for n in self.nodes))
+        return tuple(dict.fromkeys(names))
 
     def table(self) -> tuple[str, ...]:
         m = _TABLE.match(self.heartbeat_table)

@@ -41,6 +41,7 @@ ARCHIVER_READY_WARNING = "mamori_pg_archiver_ready_files_warning"
 ARCHIVER_READY_AGE_WARNING = "mamori_pg_archiver_ready_oldest_age_warning_seconds"
 SLOT_ACTIVE = "mamori_pg_slot_active"
 SLOT_RETAINED = "mamori_pg_slot_retained_bytes"
+SLOT_EXPECTED = "mamori_pg_slot_expected"
 SLOT_WAL_STATUS = "mamori_pg_slot_wal_status"
 SLOT_SAFE_WAL_SIZE = "mamori_pg_slot_safe_wal_size_bytes"
 RECEIVE_LSN = "mamori_pg_wal_receive_lsn_bytes"
@@ -86,6 +87,7 @@ def samples_of(states: Sequence[NodeState], verdict: ClusterVerdict, policy: Pol
         for slot in s.slots:
             labels = (*node, ("slot", slot.name))
             add(Sample(SLOT_ACTIVE, float(slot.active), labels))
+            add(Sample(SLOT_EXPECTED, float(slot.name in policy.expected_slots), labels))
             _opt(out, SLOT_RETAINED, slot.retained_bytes, labels)
             add(Sample(SLOT_WAL_STATUS, 1.0, (*labels, ("wal_status", slot.wal_status or "none"))))
             _opt(out, SLOT_SAFE_WAL_SIZE, slot.safe_wal_size, labels)

@@ -46,10 +46,13 @@ GRANT pg_monitor TO mamori;
 -- monitoring role can use what is in it but create, alter or drop nothing there.
 CREATE SCHEMA IF NOT EXISTS mamori AUTHORIZATION CURRENT_USER;
 
--- The heartbeat migration. One row per writer (source = the agent's name for itself); the agent
--- upserts (source, now(), pg_current_wal_lsn()) on the primary every tick and reads the row on
--- each standby: lag = the primary's now() - ts as replayed. Both times come from the primary's
--- clock (no skew), and the row keeps moving when the primary is idle, so the lag stays honest.
+-- The heartbeat migration. One row per cluster (source = the postgres check's `cluster` key,
+-- default its name), shared by every agent that watches the cluster: each upserts (source, now(),
+-- pg_current_wal_lsn()) on the primary every run (or every `heartbeat_interval`) and reads the
+-- row on each standby: delay = the primary's now() - ts as replayed. Both times come from the
+-- primary's clock (no skew), and the row keeps moving when the primary is idle, so the delay
+-- stays honest. Each write is a commit: with archive_timeout set, an idle primary archives a
+-- segment per archive_timeout (docs/checks/postgres.md, "What the heartbeat costs").
 CREATE TABLE IF NOT EXISTS mamori.heartbeat (
     source text PRIMARY KEY,
     ts     timestamptz NOT NULL,

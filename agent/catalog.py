@@ -344,11 +344,14 @@ CHECK_METRICS: dict[str, MetricSpec] = {
     "mamori_pg_heartbeat_delay_seconds": _m(
         "gauge",
         "node",
-        "Replication delay of a standby: the primary's now() - the heartbeat time the standby has replayed (the standby's clock only when no primary answers).",
+        "Replication delay of a standby: the primary's now() - the heartbeat time the standby has replayed. When no primary answers this agent, the standby's clock: the time since a heartbeat last reached it, not a lag (the lag rules are quiet then).",
         "postgres",
     ),
     "mamori_pg_cluster_primaries": _m(
-        "gauge", "cluster", "Nodes answering as primary (more than 1 is split brain).", "postgres"
+        "gauge",
+        "cluster",
+        "Nodes answering this agent as primary (more than 1 is split brain; 0: no primary reachable from here, so what only a primary knows is unknown from here).",
+        "postgres",
     ),
     "mamori_pg_cluster_sysid_mismatch": _m(
         "gauge", "cluster", "1 if a node's system identifier differs from the primary's.", "postgres"
@@ -357,7 +360,10 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "gauge", "cluster", "1 if a standby is on another timeline than the primary.", "postgres"
     ),
     "mamori_pg_expected_standby_connected": _m(
-        "gauge", "cluster standby", "1 if an expected standby streams from the primary, else 0.", "postgres"
+        "gauge",
+        "cluster standby",
+        "1 if an expected standby streams from the primary, else 0; absent when no primary answers this agent (unknown from here).",
+        "postgres",
     ),
     "mamori_pg_rpo_seconds": _m("gauge", "cluster", "The configured recovery point objective.", "postgres"),
     "mamori_pg_lag_warning_seconds": _m(

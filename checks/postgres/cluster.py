@@ -15,6 +15,11 @@ Guarantees:
   status its lag deserves.
 - Failover readiness has exactly one reason from `READY_REASONS`; the recommendation exactly one
   from `RECOMMENDED_REASONS`.
+- What this agent cannot know is never judged (issue 15): with no primary reachable from here, a
+  standby's delay is measured on its own clock (the time since a heartbeat last reached it, not
+  its lag) and nobody here sees who the primary streams to, so there is no `standby_missing` for
+  an expected standby, no `replication_lag` and no `rpo_exceeded`; the primary's own issue says
+  when a standby still streams from it (it may be unreachable from here only).
 """
 
 from __future__ import annotations
@@ -332,7 +337,7 @@ def judge(
     if sysid_text:
         issues.append(Issue(Status.CRITICAL, Reason.SYSID_MISMATCH, sysid_text))
     if primary is None and (policy.cluster_view or not up):
-        issues.append(_no_primary(presumed, up, policy))
+        issues.append(_no_primary(presumed, up, policy, nodes))
 
     reference_tli = primary.timeline if primary is not None else memory.primary_timeline
     standbys = _standby_views(nodes, primary, presumed, policy, reference_tli)
@@ -347,7 +352,11 @@ def judge(
     archive_gap = _archive_gap(primaries)
     gaps = [g for g in (standby_gap, archive_gap) if g is not None]
     exposure = min(gaps) if gaps else None
-    if policy.cluster_view and exposure is not None and exposure > policy.rpo:
+    # Without a primary reachable from here the standby gap is on the standby's clock: how long
+    # ago a heartbeat last reached it, which grows while the primary is merely unreachable from
+    # here (or dead: PostgresPrimaryDownConfirmed's business), so it is no data at risk we know of.
+    known_exposure = primary is not None or not policy.cluster_view
+    if policy.cluster_view and known_exposure and exposure is not None and exposure > policy.rpo:
         issues.append(
             Issue(
                 Status.CRITICAL,
@@ -428,7 +437,9 @@ def _sysid_mismatch(up: Sequence[NodeState], primary: NodeState | None) -> str |
     return f"system identifier mismatch: {odd}, expected {expected} — not the same cluster"
 
 
-def _no_primary(presumed: NodeState | None, up: Sequence[NodeState], policy: Policy) -> Issue:
+def _no_primary(
+    presumed: NodeState | None, up: Sequence[NodeState], policy: Policy, nodes: Sequence[NodeState]
+) -> Issue:
     if presumed is None:
         return Issue(Status.CRITICAL, Reason.PRIMARY_DOWN, "no primary: every reachable node is a standby")
     why = presumed.error or presumed.failure.value
@@ -438,8 +449,28 @@ def _no_primary(presumed: NodeState | None, up: Sequence[NodeState], policy: Pol
     if reason is Reason.OK:
         reason = Reason.PRIMARY_DOWN
     if up:
-        return Issue(Status.CRITICAL, reason, f"no primary: {presumed.name} {_down_text(presumed)}")
+        text = f"no primary: {presumed.name} {_down_text(presumed)}"
+        return Issue(Status.CRITICAL, reason, text + _still_streamed(nodes, presumed))
     return Issue(Status.CRITICAL, reason, f"no node answers; primary {presumed.name}: {why}")
+
+
+def _still_streamed(nodes: Sequence[NodeState], presumed: NodeState) -> str:
+    """What the standbys say about a primary this agent cannot reach: a WAL receiver that still
+    streams has an upstream, so the primary may be unreachable from here only. Not proof of life
+    (a frozen primary's standby streams until wal_receiver_timeout), hence "may"."""
+    streaming = [n for n in nodes if n.role == "standby" and n.receiver is not None and n.receiver.streaming]
+    if not streaming:
+        return ""
+    shown = ", ".join(
+        n.name
+        if n.receiver is None or n.receiver.last_msg_age is None
+        else f"{n.name} (last message {seconds(n.receiver.last_msg_age)} ago)"
+        for n in streaming
+    )
+    return (
+        f"; yet standby {shown} still streams from a primary: "
+        f"{presumed.name} may only be unreachable from this agent"
+    )
 
 
 def _down_text(node: NodeState) -> str:
@@ -547,7 +578,9 @@ def _standby_issue(view: StandbyView, primary: NodeState | None, policy: Policy)
                 Reason.STANDBY_MISSING,
                 f"expected standby {name} is not connected to {primary.name}",
             )
-    lag = lag_status(view.delay, policy)
+    # With no primary reachable from here the delay is on the standby's clock: the time since a
+    # heartbeat last reached it, not a lag this agent can measure (see the module's guarantees).
+    lag = lag_status(view.delay, policy) if primary is not None or not policy.cluster_view else Status.OK
     lag_text = f"delay {seconds(view.delay)}" + (f" ({view.delay_source})" if view.delay_source else "")
     if node is not None and node.replay_paused:
         return Issue(

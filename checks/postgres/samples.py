@@ -154,10 +154,14 @@ def _cluster_samples(
     out.append(Sample(CLUSTER_PRIMARIES, float(sum(s.role == "primary" for s in states)), cluster))
     out.append(Sample(CLUSTER_SYSID_MISMATCH, float(Reason.SYSID_MISMATCH in reasons), cluster))
     out.append(Sample(CLUSTER_TIMELINE_DIVERGENCE, float(Reason.TIMELINE_DIVERGENCE in reasons), cluster))
-    for v in verdict.standbys:
-        if v.expected:
-            connected = v.replica is not None and v.replica.streaming
-            out.append(Sample(EXPECTED_STANDBY, float(connected), (*cluster, ("standby", v.name))))
+    # Who the primary streams to is known only from the primary's pg_stat_replication: with no
+    # primary reachable from here (mamori_pg_cluster_primaries 0, its mamori_pg_up 0) it is
+    # unknown from here, and absent — never 0, which would say "missing" (issue 15).
+    if verdict.primary is not None:
+        for v in verdict.standbys:
+            if v.expected:
+                connected = v.replica is not None and v.replica.streaming
+                out.append(Sample(EXPECTED_STANDBY, float(connected), (*cluster, ("standby", v.name))))
     out.append(Sample(RPO, policy.rpo, cluster))
     out.append(Sample(LAG_WARNING, policy.lag_warning, cluster))
     _opt(out, RPO_EXPOSURE, verdict.exposure, cluster)

@@ -197,6 +197,32 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
     assert not unknown, f"tests name alerts no rule defines: {sorted(unknown)}"
 
 
+# Alerts of postgres.yml that cannot carry `cluster`: the pg_backup check names a backup
+# repository, not a cluster (said in the rule file's header).
+WITHOUT_CLUSTER = {"PostgresBackupStale"}
+
+
+def test_every_postgres_alert_carries_cluster() -> None:
+    """Issue 15 item 5: Alertmanager groups and inhibits by `cluster`, and postgres.yml's header
+    says every rule copies it. promtool compares a firing alert's labels exactly, so an alert
+    whose every firing test expects `cluster` carries it; a new rule must be shown firing
+    (test above) and so cannot forget it."""
+    path = RULES_DIR / "postgres.yml"
+    alerts = {rule["alert"] for group in _load(path)["groups"] for rule in group["rules"] if "alert" in rule}
+    firing: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for test_file in TEST_FILES:
+        if path.name not in [Path(f).name for f in _load(test_file)["rule_files"]]:
+            continue
+        for case in _load(test_file)["tests"]:
+            for art in case.get("alert_rule_test", []):
+                firing[art["alertname"]].extend(a["exp_labels"] for a in art.get("exp_alerts") or [])
+    assert alerts >= WITHOUT_CLUSTER
+    for name in sorted(alerts - WITHOUT_CLUSTER):
+        assert firing[name], f"{name} is never shown firing in a test of {path.name}"
+        lacking = [labels for labels in firing[name] if not labels.get("cluster")]
+        assert not lacking, f"{name} fires without a cluster label: {lacking}"
+
+
 def test_alert_names_are_unique() -> None:
     names = [rule["alert"] for rule in _alerts()]
     assert len(names) == len(set(names))

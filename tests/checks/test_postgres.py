@@ -52,6 +52,7 @@ from checks.postgres.cluster import (
 )
 from checks.postgres.config import PostgresConfig
 from checks.postgres.connection import failure
+from checks.postgres.samples import samples_of
 from lab.postgres import PgLab
 from tests.agent.fakes import SleepCheck, SleepConfig
 from tests.pg import fixture_pg_cluster, fixture_pg_pair, one, query  # noqa: F401  (fixtures)
@@ -200,6 +201,38 @@ def test_an_unreachable_primary_names_its_failure(failure_reason: Reason, expect
     assert (v.recommended, v.recommended_reason) == (True, "primary_down_standby_ready")
     assert "pg2: delay measured with the standby's clock (no primary)" in v.message
     assert v.exposure == 30.0 and v.archive_gap is None
+
+
+def test_a_primary_unreachable_from_here_leaves_the_standbys_unknown_not_missing() -> None:
+    """Issue 15 item 1: this agent's path to the primary is cut; the standby still streams from it
+    and nobody here writes the heartbeat, so the standby's delay (on its own clock) passes the
+    RPO. Unknown from here: no standby_missing, no replication_lag, no rpo_exceeded, and no
+    mamori_pg_expected_standby_connected claiming 0; the message says the primary may only be
+    unreachable from this agent."""
+    memory = Memory(roles={"pg1": "primary", "pg2": "standby"}, primary_timeline=1)
+    streaming = standby(heartbeat=Heartbeat(1000.0, "standby"))
+    cut = down("pg1", Reason.TIMEOUT, "no answer within 3s")
+    v = verdict(cut, streaming, memory=memory)
+    assert (v.status, v.reason) == (Status.CRITICAL, Reason.TIMEOUT)
+    assert [i.reason for i in v.issues] == [Reason.TIMEOUT], v.message
+    assert v.message.startswith("no primary: pg1 does not answer (no answer within 3s: ")
+    assert "yet standby pg2 (last message 0.5s ago) still streams from a primary: " in v.message
+    assert "pg1 may only be unreachable from this agent" in v.message
+    samples = {(s.name, tuple(sorted(s.labels))): s.value for s in samples_of([cut, streaming], v, POLICY)}
+    assert not any(name == "mamori_pg_expected_standby_connected" for name, _ in samples)
+    assert samples[("mamori_pg_up", (("node", "pg1"),))] == 0
+    assert samples[("mamori_pg_cluster_primaries", (("cluster", "main"),))] == 0
+    # A standby whose receiver lost its upstream too: nothing vouches for the primary.
+    lonely = standby(receiver=Receiver("waiting"), heartbeat=Heartbeat(1000.0, "standby"))
+    v = verdict(down("pg1", Reason.TIMEOUT, "no answer within 3s"), lonely, memory=memory)
+    assert [i.reason for i in v.issues] == [Reason.TIMEOUT] and "still streams" not in v.message
+    # The same standby seen from an agent that reaches the primary: it lags, and says so.
+    v = verdict(primary(), standby(heartbeat=Heartbeat(1000.0)))
+    assert [i.reason for i in v.issues] == [Reason.REPLICATION_LAG]
+    # And an expected standby the reachable primary does not stream to is missing (0), as before.
+    v = verdict(primary(replicas=()), standby(receiver=Receiver("waiting")))
+    values = {s.name: s.value for s in samples_of([primary(replicas=())], v, POLICY)}
+    assert values["mamori_pg_expected_standby_connected"] == 0
 
 
 def test_the_presumed_primary_is_the_one_last_seen_as_primary() -> None:

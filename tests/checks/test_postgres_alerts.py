@@ -28,7 +28,10 @@ from agent.runner import execute
 from checks.postgres.check import PostgresCheck
 from exporters.prometheus import render_result
 from lab.postgres import PgLab
+from lab.proxy import LinkProxy
 from tests.checks.test_postgres import (
+    HOST,
+    STANDBY_APP,
     archive_a_segment,
     has,
     opened,
@@ -224,3 +227,48 @@ async def test_a_stopped_standby_agrees(pg_pair: PgLab, tmp_path: Path) -> None:
         assert problems(check, result) == {"standby_missing"}  # not archive_failing
         assert not has(result, "mamori_pg_rpo_standby_gap_seconds", cluster="main")
         assert_agree(check, result, {"PostgresStandbyDown", "PostgresExpectedStandbyMissing"}, tmp_path)
+
+
+@lab_test
+async def test_an_agent_cut_off_from_the_primary_says_unknown_not_missing(
+    pg_pair: PgLab, tmp_path: Path
+) -> None:
+    """Issue 15 item 1, on the real pair: agent B's own path to the primary is black-holed
+    (LinkProxy cut: nothing is closed, nothing answers) while the primary and the standby are
+    fine and agent A sees both and writes the heartbeat. B says the primary does not answer it
+    and that the standby still streams from one — no standby_missing, no
+    mamori_pg_expected_standby_connected 0, and no Prometheus alert from B's series (the old 0
+    fired PostgresExpectedStandbyMissing); A still reports all well. Lean: a 2 s timeout and a
+    few runs; promtool holds each result past every `for:`."""
+    link = LinkProxy(pg_pair.primary.port)  # agent B's path to the primary, and only B's
+    nodes_b = [
+        {"name": "primary", "host": HOST, "port": link.port},
+        {"name": "standby", "host": HOST, "port": pg_pair.standby.port, "application_name": STANDBY_APP},
+    ]
+    try:
+        async with opened(pg_check(pg_pair)) as agent_a, opened(pg_check(pg_pair, nodes=nodes_b)) as agent_b:
+            assert (await execute(agent_a)).status is Status.OK
+            assert (await execute(agent_b)).status is Status.OK  # B knows pg1 as the primary
+            link.cut()
+            for _ in range(3):
+                seen_by_a = await execute(agent_a)  # the heartbeat B's standby read sees
+                seen_by_b = await execute(agent_b)
+                await asyncio.sleep(0.3)
+            expected = {"cluster": "main", "standby": STANDBY_APP}
+            assert (seen_by_a.status, seen_by_a.reason) == (Status.OK, Reason.OK), seen_by_a.message
+            assert value(seen_by_a, "mamori_pg_expected_standby_connected", **expected) == 1
+            assert seen_by_b.status is Status.CRITICAL, seen_by_b.message
+            assert seen_by_b.reason is Reason.TIMEOUT, seen_by_b.message
+            assert problems(agent_b, seen_by_b) == {"timeout"}, summary(agent_b, seen_by_b)
+            assert "yet standby standby (last message " in seen_by_b.message
+            assert "primary may only be unreachable from this agent" in seen_by_b.message
+            assert value(seen_by_b, "mamori_pg_up", node="primary") == 0
+            assert value(seen_by_b, "mamori_pg_up", node="standby") == 1
+            assert value(seen_by_b, "mamori_pg_cluster_primaries", cluster="main") == 0
+            assert not has(seen_by_b, "mamori_pg_expected_standby_connected", **expected)
+            # The standby streams, with A's heartbeat: what B reads is on the standby's clock.
+            assert "delay measured with the standby's clock" in seen_by_b.message
+            assert_prometheus_fires(seen_by_b, set(), tmp_path)
+            assert_agree(agent_a, seen_by_a, set(), tmp_path)
+    finally:
+        link.close()

@@ -365,6 +365,12 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "1 if an expected standby streams from the primary, else 0; absent when no primary answers this agent (unknown from here).",
         "postgres",
     ),
+    "mamori_pg_node_streaming": _m(
+        "gauge",
+        "cluster node",
+        "1 if the primary streams to this configured standby node (its pg_stat_replication), else 0; absent when no primary answers this agent (unknown from here).",
+        "postgres",
+    ),
     "mamori_pg_rpo_seconds": _m("gauge", "cluster", "The configured recovery point objective.", "postgres"),
     "mamori_pg_lag_warning_seconds": _m(
         "gauge", "cluster", "The configured lag_warning: a standby's delay from which it warns.", "postgres"

@@ -559,6 +559,16 @@ def _standby_issue(view: StandbyView, primary: NodeState | None, policy: Policy)
     node, replica = view.node, view.replica
     name = view.name if node is None or node.name == view.name else f"{node.name} ({view.name})"
     if node is not None and not node.up:
+        if primary is not None and replica is not None and replica.streaming:
+            # The primary streams to it: it is up, only this agent's path to it is cut. Unknown
+            # from here (the node's own failure, a warning), never `standby_missing` (issue 15).
+            failure = node.failure if node.failure is not Reason.OK else Reason.UNREACHABLE
+            return Issue(
+                Status.WARNING,
+                failure,
+                f"standby {name} {_down_text(node)} from this agent, yet {primary.name} streams to it: "
+                "unreachable from here, not down",
+            )
         return Issue(Status.CRITICAL, Reason.STANDBY_MISSING, f"standby {name} {_down_text(node)}")
     # With the primary gone, a WAL receiver that cannot stream is the expected consequence; with
     # no primary configured (a lone standby), it is the only sign of a broken link.

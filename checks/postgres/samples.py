@@ -56,6 +56,7 @@ CLUSTER_PRIMARIES = "mamori_pg_cluster_primaries"
 CLUSTER_SYSID_MISMATCH = "mamori_pg_cluster_sysid_mismatch"
 CLUSTER_TIMELINE_DIVERGENCE = "mamori_pg_cluster_timeline_divergence"
 EXPECTED_STANDBY = "mamori_pg_expected_standby_connected"
+NODE_STREAMING = "mamori_pg_node_streaming"
 RPO = "mamori_pg_rpo_seconds"
 LAG_WARNING = "mamori_pg_lag_warning_seconds"
 RPO_EXPOSURE = "mamori_pg_rpo_exposure_seconds"
@@ -159,9 +160,13 @@ def _cluster_samples(
     # unknown from here, and absent — never 0, which would say "missing" (issue 15).
     if verdict.primary is not None:
         for v in verdict.standbys:
+            connected = v.replica is not None and v.replica.streaming
             if v.expected:
-                connected = v.replica is not None and v.replica.streaming
                 out.append(Sample(EXPECTED_STANDBY, float(connected), (*cluster, ("standby", v.name))))
+            if v.node is not None:
+                # Per configured node, so a rule can tell "this agent cannot reach the standby"
+                # (mamori_pg_up 0) from "the standby is down" (and the primary no longer streams).
+                out.append(Sample(NODE_STREAMING, float(connected), (*cluster, ("node", v.node.name))))
     out.append(Sample(RPO, policy.rpo, cluster))
     out.append(Sample(LAG_WARNING, policy.lag_warning, cluster))
     _opt(out, RPO_EXPOSURE, verdict.exposure, cluster)

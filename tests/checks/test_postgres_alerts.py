@@ -272,3 +272,35 @@ async def test_an_agent_cut_off_from_the_primary_says_unknown_not_missing(
             assert_agree(agent_a, seen_by_a, set(), tmp_path)
     finally:
         link.close()
+
+
+@lab_test
+async def test_an_agent_cut_off_from_the_standby_says_unknown_not_down(
+    pg_pair: PgLab, tmp_path: Path
+) -> None:
+    """Issue 15 item 1, the other side: agent B reaches the primary but its path to the standby is
+    black-holed, while the primary streams to the standby. B says the standby does not answer *it*
+    (a warning with the node's own failure, `timeout`), never standby_missing; its
+    mamori_pg_node_streaming says the primary streams to the node, and PostgresStandbyDown stays
+    quiet on B's series. A standby that really stops is still standby_missing (its near miss:
+    test_a_stopped_standby_agrees)."""
+    link = LinkProxy(pg_pair.standby.port)  # agent B's path to the standby, and only B's
+    nodes_b = [
+        {"name": "primary", "host": HOST, "port": pg_pair.primary.port},
+        {"name": "standby", "host": HOST, "port": link.port, "application_name": STANDBY_APP},
+    ]
+    try:
+        async with opened(pg_check(pg_pair, nodes=nodes_b)) as agent_b:
+            assert (await execute(agent_b)).status is Status.OK
+            link.cut()
+            seen = await execute(agent_b)
+            assert (seen.status, seen.reason) == (Status.WARNING, Reason.TIMEOUT), seen.message
+            assert problems(agent_b, seen) == {"timeout"}, summary(agent_b, seen)
+            assert "yet primary streams to it: unreachable from here, not down" in seen.message
+            assert value(seen, "mamori_pg_up", node="standby") == 0
+            assert value(seen, "mamori_pg_node_streaming", cluster="main", node="standby") == 1
+            expected = {"cluster": "main", "standby": STANDBY_APP}
+            assert value(seen, "mamori_pg_expected_standby_connected", **expected) == 1
+            assert_prometheus_fires(seen, set(), tmp_path)
+    finally:
+        link.close()

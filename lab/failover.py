@@ -28,10 +28,11 @@ What runs, all on 127.0.0.1, every process ours and stopped by its PID:
 Time scale: everything that is a period in production is divided by `SCALE` (15): the check
 interval (15 s → 1 s), Prometheus's scrape and evaluation intervals (15 s → 1 s), every `for:` of
 the Prometheus rules (1m → 4 s, 5m → 20 s, 10m → 40 s) and of the agent's rules (30s → 2 s),
-the agent's group_wait (10 s → 0.667 s). Expressions, thresholds (rpo, lag_warning, …) and
-labels are unchanged. Not scaled: PostgreSQL's own timeouts (wal_receiver_timeout 5 s here, as
-lab/postgres.py sets it), the check's timeout (0.5 s: 5 s / 15 would leave 0.17 s to connect on a
-loaded 2-core machine), Alertmanager's group_wait/group_interval (1 s, as test_e2e.py).
+the agent's group_wait (10 s → 0.667 s) and flap window (10m → 40 s). Expressions, thresholds
+(rpo, lag_warning, …) and labels are unchanged. Not scaled: PostgreSQL's own timeouts
+(wal_receiver_timeout 5 s here, as lab/postgres.py sets it), the check's timeout (0.5 s: 5 s / 15
+would leave 0.17 s to connect on a loaded 2-core machine), Alertmanager's group_wait and
+group_interval (1 s, as test_e2e.py).
 """
 
 from __future__ import annotations
@@ -512,7 +513,7 @@ class FailoverLab:
             await wait_until("the agents' pages resolved", lambda: not self._open_agent_incidents(), grace)
         still = self._open_agent_incidents()
         if still:
-            log.warning("agent pages that did not resolve: %s", sorted(still))
+            log.warning("agent pages that did not resolve (now in `stuck`): %s", sorted(still))
             self.stuck.update(still)
         for name in sorted(paged):
             await self.stop_agent(name)

@@ -186,7 +186,8 @@ async def primary_stopped(fl: FailoverLab) -> Phases:
     await fl.pg.stop_primary()
     down = await until_paged(fl, 4 * QUIET)
     await fl.pg.start_primary()
-    return {"down": down, "back": await watched(fl, QUIET)}
+    # The agents' pages resolve within a run and group_wait (~2 s); Prometheus's at once.
+    return {"down": down, "back": await watched(fl, QUIET / 2 + 1)}
 
 
 async def primary_frozen(fl: FailoverLab) -> Phases:

@@ -435,6 +435,18 @@ class FailoverLab:
             for s in result.samples
         )
 
+    def quorum_sees_primary_down(self) -> bool:
+        """Whether some agent's latest fleet verdict counts at least its quorum of down votes."""
+        for member in self.members.values():
+            result = member.agent.latest.get(f"fleet:{self.cluster}") if member.agent is not None else None
+            if result is None:
+                continue
+            values = {s.name: s.value for s in result.samples}
+            votes, needed = values.get("mamori_fleet_primary_down_votes"), values.get("mamori_fleet_quorum")
+            if votes is not None and needed is not None and votes >= needed:
+                return True
+        return False
+
     def running(self, name: str) -> bool:
         task = self.members[name].task
         return task is not None and not task.done()
@@ -497,7 +509,7 @@ class FailoverLab:
         await self._fresh_alert_state()
         await self.baseline()
 
-    async def _fresh_alert_state(self, grace: float = 5.0) -> None:
+    async def _fresh_alert_state(self, grace: float = 3.0) -> None:
         """Restart afresh every agent that paged since the last call, once its pages resolved or
         `grace` s passed; the pages still open then belong to a rule that does not resolve (see
         test_failover_catalogue.py): they are logged and kept in `stuck`."""
@@ -515,11 +527,14 @@ class FailoverLab:
         if still:
             log.warning("agent pages that did not resolve (now in `stuck`): %s", sorted(still))
             self.stuck.update(still)
-        for name in sorted(paged):
+
+        async def afresh(name: str) -> None:
             await self.stop_agent(name)
             for suffix in ("", "-wal", "-shm"):
                 (self.directory / f"{name}-alerts.db{suffix}").unlink(missing_ok=True)
             await self.start_agent(name)
+
+        await asyncio.gather(*(afresh(name) for name in sorted(paged)))
         self._events_seen = len(self.pd.events)
 
     def _open_agent_incidents(self) -> set[str]:
@@ -637,6 +652,26 @@ class FailoverLab:
             done.set()
             await task
             look_at_pagerduty()
+
+
+async def until_paged(
+    fl: FailoverLab, limit: float, pages: tuple[str, ...], agent_pages: tuple[str, ...]
+) -> Observed:
+    """Watch until every key of `pages` (e.g. `alertmanager:PostgresFailoverRecommended`) was
+    seen firing or paged and every agent paged each of `agent_pages` (e.g.
+    `agent:pg_primary_down_confirmed`), or `limit` s; then one poll more. What a time-to-page
+    measurement starts right after injecting the fault (`Seen.at` is from the call)."""
+    async with fl.watch() as seen:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            fired = seen.fired()
+            if all(p in fired for p in pages) and all(
+                agent in seen.who(key) for agent in fl.names for key in agent_pages
+            ):
+                break
+            await asyncio.sleep(POLL)
+        await asyncio.sleep(POLL)
+    return seen
 
 
 @contextlib.asynccontextmanager

@@ -49,9 +49,14 @@ typecheck: $(STAMP)
 # pytest exits 5 when it collected no test: a lane (or PYTEST_ARGS) that selects nothing fails.
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 
-## suite: every test, all lanes (PYTEST_ARGS=... to narrow it)
+## suite: every test, all lanes, in two processes side by side (.ci/suite); PYTEST_ARGS=... to
+## narrow it (then in one process)
 suite: $(STAMP)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@bash .ci/suite $(PYTEST)
+else
 	$(PYTEST) $(PYTEST_ARGS)
+endif
 
 ## unit: the fast lane for the edit-test loop, under a minute, no service started
 unit: $(STAMP)

@@ -300,11 +300,6 @@ async def test_one_agent_partitioned_from_the_primary_never_recommends(catalogue
     assert seen.who(AGENT_VIEW) <= {"agent3"}, seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15 item 1: an agent partitioned from the primary reports the healthy standby as "
-    "missing (mamori_pg_expected_standby_connected 0, PostgresExpectedStandbyMissing pending at once)",
-)
 async def test_one_agent_partitioned_reports_no_standby_missing(catalogue: Catalogue) -> None:
     seen = (await catalogue.run("agent_partitioned"))["partitioned"]
     standby_alerts = {"PostgresExpectedStandbyMissing", "PostgresStandbyDown"}
@@ -390,12 +385,6 @@ async def test_a_dead_primary_recommends_failover_on_both_paths(
     assert agent is not None and agent.at <= agent_rule_for("pg_primary_down_confirmed") + QUIET_SLACK, seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deploy/examples/production.yml: the agent rule pg_failover_recommended (a sample rule on "
-    "mamori_pg_failover_recommended{reason=primary_down_standby_ready}) never resolves: once the "
-    "primary is back that series is absent, which the alert engine takes as no data (changes nothing)",
-)
 async def test_the_agents_recommendation_resolves_when_the_primary_returns(catalogue: Catalogue) -> None:
     phases = await catalogue.run("primary_stopped")
     assert phases["back"].who("agent:pg_failover_recommended") == set(catalogue.fl.names), phases["back"]

@@ -196,9 +196,12 @@ class DockerCheck(Check[DockerConfig]):
         if c.status in ("exited", "dead"):
             if c.exit_code != 0 or c.status == "dead":
                 what = "dead" if c.status == "dead" else "exited"
-                problems.append(
-                    _Problem(Status.CRITICAL, Reason.CONTAINER_EXITED, f"{what} with code {c.exit_code}")
-                )
+                text = f"{what} with code {c.exit_code}"
+                if c.exit_code == 137 and not c.oom_killed:
+                    # SIGKILL. On cgroup v2 the engine flags OOMKilled only when the kernel's OOM
+                    # event beats the exit to it: a memory-limit kill may show as this alone.
+                    text += " (SIGKILL: docker kill, or an OOM kill the engine did not flag)"
+                problems.append(_Problem(Status.CRITICAL, Reason.CONTAINER_EXITED, text))
             else:
                 note = f"{c.name} exited with code 0"
         if c.restarting or c.status == "restarting":

@@ -414,6 +414,17 @@ async def test_restarts_between_runs(engine: FakeDocker, clock: Clock) -> None:
     assert (await run_at(check, clock)).status == Status.WARNING
 
 
+async def test_a_sigkill_exit_the_engine_did_not_flag_as_oom_says_what_it_may_be(engine: FakeDocker) -> None:
+    """On cgroup v2 the engine flags OOMKilled only if the kernel's OOM event beats the exit to it
+    (seen for real under load: exit 137, OOMKilled false). The fake makes that race on demand."""
+    engine.add("worker", {PORT: "80"}, "10.0.0.3", state="exited", exit_code=137, oom_killed=False)
+    outcome = await make(engine).run()
+    assert (outcome.status, outcome.reason) == (Status.CRITICAL, Reason.CONTAINER_EXITED)
+    assert outcome.message.startswith(
+        "worker: exited with code 137 (SIGKILL: docker kill, or an OOM kill the engine did not flag)"
+    ), outcome.message
+
+
 async def test_oom_killed_and_exited(engine: FakeDocker) -> None:
     engine.add("web-1", {PORT: "80"}, "10.0.0.2")
     engine.add("worker", {PORT: "80"}, "10.0.0.3", state="exited", exit_code=137, oom_killed=True)

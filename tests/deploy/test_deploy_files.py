@@ -586,7 +586,8 @@ def test_production_example_uses_every_feature(tmp_path: Path) -> None:
     assert confirmed.check == "fleet:*" and [str(r) for r in confirmed.reason] == ["primary_down_confirmed"]
     recommended = rules["pg_failover_recommended"]
     assert recommended.sample == "mamori_pg_failover_recommended"
-    assert recommended.labels == {"reason": "primary_down_standby_ready"}
+    # The value, not a reason label: that series vanishes when the reason changes (no data).
+    assert recommended.labels == {} and (recommended.op, recommended.value) == ("==", 1)
 
 
 def test_dev_example_is_local_only(tmp_path: Path) -> None:

@@ -31,7 +31,14 @@ CONTAINERS: dict[str, tuple[list[str], list[str], dict[str, str]]] = {
     "exited-3": ([], ["sh", "-c", "exit 3"], {SERVICE: "exited", PORT: "80"}),
     # With a healthcheck: the engine marks a stopped container "unhealthy"; a finished job is fine.
     "done-0": (["--health-cmd", "true"], ["true"], {SERVICE: "done", PORT: "80"}),
-    "oom-1": (["--memory", "8m", "--memory-swap", "8m"], ["sh", "-c", HOG], {SERVICE: "oom", PORT: "80"}),
+    # The hog is a child of PID 1, which exits 137 two seconds after the kill: on cgroup v2 the
+    # engine flags OOMKilled only if the kernel's OOM event reaches it before the container's
+    # exit, a race a hog that is PID 1 itself loses under load (exit 137, OOMKilled false).
+    "oom-1": (
+        ["--memory", "8m", "--memory-swap", "8m"],
+        ["sh", "-c", 'sh -c "$0"; sleep 2; exit 137', HOG],
+        {SERVICE: "oom", PORT: "80"},
+    ),
     "loop-1": (["--restart", "always"], ["sh", "-c", "exit 1"], {SERVICE: "loop", PORT: "80"}),
     "paused-1": ([], ["sleep", "600"], {SERVICE: "web", PORT: "80", DISCOVER: "1"}),
     "running-1": (

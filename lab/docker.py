@@ -96,7 +96,11 @@ _PRUNE = (
 
 
 class DockerLabError(RuntimeError):
-    """The engine or an image could not be made ready (one line: what, and where its log is)."""
+    """The engine or an image could not be made ready: one line (what failed, and the end of what
+    the tool said, its line breaks folded), whatever text it is given."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" / ".join(line.strip() for line in message.splitlines() if line.strip()))
 
 
 def cache_dir() -> Path:

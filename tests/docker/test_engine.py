@@ -81,5 +81,5 @@ async def test_a_driver_that_cannot_start_is_one_line_and_leaves_nothing(tmp_pat
         await engine.start()
     message = str(caught.value)
     assert message.startswith("dockerd did not start with no-such-driver: "), message
-    assert "\n" not in message.strip() or len(message) < 2000
+    assert "\n" not in message, message  # dockerd's multi-line log, folded into the one line
     assert engine.root is None and not engine._child.running

@@ -192,11 +192,20 @@ class AppFleet:
             if state != "running" or health == "unhealthy":
                 break  # final: an operator would not wait for it to heal
             await asyncio.sleep(0.2)
-        seen = f"{state}, {health}" if state == "running" else state
+        seen = f"{state}, {health}" if state == "running" else await self._why_down(name, state)
         raise RolloutError(
             f"{name} ({self.containers[name].image}) is not healthy after {time.monotonic() - began:.1f} s:"
             f" {seen}; rollout stopped, {name} left out of rotation"
         )
+
+    async def _why_down(self, name: str, state: str) -> str:
+        """`exited 1 (… the last lines it wrote)`: what an operator reads first about a container
+        that died at start (a port already taken, a crash on import)."""
+        data: dict[str, Any] = await self.engine.inspect(name)
+        code = data["State"].get("ExitCode")
+        logs = await self.engine.docker("logs", "--tail", "3", name, check=False)
+        said = " / ".join(line.strip() for line in (logs.stdout + logs.stderr).splitlines() if line.strip())
+        return f"{state} {code}" + (f" ({said[-300:]})" if said else "")
 
     async def _no_sessions(self, name: str) -> bool:
         answer = await self.haproxy.runtime("show stat")

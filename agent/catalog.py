@@ -53,7 +53,14 @@ READY_REASONS = (
 )
 
 # `mamori_pg_failover_recommended{reason}`.
-RECOMMENDED_REASONS = ("primary_reachable", "primary_down_standby_ready", "primary_down_standby_not_ready")
+RECOMMENDED_REASONS = (
+    "primary_reachable",
+    "primary_unknown",
+    "primary_down_standby_ready",
+    "primary_down_standby_not_ready",
+)
+# `mamori_pg_primary_witness{state}`: what one witness says of a cluster's primary (issue 15).
+WITNESS_STATES = ("reachable", "down", "unknown")
 
 # Per-check samples: the exporter labels each with check and target.
 CHECK_METRICS: dict[str, MetricSpec] = {
@@ -399,8 +406,14 @@ CHECK_METRICS: dict[str, MetricSpec] = {
     "mamori_pg_failover_recommended": _m(
         "gauge",
         "cluster reason",
-        "1 if, from this agent's vantage point, the primary is down and a standby is ready; reason: primary_reachable, primary_down_standby_ready, primary_down_standby_not_ready.",
+        "1 if, from this agent's vantage point, the primary is down and a standby is ready; reason: primary_reachable, primary_unknown (no primary answers, not yet down: a timeout within stall_grace), primary_down_standby_ready, primary_down_standby_not_ready.",
         "postgres",
+    ),
+    "mamori_pg_primary_witness": _m(
+        "gauge",
+        "cluster witness zone state",
+        "What one witness says of the cluster's primary: 1 for its current state (reachable, down, unknown), 0 for the others. witness: agent:<agent>, standby:<node>, app:<check>; zone: where the witness stands (empty when not configured).",
+        "postgres, http, lb",
     ),
     # fleet: the quorum of agents (checks/fleet.py), check `fleet:<cluster>`
     "mamori_fleet_agents": _m(

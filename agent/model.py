@@ -78,6 +78,7 @@ class Reason(enum.StrEnum):
     PITR_WINDOW_SHORT = "pitr_window_short"
     # fleet (the quorum of agents, checks/fleet.py)
     PRIMARY_DOWN_CONFIRMED = "primary_down_confirmed"
+    PRIMARY_DOWN_INCONCLUSIVE = "primary_down_inconclusive"
     # load balancer and its backends (lb)
     LB_MISCONFIGURED = "lb_misconfigured"
     LB_ROUTES_TO_DOWN_BACKEND = "lb_routes_to_down_backend"

@@ -152,18 +152,20 @@ def exporter_queries() -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def postgres_exporter(node: PgNode, password: str, queries: Path, work: Path) -> Iterator[benchlab.Server]:
-    """postgres_exporter for one node, as `mamori` on database `exporter`, on a free port; stopped
-    by its PID when the block exits, even on error."""
+def postgres_exporter(
+    node: PgNode, password: str, queries: Path, work: Path, *, database: str = EXPORTER_DB, port: int = 0
+) -> Iterator[benchlab.Server]:
+    """postgres_exporter for one node, as `mamori` on `database`, on `port` (a free one if 0);
+    stopped by its PID when the block exits, even on error."""
     binary = shutil.which(EXPORTER_BIN)
     if binary is None:
         raise FileNotFoundError(f"{EXPORTER_BIN} not found: install prometheus-postgres-exporter")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATA_SOURCE"))}
     env["DATA_SOURCE_NAME"] = (
-        f"postgresql://mamori:{password}@127.0.0.1:{node.port}/{EXPORTER_DB}"
+        f"postgresql://mamori:{password}@127.0.0.1:{node.port}/{database}"
         f"?sslmode=disable&application_name={EXPORTER_APP}"
     )
-    port = free_port()
+    port = port or free_port()
     log = work / f"exporter-{node.name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

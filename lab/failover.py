@@ -25,14 +25,21 @@ What runs, all on 127.0.0.1, every process ours and stopped by its PID:
   `db` check and on `fleet:*`), routed to the PagerDuty fake whatever their severity, so that the
   agent path is observed in one place.
 
-Time scale: everything that is a period in production is divided by `SCALE` (15): the check
-interval (15 s → 1 s), Prometheus's scrape and evaluation intervals (15 s → 1 s), every `for:` of
-the Prometheus rules (1m → 4 s, 5m → 20 s, 10m → 40 s) and of the agent's rules (30s → 2 s),
-the agent's group_wait (10 s → 0.667 s) and flap window (10m → 40 s). Expressions, thresholds
-(rpo, lag_warning, …) and labels are unchanged. Not scaled: PostgreSQL's own timeouts
-(wal_receiver_timeout 5 s here, as lab/postgres.py sets it), the check's timeout (0.5 s: 5 s / 15
-would leave 0.17 s to connect on a loaded 2-core machine), Alertmanager's group_wait and
+Time scale: the failover chain — the postgres check's interval and timeout (2 s each in
+production, never below MIN_PERIOD here), its `stall_grace` (17 s), the fleet check's interval
+(1 s), the `mamori` job's scrape interval (5 s) and the failover rule group's evaluation interval
+(2 s) — is divided by `chain_scale` (CHAIN_SCALE, 5; 1 runs it at production speed, as
+bench/detect.py does): its margins (a 15 s stall against a 17 s grace) must stay wider than a
+loaded machine's jitter. Every other period is divided by `SCALE` (15): every `for:` of the
+Prometheus rules (5m → 20 s, 10m → 40 s) and of the agent's rules (30s → 2 s), the agent's
+group_wait (10 s → 0.667 s) and flap window (10m → 40 s). Expressions, thresholds (rpo,
+lag_warning, …) and labels are unchanged. Not scaled: PostgreSQL's own timeouts
+(wal_receiver_timeout 5 s here, as lab/postgres.py sets it), Alertmanager's group_wait and
 group_interval (1 s, as test_e2e.py).
+
+Zones (issue 15): the primary and agent1 stand in `ad1`, the standby and the other agents in
+`ad2` (the agents' `labels.zone`, the nodes' `zone`), so that a site split leaves agent1 alone
+with the primary.
 """
 
 from __future__ import annotations
@@ -73,10 +80,17 @@ log = logging.getLogger("mamori.lab.failover")
 
 PRODUCTION_YML = REPO / "deploy" / "examples" / "production.yml"
 SCALE = 15.0  # production periods / lab periods (see the module docstring)
+CHAIN_SCALE = 5.0  # the failover chain's periods / lab periods (see the module docstring)
+MIN_PERIOD = 0.5  # no check interval or timeout shorter than this on a loaded 2-core machine
 CHECK = "db"  # production.yml's postgres check
 SITE = "lab"
 NODES = ("primary", "standby")
+# The sites of the lab (issue 15): the primary and agent1 in ad1; the standby and every other
+# agent in ad2 — so that a site split leaves one agent with the primary.
+NODE_ZONES = {"primary": "ad1", "standby": "ad2"}
 CHECK_TIMEOUT = 0.5
+FLEET_INTERVAL = "1s"  # production.yml's fleet check (docs/checks/fleet.md)
+PROMETHEUS_SCRAPE = "5s"  # deploy/prometheus/prometheus.yml's `mamori` job
 AM_GROUP_WAIT, AM_GROUP_INTERVAL, AM_REPEAT_INTERVAL = "1s", "1s", "1h"
 POLL = 0.2  # how often `watch()` looks at Prometheus and the PagerDuty fake
 
@@ -104,13 +118,18 @@ def prom_duration(value: float) -> str:
     return f"{max(1, round(value * 1000))}ms"
 
 
-def scaled_rules(text: str) -> str:
-    """A rule file with every `for:` divided by SCALE; nothing else changes."""
+def scaled_rules(text: str, chain_scale: float = CHAIN_SCALE) -> str:
+    """A rule file with every `for:` divided by SCALE and every group's evaluation `interval:`
+    by `chain_scale` (the failover group's); nothing else changes."""
 
     def one(m: re.Match[str]) -> str:
         return m.group(1) + prom_duration(scaled(m.group(2)))
 
-    return re.sub(r"(?m)^(\s+for:\s*)(\S+)\s*$", one, text)
+    def group(m: re.Match[str]) -> str:
+        return m.group(1) + prom_duration(seconds(m.group(2)) / chain_scale)
+
+    text = re.sub(r"(?m)^(\s+for:\s*)(\S+)\s*$", one, text)
+    return re.sub(r"(?m)^(\s+interval:\s*)(\S+)\s*$", group, text)
 
 
 def rule_for(alertname: str) -> float:
@@ -228,8 +247,23 @@ class FailoverLab:
     """The stack of the module docstring. Methods are not safe for concurrent use, except that
     `watch()` observes while a fault runs."""
 
-    def __init__(self, directory: Path, pg: PgLab, pd: FakePagerDuty, slack: FakeSlack, agents: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        pg: PgLab,
+        pd: FakePagerDuty,
+        slack: FakeSlack,
+        agents: int,
+        chain_scale: float = CHAIN_SCALE,
+        extra_jobs: list[dict[str, Any]] | None = None,
+        extra_rules: dict[str, str] | None = None,
+    ) -> None:
         self.directory = directory
+        self.chain_scale = chain_scale
+        # More for Prometheus to scrape and evaluate beside the shipped config (a benchmark's
+        # anchor): scrape jobs, and rule files by name (written as given, not scaled).
+        self.extra_jobs = list(extra_jobs or [])
+        self.extra_rules = dict(extra_rules or {})
         self.pg = pg
         self.pd = pd
         self.slack = slack
@@ -244,8 +278,49 @@ class FailoverLab:
         # Agent-path PagerDuty keys left open by a rule that does not resolve (`revert()`).
         self.stuck: set[str] = set()
         self._events_seen = 0
+        self._am_names: dict[str, str] = {}  # every Alertmanager dedup key seen -> its alert
 
     # --- configuration -----------------------------------------------------------------------------
+
+    def chain(self, text: str | float) -> float:
+        """A production period of the failover chain in lab seconds."""
+        return seconds(text) / self.chain_scale
+
+    def zone_of(self, agent: str) -> str:
+        """agent1 stands with the primary (ad1), every other agent with the standby (ad2)."""
+        return NODE_ZONES["primary"] if agent == self.names[0] else NODE_ZONES["standby"]
+
+    @property
+    def check_interval(self) -> float:
+        return max(MIN_PERIOD, self.chain(self._production_check()["interval"]))
+
+    @property
+    def check_timeout(self) -> float:
+        return max(MIN_PERIOD, self.chain(self._production_check()["timeout"]))
+
+    @property
+    def stall_grace(self) -> float:
+        return self.chain(self._production_check().get("stall_grace", "17s"))
+
+    @property
+    def scrape_interval(self) -> float:
+        return self.chain(PROMETHEUS_SCRAPE)
+
+    @property
+    def window(self) -> float:
+        """The slowest a frozen primary may take to page on the Prometheus path, by the chain's
+        arithmetic (docs/alerting.md): the first run to fail ends within one interval of the
+        freeze; the agent says `down` at the first failed run ending a stall grace after that
+        (within one more interval); then a scrape, an evaluation of the failover group and
+        Alertmanager's group wait (its failover route's 0 s; the lab's AM_GROUP_WAIT floor).
+        A stopped primary (refused) skips the grace."""
+        return (
+            2 * self.check_interval
+            + self.stall_grace
+            + self.scrape_interval
+            + self.chain("2s")
+            + seconds(AM_GROUP_WAIT)
+        )
 
     @staticmethod
     def _production_check() -> dict[str, Any]:
@@ -261,13 +336,25 @@ class FailoverLab:
         links = self.links[name]
         check = {k: v for k, v in prod.items() if k not in ("password_file", "sslmode")}
         check.update(
-            interval=f"{scaled(prod['interval']):g}s",
-            timeout=f"{CHECK_TIMEOUT:g}s",
+            interval=f"{self.check_interval:g}s",
+            timeout=f"{self.check_timeout:g}s",
+            stall_grace=f"{self.stall_grace:g}s",
             password=self.pg.monitoring_password,
             sslmode="disable",
             nodes=[
-                {"name": "primary", "host": HOST, "port": links["primary"].port},
-                {"name": "standby", "host": HOST, "port": links["standby"].port, "application_name": SLOT},
+                {
+                    "name": "primary",
+                    "host": HOST,
+                    "port": links["primary"].port,
+                    "zone": NODE_ZONES["primary"],
+                },
+                {
+                    "name": "standby",
+                    "host": HOST,
+                    "port": links["standby"].port,
+                    "application_name": SLOT,
+                    "zone": NODE_ZONES["standby"],
+                },
             ],
             # What PostgresExpectedStandbyMissing watches (issue 15 item 1).
             expected_standbys=[SLOT],
@@ -282,7 +369,7 @@ class FailoverLab:
             "agent": {
                 "name": name,
                 "listen": f"{HOST}:{port}",
-                "labels": {"site": SITE},
+                "labels": {"site": SITE, "zone": self.zone_of(name)},
                 "interval": f"{scaled('30s'):g}s",
                 "timeout": f"{CHECK_TIMEOUT:g}s",
             },
@@ -291,10 +378,9 @@ class FailoverLab:
                 {
                     "type": "fleet",
                     "cluster": self.cluster,
-                    "interval": f"{scaled(prod['interval']):g}s",
+                    "interval": f"{self.chain(FLEET_INTERVAL):g}s",
                     "timeout": f"{CHECK_TIMEOUT:g}s",
-                    "quorum": "majority",
-                    "min_votes": 2,
+                    "lost_window": f"{self.chain('30s'):g}s",
                     **broker,
                 },
             ],
@@ -359,25 +445,30 @@ class FailoverLab:
         rules = d / "rules"
         rules.mkdir(parents=True)
         for path in sorted(RULES_DIR.glob("*.yml")):
-            (rules / path.name).write_text(scaled_rules(path.read_text()))
+            (rules / path.name).write_text(scaled_rules(path.read_text(), self.chain_scale))
+        for name, text in self.extra_rules.items():
+            (rules / name).write_text(text)
         targets = d / "targets.yml"
         targets.write_text(yaml.safe_dump([{"targets": [f"{HOST}:{p}" for p in ports]}]))
-        interval = scaled("15s")
+        interval = self.scrape_interval
         cfg = d / "prometheus.yml"
         assert self.alertmanager is not None
         am = self.alertmanager.url.removeprefix("http://")
 
         def argv(port: int) -> list[str]:
-            cfg.write_text(
-                prometheus_config(
-                    PROMETHEUS_YML.read_text(),
-                    targets_file=targets,
-                    rule_files=[str(rules / "*.yml")],
-                    prometheus_address=f"{HOST}:{port}",
-                    alertmanager_address=am,
-                    interval=interval,
-                )
+            text = prometheus_config(
+                PROMETHEUS_YML.read_text(),
+                targets_file=targets,
+                rule_files=[str(rules / "*.yml")],
+                prometheus_address=f"{HOST}:{port}",
+                alertmanager_address=am,
+                interval=interval,
             )
+            if self.extra_jobs:
+                doc = yaml.safe_load(text)
+                doc["scrape_configs"].extend(self.extra_jobs)
+                text = yaml.safe_dump(doc, sort_keys=False)
+            cfg.write_text(text)
             return prometheus_argv(cfg, d / "data", port, interval=interval)
 
         prom = self.prometheus = _Child("prometheus", argv, d / "prometheus.log", "/-/ready")
@@ -435,17 +526,15 @@ class FailoverLab:
             for s in result.samples
         )
 
-    def quorum_sees_primary_down(self) -> bool:
-        """Whether some agent's latest fleet verdict counts at least its quorum of down votes."""
-        for member in self.members.values():
-            result = member.agent.latest.get(f"fleet:{self.cluster}") if member.agent is not None else None
-            if result is None:
-                continue
-            values = {s.name: s.value for s in result.samples}
-            votes, needed = values.get("mamori_fleet_primary_down_votes"), values.get("mamori_fleet_quorum")
-            if votes is not None and needed is not None and votes >= needed:
-                return True
-        return False
+    def sees_primary_unknown(self, name: str) -> bool:
+        """Whether agent `name`'s latest postgres result says no primary answers but it is not yet
+        down from there (a timeout within the stall grace: reason `primary_unknown`)."""
+        agent = self.members[name].agent
+        result = agent.latest.get(CHECK) if agent is not None else None
+        return result is not None and any(
+            s.name == "mamori_pg_failover_recommended" and dict(s.labels).get("reason") == "primary_unknown"
+            for s in result.samples
+        )
 
     def running(self, name: str) -> bool:
         task = self.members[name].task
@@ -618,6 +707,7 @@ class FailoverLab:
         seen = Observed(time.monotonic())
         done = asyncio.Event()
         pd_from = len(self.pd.events)
+        names: dict[str, str] = {}  # Alertmanager's dedup key -> the alert it triggered
 
         def look_at_pagerduty() -> None:
             nonlocal pd_from
@@ -630,7 +720,12 @@ class FailoverLab:
                     _, agent, rule, _check = key.split(":", 3)
                     seen.add("agent", rule, action, agent)
                 elif action == "trigger":
-                    seen.add("alertmanager", _am_name(e), action)
+                    names[key] = _am_name(e)
+                    seen.add("alertmanager", names[key], action)
+                elif action == "resolve":
+                    seen.add("alertmanager", names.get(key) or self._am_names.get(key, "?"), action)
+                if key and action == "trigger" and not key.startswith("mamori:"):
+                    self._am_names[key] = names[key]
 
         async def loop() -> None:
             while not done.is_set():
@@ -675,12 +770,20 @@ async def until_paged(
 
 
 @contextlib.asynccontextmanager
-async def failover_lab(pd: FakePagerDuty, slack: FakeSlack, *, agents: int = 3) -> AsyncIterator[FailoverLab]:
+async def failover_lab(
+    pd: FakePagerDuty,
+    slack: FakeSlack,
+    *,
+    agents: int = 3,
+    chain_scale: float = CHAIN_SCALE,
+    extra_jobs: list[dict[str, Any]] | None = None,
+    extra_rules: dict[str, str] | None = None,
+) -> AsyncIterator[FailoverLab]:
     """The started `FailoverLab` (~10 s), everything stopped by PID and the directories removed at
     exit, even on error."""
     directory = Path(tempfile.mkdtemp(prefix="mamori-failover-"))
     pg_dir = Path(tempfile.mkdtemp(prefix="mamori-failover-pg-"))  # the postgres user can enter it
-    lab = FailoverLab(directory, PgLab(pg_dir), pd, slack, agents)
+    lab = FailoverLab(directory, PgLab(pg_dir), pd, slack, agents, chain_scale, extra_jobs, extra_rules)
     try:
         await lab._start()
         yield lab

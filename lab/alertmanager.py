@@ -2,7 +2,7 @@
 for the lab, and the command line that runs it.
 
 Every receiver is pointed at loopback URLs (the stack's recorder, lab/recorder.py, or a test's
-fakes: tests/alerts/test_e2e.py); its secret files are written next to it.
+fakes: lab/failover.py); its secret files are written next to it.
 """
 
 from __future__ import annotations

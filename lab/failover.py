@@ -1,6 +1,6 @@
 """`FailoverLab`: the failover trigger's whole chain on the real Postgres pair, time-scaled, with
-every single path cuttable — the ground of tests/alerts/test_failover_catalogue.py (and of any
-benchmark that needs more than tests/alerts/test_e2e.py's two agents).
+every single path cuttable — the ground of tests/alerts/test_failover_catalogue.py and of
+bench/detect.py (at production speed, `chain_scale=1`).
 
     async with fake_pagerduty() as pd, fake_slack() as slack:
         async with failover_lab(directory, pd, slack, agents=3) as fl:
@@ -35,7 +35,7 @@ Prometheus rules (5m → 20 s, 10m → 40 s) and of the agent's rules (30s → 2
 group_wait (10 s → 0.667 s) and flap window (10m → 40 s). Expressions, thresholds (rpo,
 lag_warning, …) and labels are unchanged. Not scaled: PostgreSQL's own timeouts
 (wal_receiver_timeout 5 s here, as lab/postgres.py sets it), Alertmanager's group_wait and
-group_interval (1 s, as test_e2e.py).
+group_interval (1 s).
 
 Zones (issue 15): the primary and agent1 stand in `ad1`, the standby and the other agents in
 `ad2` (the agents' `labels.zone`, the nodes' `zone`), so that a site split leaves agent1 alone

@@ -87,8 +87,7 @@ DOCKER = "tests/docker/"  # the real Docker Engine: service lane, run last
 SERVICE: tuple[str, ...] = (
     "tests/lab/",
     DOCKER,
-    "tests/alerts/test_e2e.py",  # real PostgreSQL, Prometheus and Alertmanager; the agents in-process
-    "tests/alerts/test_failover_catalogue.py",  # the same with three agents and Mosquitto (~3.5 min)
+    "tests/alerts/test_failover_catalogue.py",  # real PostgreSQL, Mosquitto, Prometheus, Alertmanager; in-process agents
 )
 
 # Tests that take 0.4 s or more on a loaded 2-core machine (`pytest --durations`):

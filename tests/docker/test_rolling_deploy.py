@@ -2,7 +2,7 @@
 shipped config's app checks, rules and notifiers (deploy/examples/production.yml), and gated by
 the real `agentctl check --tag app --wait-healthy` (issue 14, item 3).
 
-The agent runs in this process (as tests/alerts/test_e2e.py runs its agents) and discovers the
+The agent runs in this process (as lab/failover.py runs its agents) and discovers the
 containers through the lab engine's socket; its PagerDuty and Slack are the strict fakes. Its
 config is production.yml's, with what this machine has no use for taken out (the host, Postgres
 and backup checks and their rules, the OCI exporter) and every interval, `for:` and the group

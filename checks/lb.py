@@ -36,8 +36,8 @@ from pydantic import Field, field_validator, model_validator
 from agent.fields import Model, check_host
 from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
-from checks.http.check import HttpCheck
-from checks.http.config import HttpConfig
+from checks.http.check import HttpCheck, witness_samples
+from checks.http.config import LABEL_VALUE, HttpConfig
 
 if TYPE_CHECKING:
     from checks.docker_api import DiscoveryConfig, DockerClient
@@ -51,11 +51,13 @@ _UNREACHABLE = {
     Reason.CERT_NOT_YET_VALID,
 }  # fmt: skip
 _MEMBER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+_WITNESS = "mamori_pg_primary_witness"
 
 
 class StaticBackend(Model):
     name: str = Field(pattern=_MEMBER_NAME)
     address: str  # host:port
+    zone: str | None = Field(default=None, pattern=LABEL_VALUE)  # where it runs, for db_witness
 
     @field_validator("address")
     @classmethod
@@ -143,6 +145,7 @@ class _Target:
     name: str
     url: str
     shown: str  # what the message calls it (may be an IP; never a label)
+    zone: str = ""  # where the app that answers runs, as far as this check knows (db_witness)
 
 
 @dataclass(frozen=True)
@@ -221,8 +224,16 @@ class LbCheck(Check[LbConfig]):
     async def _backends(self) -> tuple[list[_Target], str | None]:
         """Static and discovered backends, and a note when discovery failed."""
         scheme, path = self.config.backend_scheme, self.config.backend_path
+        # A static backend may run anywhere: its zone is its own, else the check's, else unknown.
+        zone = self._witness_zone("")
         targets = [
-            _Target("backend", b.name, self._with_host(*_split(b.address), scheme, path), b.address)
+            _Target(
+                "backend",
+                b.name,
+                self._with_host(*_split(b.address), scheme, path),
+                b.address,
+                b.zone if b.zone is not None else zone,
+            )
             for b in self.config.backends
         ]
         note = None
@@ -243,12 +254,14 @@ class LbCheck(Check[LbConfig]):
                 raise _DiscoveryFailed(str(exc)) from None
             return self._discovered, f"discovery failed, using the last known backends: {exc}"
         scheme = self.config.backend_scheme
+        zone = self._witness_zone(self.config.agent_zone)  # the local engine's apps run on this host
         self._discovered = [
             _Target(
                 "backend",
                 b.name,
                 self._with_host(b.host, b.port, scheme, self.config.backend_path or b.path),
                 f"{b.host}:{b.port}",
+                zone,
             )
             for b in backends
         ]
@@ -261,7 +274,8 @@ class LbCheck(Check[LbConfig]):
             addresses, (backends, note) = await asyncio.gather(self._addresses(), self._backends())
         except _DiscoveryFailed as exc:
             return CheckOutcome(Status.UNKNOWN, Reason.UNAVAILABLE, f"cannot discover backends: {exc}")
-        lb_target = _Target("lb", "lb", self.config.url, "load balancer")
+        # The answer through the load balancer may come from an app in any zone.
+        lb_target = _Target("lb", "lb", self.config.url, "load balancer", self._witness_zone(""))
         targets = [*addresses, *backends]
         # Members that vanished (containers gone) are dropped with their connections' state.
         for gone in set(self._members) - set(targets):
@@ -280,6 +294,10 @@ class LbCheck(Check[LbConfig]):
         if note:
             message = f"{message}; {note}"
         return CheckOutcome(status, reason, message, self._samples(probes))
+
+    def _witness_zone(self, otherwise: str) -> str:
+        witness = self.config.db_witness
+        return witness.zone if witness is not None and witness.zone is not None else otherwise
 
     def _verdict(
         self, lb: _Probe, addresses: list[_Probe], backends: list[_Probe], expects_backends: bool
@@ -333,7 +351,8 @@ class LbCheck(Check[LbConfig]):
 
     def _samples(self, probes: list[_Probe]) -> tuple[Sample, ...]:
         lb = probes[0]
-        out: list[Sample] = list(lb.outcome.samples)  # the lb keeps blackbox_exporter's names
+        # The lb keeps blackbox_exporter's names; its witness is named after this check, below.
+        out = [s for s in lb.outcome.samples if s.name != _WITNESS]
         for role in ("address", "backend"):
             members = [p for p in probes if p.target.role == role]
             out.append(Sample("mamori_group_members", float(len(members)), (("role", role),)))
@@ -358,6 +377,14 @@ class LbCheck(Check[LbConfig]):
                     out.append(Sample("mamori_member_http_status_code", s.value, labels))
                 elif s.name == "probe_http_duration_seconds":
                     out.append(Sample("mamori_member_http_duration_seconds", s.value, (*labels, *s.labels)))
+        if (witness := self.config.db_witness) is not None:
+            # The answer through the load balancer and each backend's: what the app tells users
+            # and what each instance sees. The addresses are the load balancer again: no witness.
+            for p in probes:
+                if p.target.role == "address":
+                    continue
+                name = f"app:{self.config.name}" + ("" if p.target.role == "lb" else f"/{p.target.name}")
+                out.extend(witness_samples(witness.cluster, name, p.target.zone, _witness_state(p)))
         return tuple(out)
 
     def perfdata(self, result: CheckResult) -> list[PerfDatum]:
@@ -386,6 +413,12 @@ async def _probe(target: _Target, check: HttpCheck, slots: asyncio.Semaphore) ->
         t0 = loop.time()
         outcome = await check.run()
         return _Probe(target, outcome, loop.time() - t0)
+
+
+def _witness_state(probe: _Probe) -> str:
+    """What the member's own db_witness read in its answer (its sample at 1)."""
+    states = [dict(s.labels)["state"] for s in probe.outcome.samples if s.name == _WITNESS and s.value]
+    return states[0] if states else "unknown"
 
 
 def _ok(probe: _Probe) -> bool:

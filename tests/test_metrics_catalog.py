@@ -109,6 +109,7 @@ checks:
     tls: {{ca_file: {lab.ca_file}}}
     backends: [{{name: app-2, address: "127.0.0.1:{lab.apps[1].port}"}}]
     docker: {{socket: {engine.socket}}}
+    db_witness: {{cluster: db}}
   - name: containers
     type: docker
     socket: {engine.socket}

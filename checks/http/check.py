@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import ipaddress
 import json
 import re
 import ssl
@@ -31,6 +32,7 @@ from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 import h11
 
+from agent.catalog import WITNESS_STATES
 from agent.fields import secret_value
 from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
@@ -122,6 +124,10 @@ class _State:
     tls: TlsReport | None = None
     response: _Response | None = None
     regex_failed: bool = False
+    # The body parsed as JSON once, for `json` conditions and `db_witness` alike: the document,
+    # or (None, why not) when it is not JSON.
+    parsed: tuple[Any, str | None] | None = None
+    witness: str = "unknown"  # what db_witness reads in the answer (WITNESS_STATES)
 
 
 def _display(url: SplitResult) -> str:
@@ -192,7 +198,21 @@ class HttpCheck(Check[HttpConfig]):
             failure = exc.failure
         else:
             failure = self._evaluate(response, state)
+            if self.config.db_witness is not None:
+                # Whatever the status: a health endpoint answers 503 when its database is down.
+                # A body cut at max_body_size is not read: its end may say something else.
+                doc, not_json = (None, "too large") if response.too_large else _parse(response, state)
+                state.witness = "unknown" if not_json else self.config.db_witness.state(doc)
         return self._outcome(state, failure)
+
+    @property
+    def witness_zone(self) -> str:
+        """The zone of the answering app: `db_witness.zone`, else the agent's for an app on this
+        host (a loopback URL), else "" (it may run anywhere)."""
+        witness = self.config.db_witness
+        if witness is not None and witness.zone is not None:
+            return witness.zone
+        return self.config.agent_zone if _is_loopback(self._url.hostname or "") else ""
 
     # --- request pipeline ---
 
@@ -408,12 +428,9 @@ class HttpCheck(Check[HttpConfig]):
     def _json_rule(self, response: _Response, state: _State) -> Failure | None:
         if not self.config.json_conditions:
             return None
-        try:
-            doc = json.loads(response.text())
-        except ValueError:
-            return _critical(Reason.JSON_MISMATCH, "body is not JSON")
-        except RecursionError:  # e.g. a megabyte of "[[[[": a hostile body must not look like a bug
-            return _critical(Reason.JSON_MISMATCH, "body is JSON nested too deeply")
+        doc, not_json = _parse(response, state)
+        if not_json is not None:
+            return _critical(Reason.JSON_MISMATCH, not_json)
         for condition in self.config.json_conditions:
             if (why := condition.failure(doc)) is not None:
                 return _critical(Reason.JSON_MISMATCH, why)
@@ -462,6 +479,10 @@ class HttpCheck(Check[HttpConfig]):
         ]
         if state.tls is not None:
             samples.extend(state.tls.samples())
+        if (witness := self.config.db_witness) is not None:
+            samples.extend(
+                witness_samples(witness.cluster, f"app:{self.name}", self.witness_zone, state.witness)
+            )
         return tuple(samples)
 
     def perfdata(self, result: CheckResult) -> list[PerfDatum]:
@@ -478,6 +499,40 @@ class HttpCheck(Check[HttpConfig]):
             *(PerfDatum(f"time_{p}", phases.get(p, 0.0), "s", min=0) for p in PHASES),
             PerfDatum("size", size, "B", min=0),
         ]
+
+
+def witness_samples(cluster: str, witness: str, zone: str, state: str) -> list[Sample]:
+    """`mamori_pg_primary_witness`, StateSet style: every state, 1 for `state`, 0 for the others,
+    so no series vanishes when the state changes."""
+    return [
+        Sample(
+            "mamori_pg_primary_witness",
+            1.0 if s == state else 0.0,
+            (("cluster", cluster), ("witness", witness), ("zone", zone), ("state", s)),
+        )
+        for s in WITNESS_STATES
+    ]
+
+
+def _parse(response: _Response, state: _State) -> tuple[Any, str | None]:
+    """The body as a JSON document, or (None, why not); parsed once per run. Never raises."""
+    if state.parsed is None:
+        try:
+            state.parsed = (json.loads(response.text()), None)
+        except ValueError:
+            state.parsed = (None, "body is not JSON")
+        except RecursionError:  # e.g. a megabyte of "[[[[": a hostile body must not look like a bug
+            state.parsed = (None, "body is JSON nested too deeply")
+    return state.parsed
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _status_line(response: _Response) -> str:

@@ -180,6 +180,53 @@ class JsonCondition(Model):
         )
 
 
+# A label value: what the postgres check accepts as a cluster's name, and as a zone.
+LABEL_VALUE = r"^[A-Za-z0-9_.:-]{1,64}$"
+WitnessValue = str | bool | int | float
+
+
+def _matches(value: Any, wanted: tuple[WitnessValue, ...]) -> bool:
+    # Strings compare without case: Spring Boot's actuator says "UP", Next.js apps say "up".
+    if isinstance(value, str):
+        return any(isinstance(w, str) and w.casefold() == value.casefold() for w in wanted)
+    return any(_same(value, w) for w in wanted)
+
+
+class DbWitness(Model):
+    """The app as a witness of a Postgres cluster's primary: where its health answer says
+    whether it reaches the database, and which values mean up or down."""
+
+    cluster: str = Field(pattern=LABEL_VALUE)
+    path: str = "db.status"
+    up: tuple[WitnessValue, ...] = Field(default=("up", "ok", True), min_length=1)
+    down: tuple[WitnessValue, ...] = Field(default=("down", "error", False), min_length=1)
+    zone: str | None = Field(default=None, pattern=LABEL_VALUE)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        parse_json_path(path)
+        return path
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> DbWitness:
+        both = [_show(v) for v in self.up if _matches(v, self.down)]
+        if both:
+            raise ValueError(f"a value cannot mean both up and down: {', '.join(both)}")
+        return self
+
+    def state(self, doc: Any) -> str:
+        """reachable, down or unknown (one of agent.catalog.WITNESS_STATES) for a JSON document."""
+        value = _lookup(doc, parse_json_path(self.path))
+        if value is _MISSING:
+            return "unknown"
+        if _matches(value, self.up):
+            return "reachable"
+        if _matches(value, self.down):
+            return "down"
+        return "unknown"
+
+
 class HeaderCondition(Model):
     """A response header must match a regex, or (`absent: true`) must not be present."""
 
@@ -269,6 +316,10 @@ class HttpConfig(CheckConfig):
     preferred_ip_protocol: IpProtocol = "ip4"
     ip_protocol_fallback: bool = True
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    # Evidence for a Postgres cluster's failover verdict (issue 15), not a health rule.
+    db_witness: DbWitness | None = None
+    # The agent's `labels.zone` (filled in by agent/config.py): the zone of an app on this host.
+    agent_zone: str = Field(default="", max_length=1024)
 
     @field_validator("url")
     @classmethod
@@ -320,4 +371,6 @@ class HttpConfig(CheckConfig):
             for key in ("body_matches", "body_not_matches", "json"):
                 if getattr(self, "json_conditions" if key == "json" else key):
                     raise ValueError(f"{key}: a HEAD response has no body to test (use method: GET)")
+            if self.db_witness is not None:
+                raise ValueError("db_witness: a HEAD response has no body to read (use method: GET)")
         return self

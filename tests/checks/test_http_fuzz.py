@@ -236,6 +236,7 @@ def check_options(draw: st.DrawFn) -> dict[str, Any]:
                 {"body_not_matches": ["x"]},
                 {"json": [{"path": "a", "exists": True}]},
                 {"json": [{"path": "a", "exists": True}]},
+                {"db_witness": {"cluster": "db", "path": "a"}},
                 {"headers_match": [{"name": "Content-Type", "matches": "text"}]},
                 {"expected_status": ["1xx", "3xx", "4xx", "5xx"]},
                 {"method": "HEAD"},

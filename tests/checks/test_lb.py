@@ -215,3 +215,79 @@ async def test_discovery_that_never_worked_is_unknown(lab: WebLab, tmp_path: Pat
     await check.aclose()
     assert (result.status, result.reason) == (Status.UNKNOWN, Reason.UNAVAILABLE)
     assert result.message.startswith("cannot discover backends: cannot reach the Docker engine at")
+
+
+def witnesses(result: CheckResult) -> dict[str, tuple[str, str]]:
+    """witness -> (zone, the state at 1); every witness has all three states, one of them at 1."""
+    out: dict[str, tuple[str, str]] = {}
+    for s in result.samples:
+        if s.name == "mamori_pg_primary_witness":
+            labels = dict(s.labels)
+            assert labels["cluster"] == "main"
+            zone, state = out.get(labels["witness"], (labels["zone"], ""))
+            assert zone == labels["zone"]
+            out[labels["witness"]] = (zone, labels["state"] if s.value else state)
+    counted = [dict(s.labels)["witness"] for s in result.samples if s.name == "mamori_pg_primary_witness"]
+    assert all(counted.count(w) == 3 and state for w, (_, state) in out.items()), result.samples
+    return out
+
+
+async def test_db_witness_of_the_lb_answer_and_of_every_backend(lab: WebLab) -> None:
+    backends = [
+        {"name": "app-1", "address": f"127.0.0.1:{lab.apps[0].port}", "zone": "ad1"},
+        {"name": "app-2", "address": f"127.0.0.1:{lab.apps[1].port}", "zone": "ad2"},
+        {"name": "app-3", "address": f"127.0.0.1:{lab.apps[2].port}"},  # its zone is not known
+    ]
+    check = lb_check(lab, backends=backends, db_witness={"cluster": "main"}, agent_zone="ad1")
+    result = await execute(check)
+    assert result.status is Status.OK, result.message
+    # The answer through the load balancer may come from any zone; no witness for `web/lb`.
+    assert witnesses(result) == {
+        "app:web": ("", "reachable"),
+        "app:web/app-1": ("ad1", "reachable"),
+        "app:web/app-2": ("ad2", "reachable"),
+        "app:web/app-3": ("", "reachable"),
+    }
+
+    lab.apps[1].db_down()  # HAProxy's health check wants 200 only: app-2 stays in the pool
+    result = await execute(check)
+    assert (result.status, result.reason) == (Status.OK, Reason.OK), result.message  # evidence, not health
+    seen = witnesses(result)
+    assert seen["app:web"][1] in ("reachable", "down")  # round robin: whichever app answered
+    assert {w: v for w, v in seen.items() if w != "app:web"} == {
+        "app:web/app-1": ("ad1", "reachable"),
+        "app:web/app-2": ("ad2", "down"),
+        "app:web/app-3": ("", "reachable"),
+    }
+
+    for app in lab.apps:
+        app.db_down()
+    await lab.apps[2].down()
+    await lab.wait_until_haproxy_sees({"app-3": "DOWN"})
+    result = await execute(check)
+    assert witnesses(result) == {
+        "app:web": ("", "down"),
+        "app:web/app-1": ("ad1", "down"),
+        "app:web/app-2": ("ad2", "down"),
+        "app:web/app-3": ("", "unknown"),  # refused: no view
+    }
+
+
+async def test_db_witness_zones_of_discovered_backends(lab: WebLab, tmp_path: Path) -> None:
+    """Containers of the local engine run on this host: the agent's zone, unless the check says."""
+    from tests.fakes.docker_engine import fake_docker
+
+    async with fake_docker(tmp_path) as engine:
+        engine.add("web-1", {"mamori.probe.port": str(lab.apps[0].port)}, network="host")
+        docker = {"socket": str(engine.socket)}
+        checks = [
+            lb_check(lab, backends=[], docker=docker, db_witness={"cluster": "main"}, agent_zone="ad3"),
+            lb_check(lab, backends=[], docker=docker, db_witness={"cluster": "main", "zone": "ad1"}),
+        ]
+        try:
+            results = [await execute(check) for check in checks]
+        finally:
+            for check in checks:
+                await check.aclose()
+    assert witnesses(results[0]) == {"app:web": ("", "reachable"), "app:web/web-1": ("ad3", "reachable")}
+    assert witnesses(results[1]) == {"app:web": ("ad1", "reachable"), "app:web/web-1": ("ad1", "reachable")}

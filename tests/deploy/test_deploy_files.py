@@ -569,6 +569,8 @@ def test_production_example_uses_every_feature(tmp_path: Path) -> None:
     (pg,) = _by_type(cfg, "postgres")
     assert len(pg.nodes) == 2, "primary + standby"
     assert pg.rpo == 15 * 60 and pg.password is not None
+    witness = lb[0].db_witness
+    assert witness is not None and witness.cluster == pg.cluster_name, "the app as a witness"
     (backup,) = _by_type(cfg, "pg_backup")
     assert backup.pitr_window == 7 * 86400 and backup.pgbackrest is not None
     assert len(_by_type(cfg, "host")) == 1

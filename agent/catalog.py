@@ -412,7 +412,7 @@ CHECK_METRICS: dict[str, MetricSpec] = {
     "mamori_pg_primary_witness": _m(
         "gauge",
         "cluster witness zone state",
-        "What one witness says of the cluster's primary: 1 for its current state (reachable, down, unknown), 0 for the others. witness: agent:<agent>, standby:<node>, app:<check>; zone: where the witness stands (empty when not configured).",
+        "What one witness says of the cluster's primary: 1 for its current state (reachable, down, unknown), 0 for the others. witness: agent:<agent>, standby:<node>, app:<check> (an lb check: also app:<check>/<backend>); zone: where the witness stands (empty when not configured).",
         "postgres, http, lb",
     ),
     # fleet: the quorum of agents (checks/fleet.py), check `fleet:<cluster>`

@@ -415,7 +415,7 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "What one witness says of the cluster's primary: 1 for its current state (reachable, down, unknown), 0 for the others. witness: agent:<agent>, standby:<node>, app:<check> (an lb check: also app:<check>/<backend>); zone: where the witness stands (empty when not configured).",
         "postgres, http, lb",
     ),
-    # fleet: the quorum of agents (checks/fleet.py), check `fleet:<cluster>`
+    # fleet: the verdict on the witnesses (checks/fleet.py), check `fleet:<cluster>`
     "mamori_fleet_agents": _m(
         "gauge",
         "cluster",
@@ -423,16 +423,43 @@ CHECK_METRICS: dict[str, MetricSpec] = {
         "fleet",
     ),
     "mamori_fleet_primary_down_votes": _m(
-        "gauge", "cluster", "Live agents whose postgres check sees no primary of the cluster.", "fleet"
+        "gauge",
+        "cluster",
+        "Witnesses of the live agents' views that say the primary is down (each witness once).",
+        "fleet",
     ),
     "mamori_fleet_quorum": _m(
         "gauge",
         "cluster",
-        "Down votes needed to confirm: the quorum of the live agents, at least min_votes.",
+        "Down votes needed to confirm: min_votes (with quorum set, at least the live agents it requires).",
         "fleet",
     ),
     "mamori_fleet_primary_down_confirmed": _m(
-        "gauge", "cluster", "1 if a quorum of the live agents sees the primary down, else 0.", "fleet"
+        "gauge",
+        "cluster",
+        "1 if the primary is down, confirmed: no witness sees it reachable, at least min_votes see it down in at least min_zones zones, and no agent that saw it alive within lost_window is gone; else 0.",
+        "fleet",
+    ),
+    "mamori_fleet_primary_down_zones": _m(
+        "gauge", "cluster", "Distinct non-empty zones of the witnesses that say the primary is down.", "fleet"
+    ),
+    "mamori_fleet_lost_witnesses": _m(
+        "gauge",
+        "cluster",
+        "Agents that said the primary was reachable within lost_window and are now offline or silent (a confirmation is then inconclusive).",
+        "fleet",
+    ),
+    "mamori_fleet_witnesses": _m(
+        "gauge",
+        "cluster state",
+        "Witnesses of the live agents' views in each state (reachable, down, unknown), each witness once, its strongest report.",
+        "fleet",
+    ),
+    "mamori_fleet_verdict": _m(
+        "gauge",
+        "cluster verdict",
+        "The fleet's verdict on the primary: 1 for the current one (alive, confirmed, inconclusive, none), 0 for the others.",
+        "fleet",
     ),
     # pg_backup
     "mamori_pg_backup_age_seconds": _m("gauge", "", "Age of the newest base backup.", "pg_backup"),

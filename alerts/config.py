@@ -86,6 +86,9 @@ class AlertRule(Model):
     op: Op | None = None
     value: float | None = None
     for_: Delay = Field(default=0.0, alias="for")
+    # This rule's triggers wait this long for others to group with (None: `alerts.group_wait`);
+    # 0s for a page that must not wait, like the failover trigger.
+    group_wait: Delay | None = None
     failure_threshold: int = Field(default=1, ge=1, le=1000)
     success_threshold: int = Field(default=1, ge=1, le=1000)
     severity: Severity = Severity.CRITICAL

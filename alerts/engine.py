@@ -142,10 +142,10 @@ class Silence:
 
 @dataclass
 class _Group:
-    """Triggers waiting for `group_wait`. Grouping key: (rule, severity) — every check a rule fires
-    for within `group_wait` of the group's first trigger shares one notification per route. The
-    group's dedup key is its first member's; the members share that incident, which is resolved
-    when its last member resolves."""
+    """Triggers waiting for `group_wait` (the rule's own, else the global one). Grouping key:
+    (rule, severity) — every check a rule fires for within `group_wait` of the group's first
+    trigger shares one notification per route. The group's dedup key is its first member's; the
+    members share that incident, which is resolved when its last member resolves."""
 
     rule: str
     severity: Severity
@@ -267,7 +267,14 @@ class AlertEngine:
         """When the earliest grouped trigger is due (for a sink that sleeps until then)."""
         if not self._groups:
             return None
-        return min(g.opened_at for g in self._groups.values()) + self.config.group_wait
+        return min(g.opened_at + self._group_wait(g.rule) for g in self._groups.values())
+
+    def _group_wait(self, rule: str) -> float:
+        """The rule's own `group_wait`, else the global one."""
+        found = self._rules.get(rule)
+        if found is not None and found.group_wait is not None:
+            return found.group_wait
+        return self.config.group_wait
 
     @property
     def network_down(self) -> bool:
@@ -421,7 +428,7 @@ class AlertEngine:
     def _flush_groups(self, now: float) -> list[Notification]:
         out: list[Notification] = []
         for gkey, group in list(self._groups.items()):
-            if now < group.opened_at + self.config.group_wait:
+            if now < group.opened_at + self._group_wait(group.rule):
                 continue
             del self._groups[gkey]
             rule = self._rules.get(group.rule)

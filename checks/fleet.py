@@ -1,29 +1,35 @@
-"""`type: fleet`: the fleet quorum — is the primary of a Postgres cluster down, as a quorum of the
-site's agents sees it?
+"""`type: fleet`: the fleet verdict — is the primary of a Postgres cluster down, as the site's
+independent witnesses see it?
 
-One agent that cannot reach the primary may be the one that is partitioned; a majority of
-independent vantage points seeing it down is a fact worth paging on. Every agent's mqtt exporter
-publishes its *view* of each cluster (agent/fleetview.py: derived from its own `postgres` results,
-retained, QoS 1, to `<prefix>/<site>/<host>/fleet/pg/<cluster>`), and its status (`online`, or
-`offline`: its last will or a clean shutdown). This check:
+One agent that cannot reach the primary may be the one that is partitioned, and two vantage
+points on the same side of a partition are not two witnesses. Every agent's mqtt exporter
+publishes its *view* of each cluster (agent/fleetview.py: the witnesses of its own results —
+`agent:<agent>` from its postgres check, `standby:<node>` from the standbys' WAL receivers,
+`app:<check>` from the application's health endpoint —, each reachable, down or unknown, with
+its zone; retained, QoS 1, to `<prefix>/<site>/<host>/fleet/pg/<cluster>`), and its status
+(`online`, or `offline`: its last will or a clean shutdown). This check:
 
 1. keeps one subscription to `<prefix>/<site>/+/fleet/pg/<cluster>` and `<prefix>/<site>/+/status`
    (its own aiomqtt connection, started at the first run, reconnected with backoff, closed by
    `aclose()`). After each (re)connect it sends itself a marker (`sync_topic`) and judges only once
    it is back, so every retained view has arrived (the broker sends them in order) and no verdict
    is judged on half of them;
-2. judges from the views of the *live* agents — those whose view is younger than
-   `window_intervals` × their interval and whose status is not `offline`: the primary is down,
-   confirmed, when at least `quorum` of them (default: a majority) and at least `min_votes`
-   (default 2) see it down;
+2. judges from the witnesses of the *live* agents' views — those younger than `window_intervals`
+   × their interval whose agent is not `offline` —, each witness once (the strongest report of
+   it: reachable > down > unknown): **alive** if any says reachable; **confirmed** if at least
+   `min_votes` say down, in at least `min_zones` distinct zones, and no agent is *lost* (it said
+   the primary was reachable within `lost_window` and is now offline or silent); **inconclusive**
+   if some say down otherwise; else none;
 3. answers each run with the verdict, as check `fleet:<cluster>`: CRITICAL with reason
-   `primary_down_confirmed`, else OK. Alert rules match it like any check (`check: "fleet:*"`,
-   `reason: [primary_down_confirmed]`). While it is not connected (or not yet synced) it cannot
-   know what the others see: it repeats its last verdict and says so in the message (an
-   UNKNOWN or OK would resolve a confirmed page); before any verdict it is UNKNOWN.
+   `primary_down_confirmed` or `primary_down_inconclusive` (a person decides: never a failover
+   recommendation), else OK; the message names every witness with its state and zone, and why an
+   inconclusive verdict is not confirmed. While it is not connected (or not yet synced) it cannot
+   know what the others see: it repeats its last verdict and says so in the message (an UNKNOWN
+   or OK would resolve a confirmed page); before any verdict it is UNKNOWN.
 
-Data flows one way: views come from postgres results only, so the fleet's own results never
-feed back into them. `Fleet` holds the state and the arithmetic and does no I/O.
+The Prometheus recording rules (alerts/rules/postgres.yml) do the same arithmetic on the same
+witnesses. Data flows one way: views never come from fleet results. `Fleet` holds the state and
+the arithmetic and does no I/O.
 """
 
 from __future__ import annotations
@@ -44,7 +50,17 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from agent.backoff import backoff
 from agent.broker import BrokerHost, ClientLog, TlsOptions, TopicPrefix, tls_context, topic_level_problem
 from agent.fields import Duration, Port, secret_value
-from agent.fleetview import FLEET_LEVEL, OFFLINE, STATUS, View
+from agent.fleetview import (
+    DOWN,
+    FLEET_LEVEL,
+    OFFLINE,
+    REACHABLE,
+    STATUS,
+    UNKNOWN,
+    View,
+    Witness,
+    dedupe,
+)
 from agent.model import Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome
 
@@ -60,6 +76,12 @@ AGENTS = "mamori_fleet_agents"
 VOTES = "mamori_fleet_primary_down_votes"
 QUORUM = "mamori_fleet_quorum"
 CONFIRMED = "mamori_fleet_primary_down_confirmed"
+DOWN_ZONES = "mamori_fleet_primary_down_zones"
+LOST = "mamori_fleet_lost_witnesses"
+WITNESSES = "mamori_fleet_witnesses"
+VERDICT = "mamori_fleet_verdict"
+ALIVE, CONFIRMED_VERDICT, INCONCLUSIVE, NONE = "alive", "confirmed", "inconclusive", "none"
+VERDICTS = (ALIVE, CONFIRMED_VERDICT, INCONCLUSIVE, NONE)
 
 
 class FleetCheckConfig(CheckConfig):
@@ -83,11 +105,18 @@ class FleetCheckConfig(CheckConfig):
     topic_prefix: TopicPrefix = "mamori"
     site: str = "default"
     agent: str = Field(default="", max_length=1024)
-    # Live agents that must see the primary down: a majority of them, all of them, or a number.
-    quorum: Literal["majority", "all"] | Annotated[int, Field(ge=1, le=1000)] = "majority"
-    # Never fewer down votes than this, however few agents are live: one agent alone is never a
-    # confirmation (set 1 for a site with a single agent).
+    # Never fewer down witnesses than this: one witness alone is never a confirmation.
     min_votes: int = Field(default=2, ge=1, le=1000)
+    # The down witnesses must stand in at least this many distinct (non-empty) zones: two vantage
+    # points on one side of a partition are not two witnesses. 0: no zone requirement (a site
+    # without zones, which then cannot tell a dead primary from an isolated one).
+    min_zones: int = Field(default=2, ge=0, le=100)
+    # An agent that said the primary was reachable within this and is now offline or silent is
+    # *lost*: evidence of a partition, not of a dead primary (the verdict is then inconclusive).
+    lost_window: Duration = 30.0
+    # Optional, in addition: live agents whose own postgres check must see the primary down (a
+    # majority of them, all of them, or a number). Unset (the default), the witnesses decide.
+    quorum: Literal["majority", "all"] | Annotated[int, Field(ge=1, le=1000)] | None = None
     # An agent is live while its latest view is younger than this many of its check intervals.
     window_intervals: int = Field(default=3, ge=1, le=100)
 
@@ -116,17 +145,14 @@ class FleetCheckConfig(CheckConfig):
     @field_validator("quorum", mode="before")
     @classmethod
     def _quorum(cls, value: Any) -> Any:
-        if value in ("majority", "all") or (isinstance(value, int) and not isinstance(value, bool)):
+        if value is None or value in ("majority", "all"):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ValueError(f"invalid quorum {value!r}: expected majority, all or a number of agents")
 
     @model_validator(mode="after")
     def _cross(self) -> FleetCheckConfig:
-        if isinstance(self.quorum, int) and self.quorum < self.min_votes:
-            raise ValueError(
-                f"quorum ({self.quorum}) is less than min_votes ({self.min_votes}): "
-                f"lower min_votes too if {self.quorum} votes should confirm"
-            )
         if self.password is not None and self.username is None:
             raise ValueError("password needs username")
         if self.reconnect_max < self.reconnect_delay:
@@ -144,41 +170,142 @@ class FleetCheckConfig(CheckConfig):
             return self.port
         return 8883 if self.tls is not None else 1883
 
-    def needed(self, live: int) -> int:
-        """Down votes needed among `live` agents."""
+    def agents_needed(self, live: int) -> int:
+        """Live agents that must see the primary down themselves (`quorum`; 0 when unset)."""
+        if self.quorum is None:
+            return 0
         if self.quorum == "majority":
-            base = live // 2 + 1
-        elif self.quorum == "all":
-            base = live
-        else:
-            base = int(self.quorum)
-        return max(base, self.min_votes)
+            return live // 2 + 1
+        if self.quorum == "all":
+            return live
+        return int(self.quorum)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+
+
+def _zone(zone: str) -> str:
+    return zone or "no zone"
+
+
+@dataclass(frozen=True)
+class Lost:
+    """An agent that said the primary was reachable `ago` seconds ago and is now gone."""
+
+    agent: str
+    ago: float
+    why: str  # "is offline", "is silent (its last view is 12 s old)"
+
+    def __str__(self) -> str:
+        return f"{self.agent} saw it alive {_seconds(self.ago)} ago and {self.why}"
 
 
 @dataclass(frozen=True)
 class FleetVerdict:
+    """The verdict on one cluster at one moment, with its evidence."""
+
     cluster: str
     live: tuple[str, ...]  # agents counted, sorted
-    down: tuple[str, ...]  # those of them that see the primary down
-    needed: int
-    confirmed: bool
+    witnesses: tuple[Witness, ...]  # every witness of the live agents, once (the strongest), by name
+    lost: tuple[Lost, ...]
+    min_votes: int
+    min_zones: int
+    agents_down: tuple[str, ...] = ()  # live agents whose own witness says down
+    agents_needed: int = 0  # `quorum` (0: unset)
+
+    def _in(self, state: str) -> tuple[Witness, ...]:
+        return tuple(w for w in self.witnesses if w.state == state)
+
+    @property
+    def down(self) -> tuple[Witness, ...]:
+        return self._in(DOWN)
+
+    @property
+    def reachable(self) -> tuple[Witness, ...]:
+        return self._in(REACHABLE)
+
+    @property
+    def down_zones(self) -> tuple[str, ...]:
+        return tuple(sorted({w.zone for w in self.down if w.zone}))
+
+    @property
+    def needed(self) -> int:
+        """Down votes needed (min_votes; with `quorum`, at least the agents it needs)."""
+        return max(self.min_votes, self.agents_needed)
+
+    def not_confirmed_because(self) -> list[str]:
+        """Why down witnesses do not confirm (empty: nothing stands in the way)."""
+        why: list[str] = []
+        down, zones = self.down, self.down_zones
+        if len(down) < self.min_votes:
+            why.append(f"{len(down)} of {self.min_votes} votes")
+        if self.min_zones and len(zones) < self.min_zones:
+            if not zones:
+                why.append("down from no zone (no down witness has a zone)")
+            elif len(zones) == 1:
+                why.append(f"down only from zone {zones[0]}")
+            else:
+                why.append(f"down from {len(zones)} zones ({', '.join(zones)}), {self.min_zones} needed")
+        why.extend(str(lost) for lost in self.lost)
+        if self.agents_needed and len(self.agents_down) < self.agents_needed:
+            why.append(
+                f"{len(self.agents_down)} of {len(self.live)} live agents see it down,"
+                f" {self.agents_needed} needed (quorum)"
+            )
+        return why
+
+    @property
+    def verdict(self) -> str:
+        if self.reachable:
+            return ALIVE
+        if not self.down:
+            return NONE
+        return INCONCLUSIVE if self.not_confirmed_because() else CONFIRMED_VERDICT
+
+    @property
+    def confirmed(self) -> bool:
+        return self.verdict == CONFIRMED_VERDICT
+
+    def evidence(self) -> str:
+        if not self.witnesses:
+            return "no witness (no live agent reports on it)"
+        return "witnesses: " + ", ".join(f"{w.name} {w.state} ({_zone(w.zone)})" for w in self.witnesses)
 
     def outcome(self, note: str = "") -> CheckOutcome:
         labels = (("cluster", self.cluster),)
+        verdict = self.verdict
         samples = (
             Sample(AGENTS, float(len(self.live)), labels),
             Sample(VOTES, float(len(self.down)), labels),
             Sample(QUORUM, float(self.needed), labels),
-            Sample(CONFIRMED, 1.0 if self.confirmed else 0.0, labels),
+            Sample(CONFIRMED, 1.0 if verdict == CONFIRMED_VERDICT else 0.0, labels),
+            Sample(DOWN_ZONES, float(len(self.down_zones)), labels),
+            Sample(LOST, float(len(self.lost)), labels),
+            *(
+                Sample(WITNESSES, float(len(self._in(state))), (*labels, ("state", state)))
+                for state in (REACHABLE, DOWN, UNKNOWN)
+            ),
+            *(Sample(VERDICT, float(v == verdict), (*labels, ("verdict", v))) for v in VERDICTS),
         )
-        down = f" ({', '.join(self.down)})" if self.down else ""
-        counts = f"{len(self.down)} of {len(self.live)} live agents see it down{down}, {self.needed} needed"
-        if self.confirmed:
+        c, evidence = self.cluster, self.evidence()
+        status, reason = Status.OK, Reason.OK
+        if verdict == CONFIRMED_VERDICT:
             status, reason = Status.CRITICAL, Reason.PRIMARY_DOWN_CONFIRMED
-            message = f"primary of cluster {self.cluster} down, confirmed: {counts}"
+            zones = (
+                f" in {len(self.down_zones)} zones ({', '.join(self.down_zones)})" if self.down_zones else ""
+            )
+            seen = f"{len(self.down)} witnesses see it down{zones}"
+            message = f"primary of cluster {c} down, confirmed: {seen}; {evidence}"
+        elif verdict == INCONCLUSIVE:
+            status, reason = Status.CRITICAL, Reason.PRIMARY_DOWN_INCONCLUSIVE
+            why = "; ".join(self.not_confirmed_because())
+            message = f"primary of cluster {c} down, inconclusive: {why}; {evidence}"
+        elif verdict == ALIVE:
+            seen = ", ".join(f"{w.name} ({_zone(w.zone)})" for w in self.reachable)
+            message = f"primary of cluster {c} alive: reachable from {seen}; {evidence}"
         else:
-            status, reason = Status.OK, Reason.OK
-            message = f"primary of cluster {self.cluster} not confirmed down: {counts}"
+            message = f"primary of cluster {c} not seen down: no witness says reachable or down; {evidence}"
         return CheckOutcome(status, reason, message + note, samples)
 
 
@@ -196,6 +323,7 @@ class Fleet:
         self.base = f"{config.topic_prefix}/{config.site}"
         self._views: dict[str, View] = {}  # agent -> latest view received
         self._status: dict[str, str] = {}  # agent -> its status topic's payload
+        self._reachable_at: dict[str, float] = {}  # agent -> when it last said the primary was reachable
         self._bad_senders: set[str] = set()
 
     # --- topics ------------------------------------------------------------------------------------
@@ -234,7 +362,8 @@ class Fleet:
         return before != text
 
     def _receive_view(self, agent: str, payload: bytes) -> bool:
-        if not payload:  # a retained view cleared
+        if not payload:  # a retained view cleared: the agent is decommissioned
+            self._reachable_at.pop(agent, None)
             return self._views.pop(agent, None) is not None
         try:
             view = View.parse(agent, self.cluster, payload)
@@ -249,30 +378,54 @@ class Fleet:
         if held is not None and held.timestamp > view.timestamp:
             return False  # an older view arriving late (e.g. our own, retained from before a restart)
         self._views[agent] = view
+        if view.own_state() == REACHABLE:
+            self._reachable_at[agent] = max(view.timestamp, self._reachable_at.get(agent, view.timestamp))
         return held != view
 
     # --- the verdict -------------------------------------------------------------------------------
 
     def verdict(self, now: float) -> FleetVerdict:
+        cfg = self.config
         live: list[str] = []
-        down: list[str] = []
+        reports: list[Witness] = []
+        agents_down: list[str] = []
         for agent, view in sorted(self._views.items()):
-            if self._status.get(agent) == OFFLINE:
-                continue
-            if not view.fresh(now, self.config.window_intervals):
+            if self._status.get(agent) == OFFLINE or not view.fresh(now, cfg.window_intervals):
                 continue
             live.append(agent)
-            if view.primary_down:
-                down.append(agent)
-        needed = self.config.needed(len(live))
-        confirmed = bool(live) and len(down) >= needed
-        return FleetVerdict(self.cluster, tuple(live), tuple(down), needed, confirmed)
+            reports.extend(view.counted())
+            if view.own_state() == DOWN:
+                agents_down.append(agent)
+        lost: list[Lost] = []
+        for agent, at in sorted(self._reachable_at.items()):
+            if agent in live or now - at > cfg.lost_window:
+                continue
+            last = self._views.get(agent)
+            if self._status.get(agent) == OFFLINE or last is None:
+                why = "is offline"
+            else:
+                why = f"is silent (its last view is {_seconds(last.age(now))} old)"
+            lost.append(Lost(agent, max(0.0, now - at), why))
+        witnesses = dedupe(reports)
+        return FleetVerdict(
+            cluster=self.cluster,
+            live=tuple(live),
+            witnesses=tuple(witnesses[n] for n in sorted(witnesses)),
+            lost=tuple(lost),
+            min_votes=cfg.min_votes,
+            min_zones=cfg.min_zones,
+            agents_down=tuple(agents_down),
+            agents_needed=cfg.agents_needed(len(live)),
+        )
 
     def forget(self, now: float) -> None:
-        """Drop views too old to ever count again."""
+        """Drop views too old to ever count again, and reachable reports older than `lost_window`."""
         for agent, view in list(self._views.items()):
             if view.forgotten(now, self.config.window_intervals):
                 del self._views[agent]
+        for agent, at in list(self._reachable_at.items()):
+            if now - at > self.config.lost_window:
+                del self._reachable_at[agent]
 
 
 class FleetCheck(Check[FleetCheckConfig]):

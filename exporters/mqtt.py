@@ -9,9 +9,11 @@ agent's name):
 - `<prefix>/<site>/<host>/status`: `online` (retained) on every connect, `offline` (retained) as
   the last will (an unclean disconnect) and before a clean shutdown;
 - with `fleet: {enabled: true}`: `<prefix>/<site>/<host>/fleet/pg/<cluster>`, this agent's view of
-  each Postgres cluster, derived from its own `postgres` results (agent/fleetview.py), QoS 1,
-  retained, sent again after each reconnect. Nothing is read back: the verdict is the `fleet`
-  check's (checks/fleet.py), which subscribes to these views on its own connection.
+  each Postgres cluster — the witnesses (`mamori_pg_primary_witness`) of its own postgres, http
+  and lb results, and its zone (the agent's `zone` label) — (agent/fleetview.py), QoS 1,
+  retained, published when it changes, sent again after each reconnect. Nothing is read back:
+  the verdict is the `fleet` check's (checks/fleet.py), which subscribes to these views on its
+  own connection.
 
 Lifecycle and guarantees:
 - `start()` starts one connection task: connect, publish `online`, wait until the connection drops,
@@ -194,7 +196,14 @@ class MqttExporter:
         self.status_topic = f"{self.base}/{STATUS}"
         self.client_id = config.client_id or f"mamori-{self.agent}"
         self.views = (
-            OwnViews(self.agent, self.site, config.topic_prefix, context.interval)
+            OwnViews(
+                self.agent,
+                self.site,
+                config.topic_prefix,
+                context.interval,
+                zone=context.labels.get("zone", ""),
+                window_intervals=_VIEW_WINDOWS,
+            )
             if config.fleet.enabled
             else None
         )

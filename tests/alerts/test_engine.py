@@ -397,6 +397,31 @@ def test_grouping_within_group_wait_one_notification_per_route() -> None:
     }
 
 
+def test_a_rules_own_group_wait_overrides_the_global_one() -> None:
+    """The failover page must not wait for others to group with (issue 15): a rule's `group_wait`
+    (0s) sends its trigger with the result that fired it, while another rule's triggers still
+    wait for the global `group_wait`; a rule without one (None) takes the global one."""
+    clock = Clock()
+    rules = [
+        {"name": "failover", "check": "fleet:*", "status": "critical", "group_wait": "0s"},
+        {"name": "slow", "check": "fleet:*", "status": "critical", "group_wait": "3s"},
+        {"name": "down", "check": "web", "status": "critical"},
+    ]
+    cfg = config(group_wait="10s", rules=rules)
+    assert [r.group_wait for r in cfg.rules] == [0.0, 3.0, None]
+    e = engine(cfg, clock)
+    assert events(e.observe(bad("fleet:db"))) == [("trigger", "mamori:host1:failover:fleet:db")]
+    assert e.observe(bad("web")) == []  # the global 10 s
+    assert e.next_due() == T0 + 3
+    clock.t = T0 + 3
+    assert events(e.tick()) == [("trigger", "mamori:host1:slow:fleet:db")]
+    assert e.next_due() == T0 + 10
+    clock.t = T0 + 10
+    assert events(e.tick()) == [("trigger", "mamori:host1:down:web")]
+    with pytest.raises(ValidationError, match="group_wait"):
+        config(rules=[{"name": "x", "check": "*", "status": "critical", "group_wait": "-1s"}])
+
+
 def test_resolve_says_what_recovered_not_the_failure_again() -> None:
     clock = Clock()
     e = engine(config(), clock)

@@ -586,6 +586,13 @@ def test_production_example_uses_every_feature(tmp_path: Path) -> None:
     rules = {r.name: r for r in cfg.alerts.rules}
     confirmed = rules["pg_primary_down_confirmed"]
     assert confirmed.check == "fleet:*" and [str(r) for r in confirmed.reason] == ["primary_down_confirmed"]
+    # Issue 15: the page goes out with the verdict (no `for:`, the rule's own group_wait 0s); an
+    # inconclusive verdict pages a person (critical: PagerDuty and Slack), never as a failover.
+    assert (confirmed.for_, confirmed.group_wait) == (0.0, 0.0)
+    inconclusive = rules["pg_primary_down_inconclusive"]
+    assert inconclusive.check == "fleet:*" and inconclusive.severity.value == "critical"
+    assert [str(r) for r in inconclusive.reason] == ["primary_down_inconclusive"]
+    assert inconclusive.group_wait == 0.0 and "{message}" in inconclusive.summary
     recommended = rules["pg_failover_recommended"]
     assert recommended.sample == "mamori_pg_failover_recommended"
     # The value, not a reason label: that series vanishes when the reason changes (no data).

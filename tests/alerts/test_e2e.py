@@ -4,9 +4,10 @@ alerts/rules/*.yml → a real Alertmanager with a test copy of deploy/alertmanag
 PagerDuty fake. Stopping the primary must page PostgresFailoverRecommended once (trigger) on both
 paths; starting it again must resolve the same incidents.
 
-Two agents, because PostgresFailoverRecommended needs two vantage points
-(cluster:mamori_pg_primary_down_vantage_points:count >= 2): each agent is one (distinct
-`instance`). Everything listens on 127.0.0.1; every process is ours and stopped by its PID.
+Two agents in two zones (agent.labels.zone ad1 and ad2), because PostgresFailoverRecommended
+needs down witnesses in two zones (cluster:mamori_pg_primary_down_zones:count >= 2): each agent's
+`agent:<name>` witness is one. Everything listens on 127.0.0.1; every process is ours and
+stopped by its PID.
 
 `E2EStack` is also used by bench/detect.py.
 """
@@ -80,9 +81,14 @@ def alertmanager_config(am_yml: str, directory: Path, pd: FakePagerDuty, slack: 
     )
 
 
-def agent_yaml(name: str, port: int, lab: PgLab, pd: FakePagerDuty, state: Path) -> str:
+def agent_yaml(name: str, port: int, lab: PgLab, pd: FakePagerDuty, state: Path, zone: str) -> str:
     return f"""
-agent: {{name: {name}, listen: "127.0.0.1:{port}", interval: {AGENT_INTERVAL:g}s, timeout: 1s}}
+agent:
+  name: {name}
+  listen: "127.0.0.1:{port}"
+  interval: {AGENT_INTERVAL:g}s
+  timeout: 1s
+  labels: {{zone: {zone}}}
 checks:
   - name: {CLUSTER}
     type: postgres
@@ -214,10 +220,9 @@ async def e2e_stack(agents: int = 2) -> AsyncIterator[E2EStack]:
             # The agents.
             names = tuple(f"agent{i + 1}" for i in range(agents))
             ports = [free_port() for _ in names]
-            for name, port in zip(names, ports, strict=True):
-                cfg = config.parse(
-                    agent_yaml(name, port, lab, pd, directory / f"{name}.db"), f"{name}.yml", env={}
-                )
+            for i, (name, port) in enumerate(zip(names, ports, strict=True)):
+                text = agent_yaml(name, port, lab, pd, directory / f"{name}.db", zone=f"ad{i + 1}")
+                cfg = config.parse(text, f"{name}.yml", env={})
                 agent = Agent(cfg, None)
                 runs.append((agent, asyncio.create_task(agent.run())))
 

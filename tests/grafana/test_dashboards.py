@@ -371,8 +371,6 @@ def test_every_catalog_metric_is_on_a_dashboard() -> None:
         # Joins for the rules (an unexpected slot; a node unreachable from here only): seen
         # through the alerts they raise or quiet.
         "mamori_pg_slot_expected", "mamori_pg_node_streaming",
-        # Issue 15: until the Postgres dashboard has a witness panel.
-        "mamori_pg_primary_witness",
     }  # fmt: skip
     shown = {
         m

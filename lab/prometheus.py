@@ -48,7 +48,7 @@ def prometheus_config(
     found = False
     for job in doc.get("scrape_configs", []):
         name = job.get("job_name")
-        for key in ("scrape_interval", "scrape_timeout"):
+        for key in ("scrape_interval", "scrape_timeout"):  # a job's own (mamori: 5 s)
             if key in job:
                 job[key] = every
         if name == "mamori" and job.get("file_sd_configs"):

@@ -16,10 +16,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
 from agent.catalog import all_metrics
+from lab.alertmanager import alertmanager_argv, alertmanager_config
+from lab.ports import HOST, accepts, free_port
+from lab.process import Child
+from lab.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = ROOT / "alerts" / "rules"
@@ -141,6 +146,14 @@ def test_amtool_check_config(alertmanager_copy: Path) -> None:
             ["alertname=PostgresFailoverRecommended", "severity=critical", "cluster=orders"],
             "pagerduty-critical",
         ),
+        (
+            ["alertname=PostgresPrimaryDownConfirmed", "severity=critical", "cluster=orders"],
+            "pagerduty-critical",
+        ),
+        (
+            ["alertname=PostgresPrimaryDownInconclusive", "severity=critical", "cluster=orders"],
+            "pagerduty-critical",
+        ),
         (["alertname=PostgresReplicationLagHigh", "severity=warning", "cluster=orders"], "slack-warning"),
         (["alertname=Something", "severity=info"], "null"),
         (["alertname=Watchdog", "severity=info"], "deadmans-switch"),
@@ -151,6 +164,19 @@ def test_alertmanager_routes(alertmanager_copy: Path, labels: list[str], receive
     result = _run(_tool("amtool"), "config", "routes", "test", f"--config.file={alertmanager_copy}", *labels)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == [receiver]
+
+
+def test_failover_pages_wait_for_nothing() -> None:
+    """Issue 15 item 3: the failover alerts have no `for:` and their route no group_wait; the
+    inconclusive page keeps the critical route's, during which a confirmation inhibits it."""
+    config = _load(ALERTMANAGER_YML)
+    routes = config["route"]["routes"]
+    failover = [r for r in routes if "PostgresFailoverRecommended" in str(r.get("matchers"))]
+    assert len(failover) == 1 and failover[0]["group_wait"] == "0s", failover
+    rules = {rule["alert"]: rule for rule in _alerts()}
+    assert "for" not in rules["PostgresFailoverRecommended"]
+    assert "for" not in rules["PostgresPrimaryDownConfirmed"]
+    assert "for" in rules["PostgresPrimaryDownInconclusive"]
 
 
 def test_shipped_alertmanager_config_keeps_secrets_out() -> None:
@@ -174,6 +200,87 @@ def test_inhibitions_name_existing_alerts() -> None:
             assert m, f"inhibition matchers should name alerts: {matcher}"
             names = m.group(2).split("|") if m.group(1) == "=~" else [m.group(2)]
             assert set(names) <= alerts, f"unknown alerts in {matcher}: {set(names) - alerts}"
+
+
+async def _alertmanager_alerts(url: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v2/alerts") as response:
+        response.raise_for_status()
+        alerts: list[dict[str, Any]] = await response.json()
+        return alerts
+
+
+CONFIRMED, RECOMMENDED = "PostgresPrimaryDownConfirmed", "PostgresFailoverRecommended"
+INCONCLUSIVE = "PostgresPrimaryDownInconclusive"
+
+
+@pytest.mark.parametrize(
+    ("firing", "inhibited"),
+    [
+        # A confirmed death supersedes the inconclusive page; the trigger supersedes both.
+        ([CONFIRMED, INCONCLUSIVE], {INCONCLUSIVE}),
+        ([RECOMMENDED, CONFIRMED, INCONCLUSIVE], {CONFIRMED, INCONCLUSIVE}),
+        # Inconclusive alone pages a person: nothing inhibits it.
+        ([INCONCLUSIVE], set()),
+    ],
+)
+async def test_alertmanager_inhibits_the_failover_family(
+    tmp_path: Path, firing: list[str], inhibited: set[str]
+) -> None:
+    """The shipped inhibitions on a real Alertmanager (amtool tests routes, not inhibitions): the
+    alerts are posted as Prometheus would, and Alertmanager says which it inhibits. The same
+    cluster only: another cluster's inconclusive page stays."""
+    _tool("amtool")
+    am_config = tmp_path / "alertmanager.yml"
+    am_config.write_text(
+        alertmanager_config(
+            ALERTMANAGER_YML.read_text(encoding="utf-8"),
+            tmp_path,
+            pagerduty_url="http://127.0.0.1:9/pd",
+            pagerduty_routing_key="k" * 32,
+            slack_webhook_url="http://127.0.0.1:9/slack",
+            deadman_url="http://127.0.0.1:9/dms",
+        ),
+        encoding="utf-8",
+    )
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    child = Child("alertmanager", log_file=tmp_path / "alertmanager.log")
+    child.start(alertmanager_argv(am_config, tmp_path / "data", port))
+    try:
+        await child.wait_ready("Alertmanager ready", lambda: accepts(port), 20)
+        posted = [(name, "orders") for name in firing] + [(INCONCLUSIVE, "billing")]
+        alerts = [
+            {"labels": {"alertname": name, "severity": "critical", "cluster": cluster}}
+            for name, cluster in posted
+        ]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/api/v2/alerts", json=alerts) as response,
+        ):
+            assert response.status == 200, await response.text()
+
+        async def states() -> dict[tuple[str, str], str] | None:
+            got = {
+                (a["labels"]["alertname"], a["labels"]["cluster"]): a["status"]["state"]
+                for a in await _alertmanager_alerts(url)
+            }
+            return got if set(got) == set(posted) else None
+
+        await wait_until("Alertmanager to hold the alerts", states, 20)
+        expected = {
+            (name, cluster): "suppressed" if name in inhibited and cluster == "orders" else "active"
+            for name, cluster in posted
+        }
+
+        async def settled() -> bool:
+            return await states() == expected
+
+        try:
+            await wait_until("the inhibitions", settled, 10)
+        except TimeoutError:
+            assert await states() == expected, child.log_since_start()
+    finally:
+        await child.stop()
 
 
 # --- the conventions ------------------------------------------------------------------------

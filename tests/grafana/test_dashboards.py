@@ -371,9 +371,8 @@ def test_every_catalog_metric_is_on_a_dashboard() -> None:
         # Joins for the rules (an unexpected slot; a node unreachable from here only): seen
         # through the alerts they raise or quiet.
         "mamori_pg_slot_expected", "mamori_pg_node_streaming",
-        # Issue 15: until the Postgres dashboard has a witness panel.
-        "mamori_pg_primary_witness",
-        # Issue 15: the fleet verdict's evidence, until the lead/H4 decides its panels.
+        # The agent path's verdict in numbers: read in the fleet check's message (it names every
+        # witness), and on the Prometheus path as the witnesses panel.
         "mamori_fleet_primary_down_zones", "mamori_fleet_lost_witnesses", "mamori_fleet_witnesses",
         "mamori_fleet_verdict",
     }  # fmt: skip

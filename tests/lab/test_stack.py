@@ -78,6 +78,7 @@ def test_prometheus_rewrite_without_alertmanager(tmp_path: Path) -> None:
     assert "alerting" not in doc
     assert [j["job_name"] for j in doc["scrape_configs"]] == ["mamori", "prometheus"]
     assert doc["global"]["scrape_interval"] == doc["global"]["evaluation_interval"] == "2s"
+    assert doc["scrape_configs"][0]["scrape_interval"] == doc["scrape_configs"][0]["scrape_timeout"] == "2s"
     assert doc["scrape_configs"][0]["file_sd_configs"][0]["files"] == [str(tmp_path / "t.yml")]
     with pytest.raises(StackError, match="no scrape job 'mamori'"):
         prometheus_config(

@@ -53,7 +53,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,31 +119,24 @@ def prom_duration(value: float) -> str:
 
 
 def scaled_rules(text: str, chain_scale: float = CHAIN_SCALE) -> str:
-    """A rule file with every `for:` divided by SCALE and every group's evaluation `interval:`
-    by `chain_scale` (the failover group's); nothing else changes."""
-
-    def one(m: re.Match[str]) -> str:
-        return m.group(1) + prom_duration(scaled(m.group(2)))
-
-    def group(m: re.Match[str]) -> str:
-        return m.group(1) + prom_duration(seconds(m.group(2)) / chain_scale)
-
-    text = re.sub(r"(?m)^(\s+for:\s*)(\S+)\s*$", one, text)
-    return re.sub(r"(?m)^(\s+interval:\s*)(\S+)\s*$", group, text)
-
-
-def rule_for(alertname: str) -> float:
-    """The lab `for:` (seconds) of a shipped Prometheus alert, read from alerts/rules/*.yml."""
-    for path in sorted(RULES_DIR.glob("*.yml")):
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            for rule in group["rules"]:
-                if rule.get("alert") == alertname:
-                    return scaled(rule.get("for", "0s")) if rule.get("for") else 0.0
-    raise KeyError(f"no alert {alertname} in {RULES_DIR}")
+    """A rule file with every `for:` divided by SCALE — but in a group with its own evaluation
+    `interval:` (the failover group: part of the chain), that interval and its rules' `for:` are
+    divided by `chain_scale`. Nothing else changes."""
+    doc = yaml.safe_load(text)
+    for group in doc.get("groups") or []:
+        chain = "interval" in group
+        if chain:
+            group["interval"] = prom_duration(seconds(group["interval"]) / chain_scale)
+        for rule in group.get("rules") or []:
+            if "for" in rule:
+                lab = seconds(rule["for"]) / (chain_scale if chain else SCALE)
+                rule["for"] = prom_duration(lab)
+    return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000))
 
 
-def production_rules() -> list[dict[str, Any]]:
-    """production.yml's alert rules on the postgres check and the fleet check, `for:` scaled."""
+def production_rules(chain_scale: float = CHAIN_SCALE) -> list[dict[str, Any]]:
+    """production.yml's alert rules on the postgres check and the fleet check, `for:` divided by
+    SCALE — by `chain_scale` on the fleet verdict's rules, which are part of the chain."""
     doc = yaml.safe_load(PRODUCTION_YML.read_text())
     rules = []
     for rule in doc["alerts"]["rules"]:
@@ -151,17 +144,10 @@ def production_rules() -> list[dict[str, Any]]:
             continue
         rule = dict(rule)
         if "for" in rule:
-            rule["for"] = f"{scaled(rule['for']):.3f}s"
+            by = chain_scale if rule.get("check") == "fleet:*" else SCALE
+            rule["for"] = f"{seconds(rule['for']) / by:.3f}s"
         rules.append(rule)
     return rules
-
-
-def agent_rule_for(name: str) -> float:
-    """The lab `for:` (seconds) of one of production.yml's agent rules (0 without one)."""
-    for rule in production_rules():
-        if rule["name"] == name:
-            return seconds(rule.get("for", 0))
-    raise KeyError(f"no agent rule {name} in {PRODUCTION_YML}")
 
 
 # --- what happened ---------------------------------------------------------------------------------
@@ -394,7 +380,7 @@ class FailoverLab:
                 "group_wait": f"{scaled('10s'):.3f}s",
                 "flap": {"window": f"{scaled('10m'):g}s"},  # the default 10m, scaled
                 "routes": {"critical": ["pd"], "warning": ["pd"]},
-                "rules": production_rules(),
+                "rules": production_rules(self.chain_scale),
             },
         }
         return yaml.safe_dump(doc, sort_keys=False)
@@ -793,9 +779,3 @@ async def failover_lab(
         finally:
             shutil.rmtree(pg_dir, ignore_errors=True)
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def windows() -> Iterator[tuple[str, float]]:
-    """The lab `for:` of the failover alerts, for reports."""
-    for name in ("PostgresFailoverRecommended", "PostgresPrimaryDownConfirmed"):
-        yield name, rule_for(name)

@@ -26,13 +26,14 @@ What runs, all on 127.0.0.1, every process ours and stopped by its PID:
   agent path is observed in one place.
 
 Time scale: everything that is a period in production is divided by `SCALE` (15): the check
-interval (15 s → 1 s), Prometheus's scrape and evaluation intervals (15 s → 1 s), every `for:` of
-the Prometheus rules (1m → 4 s, 5m → 20 s, 10m → 40 s) and of the agent's rules (30s → 2 s),
-the agent's group_wait (10 s → 0.667 s) and flap window (10m → 40 s). Expressions, thresholds
-(rpo, lag_warning, …) and labels are unchanged. Not scaled: PostgreSQL's own timeouts
-(wal_receiver_timeout 5 s here, as lab/postgres.py sets it), the check's timeout (0.5 s: 5 s / 15
-would leave 0.17 s to connect on a loaded 2-core machine), Alertmanager's group_wait and
-group_interval (1 s, as test_e2e.py).
+interval (but never below `CHECK_INTERVAL_MIN`, 1 s: production's 2 s would be 0.13 s, less
+than the check's timeout), the check's `stall_grace` (17 s → 1.13 s), Prometheus's scrape and
+evaluation intervals (15 s → 1 s), every `for:` of the Prometheus rules (1m → 4 s, 5m → 20 s,
+10m → 40 s) and of the agent's rules (30s → 2 s), the agent's group_wait (10 s → 0.667 s) and
+flap window (10m → 40 s). Expressions, thresholds (rpo, lag_warning, …) and labels are
+unchanged. Not scaled: PostgreSQL's own timeouts (wal_receiver_timeout 5 s here, as
+lab/postgres.py sets it), the check's timeout (0.5 s: 5 s / 15 would leave 0.17 s to connect on
+a loaded 2-core machine), Alertmanager's group_wait and group_interval (1 s, as test_e2e.py).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ CHECK = "db"  # production.yml's postgres check
 SITE = "lab"
 NODES = ("primary", "standby")
 CHECK_TIMEOUT = 0.5
+CHECK_INTERVAL_MIN = 2 * CHECK_TIMEOUT  # a run may take its timeout; the next starts an interval later
 AM_GROUP_WAIT, AM_GROUP_INTERVAL, AM_REPEAT_INTERVAL = "1s", "1s", "1h"
 POLL = 0.2  # how often `watch()` looks at Prometheus and the PagerDuty fake
 
@@ -260,9 +262,11 @@ class FailoverLab:
         prod = self._production_check()
         links = self.links[name]
         check = {k: v for k, v in prod.items() if k not in ("password_file", "sslmode")}
+        interval = max(scaled(prod["interval"]), CHECK_INTERVAL_MIN)
         check.update(
-            interval=f"{scaled(prod['interval']):g}s",
+            interval=f"{interval:g}s",
             timeout=f"{CHECK_TIMEOUT:g}s",
+            stall_grace=f"{max(scaled(prod['stall_grace']), CHECK_TIMEOUT):g}s",
             password=self.pg.monitoring_password,
             sslmode="disable",
             nodes=[
@@ -291,7 +295,7 @@ class FailoverLab:
                 {
                     "type": "fleet",
                     "cluster": self.cluster,
-                    "interval": f"{scaled(prod['interval']):g}s",
+                    "interval": f"{interval:g}s",
                     "timeout": f"{CHECK_TIMEOUT:g}s",
                     "quorum": "majority",
                     "min_votes": 2,

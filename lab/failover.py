@@ -139,6 +139,12 @@ def production_rules() -> list[dict[str, Any]]:
     return rules
 
 
+def stall_grace() -> float:
+    """The lab `stall_grace` (seconds) of production.yml's postgres check: scaled, never below
+    the check's timeout (the check refuses less)."""
+    return max(scaled(FailoverLab._production_check()["stall_grace"]), CHECK_TIMEOUT)
+
+
 def agent_rule_for(name: str) -> float:
     """The lab `for:` (seconds) of one of production.yml's agent rules (0 without one)."""
     for rule in production_rules():
@@ -266,7 +272,7 @@ class FailoverLab:
         check.update(
             interval=f"{interval:g}s",
             timeout=f"{CHECK_TIMEOUT:g}s",
-            stall_grace=f"{max(scaled(prod['stall_grace']), CHECK_TIMEOUT):g}s",
+            stall_grace=f"{stall_grace():g}s",
             password=self.pg.monitoring_password,
             sslmode="disable",
             nodes=[

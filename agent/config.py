@@ -260,6 +260,8 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentCo
         values = {"interval": agent.interval, "timeout": agent.timeout, **raw}
         if type_name == "fleet":  # where its views are: this agent's site, and its name
             values = {"site": agent.labels.get("site", "default"), "agent": agent.name, **values}
+        elif type_name == "postgres":  # the agent witness: this agent's name and zone
+            values = {"agent": agent.name, "agent_zone": agent.labels.get("zone", ""), **values}
         if type_name in ("http", "lb") and "db_witness" in raw:  # the zone of the apps on this host
             values = {"agent_zone": agent.labels.get("zone", ""), **values}
         try:

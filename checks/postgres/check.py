@@ -12,7 +12,9 @@ One run, for a check of N nodes:
    the primary's clock (the local monotonic clock only carries the primary's time from the write
    to the read), so server clock skew never enters, and the row moves every run even when the
    primary is idle;
-3. `cluster.py` judges the states: status, reason, RPO exposure, failover readiness.
+3. `cluster.py` judges the states: status, reason, RPO exposure, failover readiness, and what
+   the witnesses say of the primary (this agent's path, each standby's WAL receiver), with the
+   stall grace measured from the end of the first run of a streak without a primary (`Memory`).
 
 Guarantees:
 - `run()` never raises for anything a server does (refusal, FATAL, garbage, a frozen process,
@@ -121,7 +123,8 @@ class PostgresCheck(Check[PostgresConfig]):
         notes: list[str] = []
         if self.config.heartbeat:
             states = await self._heartbeat(states, [clock for _, clock in probed], end, notes)
-        verdict = judge(states, self._policy, self._memory, notes)
+        # The end of this run: the stall grace is measured between the ends of runs.
+        verdict = judge(states, self._policy, self._memory, notes, now=loop.time())
         self._remember(states, verdict)
         self._last = _Report(tuple(states), verdict, self._policy)
         return CheckOutcome(
@@ -439,7 +442,7 @@ class PostgresCheck(Check[PostgresConfig]):
         timeline = self._memory.primary_timeline
         if verdict.primary is not None and verdict.primary.timeline is not None:
             timeline = verdict.primary.timeline
-        self._memory = Memory(roles, timeline)
+        self._memory = Memory(roles, timeline, verdict.no_primary_since)
 
     # --- reporting ---
 

@@ -15,6 +15,14 @@ Guarantees:
   status its lag deserves.
 - Failover readiness has exactly one reason from `READY_REASONS`; the recommendation exactly one
   from `RECOMMENDED_REASONS`.
+- The witnesses (issue 15): every run says what this agent's own path to the primary shows
+  (`agent:<agent>`) and what each standby's WAL receiver shows (`standby:<node>`), each one of
+  reachable / down / unknown (`Witness`, `WITNESS_STATES`). A primary that does not answer in
+  time is `unknown` until the streak of runs without a primary has lasted `stall_grace`
+  (`Memory.no_primary_since` and `now` come in as arguments: no clock here); one that is not
+  there (refused, unreachable, ...) is `down` at once; one whose postmaster answered at all
+  (auth_failed, too many connections) is alive: `reachable`. The failover recommendation follows
+  the agent witness: `primary_unknown` while unknown, `primary_down_*` only once down.
 - What this agent cannot know is never judged (issue 15): with no primary reachable from here, a
   standby's delay is measured on its own clock (the time since a heartbeat last reached it, not
   its lag) and nobody here sees who the primary streams to, so there is no `standby_missing` for
@@ -34,6 +42,7 @@ from agent.text import seconds
 
 Role = Literal["primary", "standby"]
 Stage = Literal["write", "flush", "replay"]
+WitnessState = Literal["reachable", "down", "unknown"]  # agent/catalog.py WITNESS_STATES
 
 # Among problems of the same status, the first in this order names the result. Cluster-wide
 # faults come first (they make every other figure suspect), then a missing primary, then what
@@ -68,6 +77,9 @@ _STANDBY_PROBLEMS = READY_REASONS[4:]  # worst first
 # Connection failures that mean "the server is not there" (as opposed to: it did not answer in
 # time, it refused our credentials, it is full). Only these become `primary_down`.
 _GONE = {Reason.REFUSED, Reason.UNREACHABLE, Reason.DNS, Reason.CONNECTION_RESET, Reason.UNAVAILABLE}
+# Failures that mean the postmaster answered, only not as usable: it is alive, and promoting a
+# standby now would make a split brain. The agent witness says `reachable` on them.
+_ANSWERED = {Reason.AUTH_FAILED, Reason.TOO_MANY_CONNECTIONS}
 
 WRAPAROUND_LIMIT = 2**31  # transaction IDs: age(datfrozenxid) may not reach this
 
@@ -245,6 +257,17 @@ class Policy:
     wraparound_critical: float = 0.75
     connections_warning: float = 0.8
     connections_critical: float = 0.95
+    # The witnesses (issue 15): how long a streak of runs without an answering primary may last
+    # before this agent calls it down (a stall shorter than this is never a failover), who this
+    # agent is and where it stands, and where each node stands (node -> zone; "" or absent: not
+    # configured).
+    stall_grace: float = 17.0
+    agent: str = ""
+    agent_zone: str = ""
+    zones: tuple[tuple[str, str], ...] = ()
+
+    def zone_of(self, node: str) -> str:
+        return dict(self.zones).get(node, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +276,21 @@ class Memory:
 
     roles: Mapping[str, Role] = field(default_factory=dict)  # node -> role when last reachable
     primary_timeline: int | None = None  # the primary's timeline when last reachable
+    # The END (loop time, monotonic) of the first run of the current streak of runs in which no
+    # primary answered; None while a primary answers. `ClusterVerdict.no_primary_since` is its
+    # next value.
+    no_primary_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Witness:
+    """What one witness says of the cluster's primary in this run
+    (`mamori_pg_primary_witness{cluster, witness, zone, state}`)."""
+
+    name: str  # agent:<agent> | standby:<node>
+    zone: str  # where the witness stands; "" when not configured
+    state: WitnessState
+    why: str  # for messages and the summary only (never a label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +330,11 @@ class ClusterVerdict:
     recommended: bool
     recommended_reason: str
     notes: tuple[str, ...] = ()
+    # The agent witness first, then one per standby (configured node that is, or was last seen
+    # as, a standby). Empty without a cluster view.
+    witnesses: tuple[Witness, ...] = ()
+    # What `Memory.no_primary_since` becomes after this run.
+    no_primary_since: float | None = None
 
 
 def lag_status(delay: float | None, policy: Policy) -> Status:
@@ -315,9 +358,16 @@ def size(value: float | None) -> str:
 
 
 def judge(
-    nodes: Sequence[NodeState], policy: Policy, memory: Memory = Memory(), notes: Sequence[str] = ()
+    nodes: Sequence[NodeState],
+    policy: Policy,
+    memory: Memory = Memory(),
+    notes: Sequence[str] = (),
+    *,
+    now: float = 0.0,
 ) -> ClusterVerdict:
-    """The verdict of one run. `notes` (e.g. "no heartbeat table") end the message. Never raises."""
+    """The verdict of one run. `notes` (e.g. "no heartbeat table") end the message. `now` is the
+    end of this run on the clock of `Memory.no_primary_since` (the check's loop time). Never
+    raises."""
     up = [n for n in nodes if n.up]
     down = [n for n in nodes if not n.up]
     primaries = [n for n in up if n.role == "primary"]
@@ -336,8 +386,10 @@ def judge(
     sysid_text = _sysid_mismatch(up, primary) if policy.cluster_view else None
     if sysid_text:
         issues.append(Issue(Status.CRITICAL, Reason.SYSID_MISMATCH, sysid_text))
+    agent = _agent_witness(primary, presumed, policy, memory, now)
+    no_primary_since = None if agent.state == "reachable" else _streak_start(memory, now)
     if primary is None and (policy.cluster_view or not up):
-        issues.append(_no_primary(presumed, up, policy, nodes))
+        issues.append(_no_primary(presumed, up, policy, nodes, _grace_text(presumed, policy, memory, now)))
 
     reference_tli = primary.timeline if primary is not None else memory.primary_timeline
     standbys = _standby_views(nodes, primary, presumed, policy, reference_tli)
@@ -373,8 +425,10 @@ def judge(
         issues.extend(_connection_issues(node, policy))
 
     ready, ready_reason = _readiness(primaries, sysid_text, standbys)
-    if primaries:
+    if primaries or agent.state == "reachable":
         recommended, recommended_reason = False, "primary_reachable"
+    elif agent.state == "unknown":
+        recommended, recommended_reason = False, "primary_unknown"
     elif ready:
         recommended, recommended_reason = True, "primary_down_standby_ready"
     else:
@@ -404,7 +458,114 @@ def judge(
         recommended=recommended,
         recommended_reason=recommended_reason,
         notes=tuple(notes),
+        witnesses=(agent, *_standby_witnesses(nodes, presumed, policy, memory))
+        if policy.cluster_view
+        else (),
+        no_primary_since=no_primary_since,
     )
+
+
+def _streak_start(memory: Memory, now: float) -> float:
+    return memory.no_primary_since if memory.no_primary_since is not None else now
+
+
+def _silent_for(memory: Memory, now: float) -> float:
+    """How long the current streak without a primary has lasted: from the end of its first run
+    to the end of this one (0 in its first run). A stall of D seconds never measures more than
+    about D: the runs pending when it ends are answered."""
+    return max(0.0, now - _streak_start(memory, now))
+
+
+def _agent_witness(
+    primary: NodeState | None, presumed: NodeState | None, policy: Policy, memory: Memory, now: float
+) -> Witness:
+    """What this agent's own path says of the primary (see the module's guarantees)."""
+    name, zone = f"agent:{policy.agent}", policy.agent_zone
+    if primary is not None:
+        return Witness(name, zone, "reachable", f"primary {primary.name} answered")
+    if presumed is None:
+        return Witness(name, zone, "down", "every node answered and none is a primary")
+    why = presumed.error or presumed.failure.value
+    if presumed.failure in _ANSWERED:
+        return Witness(name, zone, "reachable", f"{presumed.name}'s postmaster answered ({why}): it is alive")
+    if presumed.failure in _GONE:
+        return Witness(name, zone, "down", f"{presumed.name} is not there ({why})")
+    silent = _silent_for(memory, now)
+    if silent >= policy.stall_grace:
+        return Witness(name, zone, "down", f"{presumed.name}: {_silence(silent, policy)}")
+    return Witness(name, zone, "unknown", f"{presumed.name}: {_silence(silent, policy)}")
+
+
+def _silence(silent: float, policy: Policy) -> str:
+    grace = seconds(policy.stall_grace)
+    if silent >= policy.stall_grace:
+        return f"no answer for {seconds(silent)}, past the {grace} stall grace: down"
+    if silent <= 0:
+        return f"no answer in this run, within the {grace} stall grace"
+    return f"no answer for {seconds(silent)}, within the {grace} stall grace"
+
+
+def _grace_text(presumed: NodeState | None, policy: Policy, memory: Memory, now: float) -> str:
+    """What the message adds about the stall grace: only for a primary that does not answer
+    (not for one that is not there, nor for one whose postmaster answered), in a cluster view."""
+    if (
+        not policy.cluster_view
+        or presumed is None
+        or presumed.failure in _GONE
+        or presumed.failure in _ANSWERED
+    ):
+        return ""
+    return f"; {_silence(_silent_for(memory, now), policy)}"
+
+
+def _standby_witnesses(
+    nodes: Sequence[NodeState], presumed: NodeState | None, policy: Policy, memory: Memory
+) -> list[Witness]:
+    """One per configured node that answers as a standby, or that this agent last saw as one
+    (unknown now: no series vanishes while it is unreachable from here)."""
+    out = []
+    for n in nodes:
+        if n is presumed or n.role == "primary":
+            continue
+        name, zone = f"standby:{n.name}", policy.zone_of(n.name)
+        if n.role != "standby":
+            if memory.roles.get(n.name) == "standby":
+                why = (
+                    f"not reachable from this agent ({n.error or n.failure.value})"
+                    if not n.up
+                    else "its role is unknown"
+                )
+                out.append(Witness(name, zone, "unknown", why))
+            continue
+        r = n.receiver
+        if r is None:
+            out.append(Witness(name, zone, "down", "in recovery without a WAL receiver"))
+        elif not r.streaming:
+            out.append(Witness(name, zone, "down", f"its WAL receiver is {r.status}"))
+        elif r.last_msg_age is None:
+            out.append(
+                Witness(name, zone, "unknown", "streaming, but the age of its last message is unknown")
+            )
+        elif r.last_msg_age > policy.stall_grace:
+            out.append(
+                Witness(
+                    name,
+                    zone,
+                    "unknown",
+                    f"streaming, but its last message is {seconds(r.last_msg_age)} old "
+                    f"(over the {seconds(policy.stall_grace)} stall grace)",
+                )
+            )
+        else:
+            out.append(
+                Witness(
+                    name,
+                    zone,
+                    "reachable",
+                    f"streams from the primary (last message {seconds(r.last_msg_age)} ago)",
+                )
+            )
+    return out
 
 
 def _rank(reason: Reason) -> int:
@@ -438,20 +599,24 @@ def _sysid_mismatch(up: Sequence[NodeState], primary: NodeState | None) -> str |
 
 
 def _no_primary(
-    presumed: NodeState | None, up: Sequence[NodeState], policy: Policy, nodes: Sequence[NodeState]
+    presumed: NodeState | None,
+    up: Sequence[NodeState],
+    policy: Policy,
+    nodes: Sequence[NodeState],
+    grace: str = "",
 ) -> Issue:
     if presumed is None:
         return Issue(Status.CRITICAL, Reason.PRIMARY_DOWN, "no primary: every reachable node is a standby")
     why = presumed.error or presumed.failure.value
     if not up and not policy.cluster_view:
-        return Issue(Status.CRITICAL, presumed.failure, f"{presumed.name}: {why}")
+        return Issue(Status.CRITICAL, presumed.failure, f"{presumed.name}: {why}{grace}")
     reason = Reason.PRIMARY_DOWN if presumed.failure in _GONE else presumed.failure
     if reason is Reason.OK:
         reason = Reason.PRIMARY_DOWN
     if up:
-        text = f"no primary: {presumed.name} {_down_text(presumed)}"
+        text = f"no primary: {presumed.name} {_down_text(presumed)}{grace}"
         return Issue(Status.CRITICAL, reason, text + _still_streamed(nodes, presumed))
-    return Issue(Status.CRITICAL, reason, f"no node answers; primary {presumed.name}: {why}")
+    return Issue(Status.CRITICAL, reason, f"no node answers; primary {presumed.name}: {why}{grace}")
 
 
 def _still_streamed(nodes: Sequence[NodeState], presumed: NodeState) -> str:

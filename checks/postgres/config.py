@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ from checks.postgres.cluster import (
     size,
 )
 
-_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
+_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"  # a label value: node, cluster, zone
 _SLOT = re.compile(r"^[a-z0-9_]{1,63}$")  # what pg_create_physical_replication_slot accepts
 _TABLE = re.compile(r"^(?:([a-z_][a-z0-9_$]{0,62})\.)?([a-z_][a-z0-9_$]{0,62})$")
 
@@ -28,6 +29,8 @@ class PgNodeConfig(Model):
     # How the primary's pg_stat_replication names this node when it is a standby (the
     # application_name in its primary_conninfo); default: the node's name.
     application_name: str | None = Field(default=None, min_length=1, max_length=63)
+    # Where the node stands (an availability domain, a site): the `zone` of its standby witness.
+    zone: str | None = Field(default=None, pattern=_NAME)
 
     @property
     def standby_name(self) -> str:
@@ -68,6 +71,22 @@ class PostgresConfig(CheckConfig):
     wraparound_critical: float = Field(default=0.75, gt=0, lt=1)
     connections_warning: float = Field(default=0.8, gt=0, le=1)
     connections_critical: float = Field(default=0.95, gt=0, le=1)
+    # How long runs in a row may find no primary answering (timeouts) before this agent's witness
+    # calls it down; refused and the like are down at once (docs/checks/postgres.md, "Witnesses").
+    stall_grace: Duration = 17.0
+    # Who this agent is and where it stands: the agent witness's `witness` and `zone` labels.
+    # Filled in from the agent's `name` and `labels.zone` by agent/config.py; not set by hand.
+    agent: str = Field(default_factory=socket.gethostname, min_length=1, max_length=1024)
+    agent_zone: str = ""
+
+    @field_validator("agent_zone")
+    @classmethod
+    def _agent_zone(cls, value: str) -> str:
+        if value and not re.match(_NAME, value):
+            raise ValueError(
+                f"invalid zone {value!r} (the agent's `zone` label): use 1 to 64 letters, digits and _.:-"
+            )
+        return value
 
     @field_validator("nodes")
     @classmethod
@@ -119,6 +138,12 @@ class PostgresConfig(CheckConfig):
             value = getattr(self, key)
             if value is not None and value >= self.timeout:
                 raise ValueError(f"{key} ({value:g}s) must be less than timeout ({self.timeout:g}s)")
+        if self.stall_grace < self.timeout:
+            # Shorter, the second timeout in a row would already be `down`: no grace at all.
+            raise ValueError(
+                f"stall_grace ({seconds(self.stall_grace)}) must be at least timeout "
+                f"({seconds(self.timeout)}): a shorter grace calls every stall a dead primary"
+            )
         if self.heartbeat_interval is not None:
             hb = self.heartbeat_interval
             if hb < self.interval:
@@ -198,6 +223,10 @@ class PostgresConfig(CheckConfig):
             wraparound_critical=self.wraparound_critical,
             connections_warning=self.connections_warning,
             connections_critical=self.connections_critical,
+            stall_grace=self.stall_grace,
+            agent=self.agent,
+            agent_zone=self.agent_zone,
+            zones=tuple((n.name, n.zone) for n in self.nodes if n.zone),
         )
 
     def slot_names(self) -> tuple[str, ...]:

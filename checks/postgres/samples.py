@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.catalog import READY_REASONS, RECOMMENDED_REASONS
+from agent.catalog import READY_REASONS, RECOMMENDED_REASONS, WITNESS_STATES
 from agent.model import Reason, Sample
 from checks.postgres.cluster import (
     WRAPAROUND_LIMIT,
@@ -64,6 +64,7 @@ RPO_STANDBY_GAP = "mamori_pg_rpo_standby_gap_seconds"
 RPO_ARCHIVE_GAP = "mamori_pg_rpo_archive_gap_seconds"
 FAILOVER_READY = "mamori_pg_failover_ready"
 FAILOVER_RECOMMENDED = "mamori_pg_failover_recommended"
+PRIMARY_WITNESS = "mamori_pg_primary_witness"
 
 
 def samples_of(states: Sequence[NodeState], verdict: ClusterVerdict, policy: Policy) -> tuple[Sample, ...]:
@@ -182,6 +183,24 @@ def _cluster_samples(
             (*cluster, ("reason", verdict.recommended_reason)),
         )
     )
+    for w in verdict.witnesses:
+        out.extend(witness_samples(policy.cluster, w.name, w.zone, w.state))
+
+
+def witness_samples(cluster: str, witness: str, zone: str, state: str) -> list[Sample]:
+    """`mamori_pg_primary_witness` of one witness, StateSet style: one sample per state of
+    `WITNESS_STATES`, 1 for `state` and 0 for the others, so that no series vanishes when the
+    state changes. Shared by every check that emits a witness (postgres; http and lb with
+    `db_witness`)."""
+    assert state in WITNESS_STATES
+    return [
+        Sample(
+            PRIMARY_WITNESS,
+            float(s == state),
+            (("cluster", cluster), ("witness", witness), ("zone", zone), ("state", s)),
+        )
+        for s in WITNESS_STATES
+    ]
 
 
 def _opt(out: list[Sample], name: str, value: float | None, labels: tuple[tuple[str, str], ...]) -> None:

@@ -115,6 +115,9 @@ def render_summary(
             f"failover: {'ready' if verdict.ready else 'NOT ready'} ({verdict.ready_reason}); "
             f"recommended from here: {recommended} ({verdict.recommended_reason})"
         )
+        for w in verdict.witnesses:
+            where = f" (zone {w.zone})" if w.zone else ""
+            lines.append(f"witness {w.name}{where}: {w.state} — {w.why}")
     if verdict.issues:
         lines.append("problems:")
         lines.extend(f"  {i.status.name:<8} {i.reason.value}: {i.text}" for i in verdict.issues)

@@ -179,18 +179,23 @@ def test_a_node_of_another_cluster_is_a_sysid_mismatch() -> None:
 
 
 @pytest.mark.parametrize(
-    ("failure_reason", "expected"),
+    ("failure_reason", "expected", "recommendation"),
     [
-        (Reason.REFUSED, Reason.PRIMARY_DOWN),
-        (Reason.UNREACHABLE, Reason.PRIMARY_DOWN),
-        (Reason.CONNECTION_RESET, Reason.PRIMARY_DOWN),
-        (Reason.UNAVAILABLE, Reason.PRIMARY_DOWN),  # "the database system is shutting down"
-        (Reason.TIMEOUT, Reason.TIMEOUT),  # frozen: we do not know that it is down
-        (Reason.AUTH_FAILED, Reason.AUTH_FAILED),  # it answered: our credentials are wrong
-        (Reason.TOO_MANY_CONNECTIONS, Reason.TOO_MANY_CONNECTIONS),  # it answered: it is full
+        (Reason.REFUSED, Reason.PRIMARY_DOWN, (True, "primary_down_standby_ready")),
+        (Reason.UNREACHABLE, Reason.PRIMARY_DOWN, (True, "primary_down_standby_ready")),
+        (Reason.CONNECTION_RESET, Reason.PRIMARY_DOWN, (True, "primary_down_standby_ready")),
+        # "the database system is shutting down"
+        (Reason.UNAVAILABLE, Reason.PRIMARY_DOWN, (True, "primary_down_standby_ready")),
+        # frozen: we do not know that it is down (within the stall grace: see the witness tests)
+        (Reason.TIMEOUT, Reason.TIMEOUT, (False, "primary_unknown")),
+        # it answered: our credentials are wrong, or it is full; alive either way
+        (Reason.AUTH_FAILED, Reason.AUTH_FAILED, (False, "primary_reachable")),
+        (Reason.TOO_MANY_CONNECTIONS, Reason.TOO_MANY_CONNECTIONS, (False, "primary_reachable")),
     ],
 )
-def test_an_unreachable_primary_names_its_failure(failure_reason: Reason, expected: Reason) -> None:
+def test_an_unreachable_primary_names_its_failure(
+    failure_reason: Reason, expected: Reason, recommendation: tuple[bool, str]
+) -> None:
     # The standby's WAL receiver cannot stream from a dead primary: that must not count against it.
     lonely = standby(receiver=Receiver("waiting"), heartbeat=Heartbeat(30.0, "standby"))
     memory = Memory(roles={"pg1": "primary", "pg2": "standby"}, primary_timeline=1)
@@ -198,7 +203,7 @@ def test_an_unreachable_primary_names_its_failure(failure_reason: Reason, expect
     assert (v.status, v.reason) == (Status.CRITICAL, expected)
     assert v.message.startswith("no primary: pg1 ")
     assert (v.ready, v.ready_reason) == (True, "ready")
-    assert (v.recommended, v.recommended_reason) == (True, "primary_down_standby_ready")
+    assert (v.recommended, v.recommended_reason) == recommendation
     assert "pg2: delay measured with the standby's clock (no primary)" in v.message
     assert v.exposure == 30.0 and v.archive_gap is None
 
@@ -269,9 +274,11 @@ def test_nothing_answers() -> None:
     v = verdict(down("pg1", Reason.TIMEOUT, "no answer within 6s"), down("pg2"))
     assert (v.status, v.reason) == (Status.CRITICAL, Reason.TIMEOUT)
     assert v.message.startswith("no node answers; primary pg1: no answer within 6s")
-    assert (v.ready_reason, v.recommended_reason) == ("standby_down", "primary_down_standby_not_ready")
+    # A timeout within the stall grace: not yet down (see the witness tests).
+    assert (v.ready_reason, v.recommended_reason) == ("standby_down", "primary_unknown")
     v = verdict(down("pg1"), down("pg2"))
     assert v.reason is Reason.PRIMARY_DOWN
+    assert (v.ready_reason, v.recommended_reason) == ("standby_down", "primary_down_standby_not_ready")
 
 
 def test_a_standby_that_is_down_is_missing_and_not_ready() -> None:
@@ -1115,8 +1122,9 @@ async def test_frozen_primary_times_out_within_the_timeout_and_delays_no_other_c
         assert r.duration < 1.5, r.duration  # the check's own deadline, not the harness's
         assert value(r, "mamori_pg_up", node="primary") == 0
         assert value(r, "mamori_pg_up", node="standby") == 1  # the other node is still reported
-        assert recommended(r) == (1.0, "primary_down_standby_ready")
-        assert "does not answer" in r.message
+        # 4 s of a freeze is within the default 17 s stall grace: unknown, not yet down.
+        assert recommended(r) == (0.0, "primary_unknown")
+        assert "does not answer" in r.message and "within the 17s stall grace" in r.message
     ticks = [start for name, start, _ in SleepCheck.log if name == "ticker"]
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) >= int(elapsed / 0.1) - 3, len(ticks)

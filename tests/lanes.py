@@ -87,7 +87,7 @@ DOCKER = "tests/docker/"  # the real Docker Engine: service lane, run last
 SERVICE: tuple[str, ...] = (
     "tests/lab/",
     DOCKER,
-    "tests/alerts/test_failover_catalogue.py",  # real PostgreSQL, Mosquitto, Prometheus, Alertmanager; in-process agents
+    "tests/alerts/test_failover_catalogue.py",  # real Postgres, Mosquitto, Prometheus, Alertmanager
 )
 
 # Tests that take 0.4 s or more on a loaded 2-core machine (`pytest --durations`):

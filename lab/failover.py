@@ -285,6 +285,10 @@ class FailoverLab:
         return max(MIN_PERIOD, self.chain(self._production_check()["timeout"]))
 
     @property
+    def fleet_interval(self) -> float:
+        return max(MIN_PERIOD, self.chain(FLEET_INTERVAL))
+
+    @property
     def stall_grace(self) -> float:
         return self.chain(self._production_check().get("stall_grace", "17s"))
 
@@ -364,8 +368,8 @@ class FailoverLab:
                 {
                     "type": "fleet",
                     "cluster": self.cluster,
-                    "interval": f"{self.chain(FLEET_INTERVAL):g}s",
-                    "timeout": f"{CHECK_TIMEOUT:g}s",
+                    "interval": f"{self.fleet_interval:g}s",
+                    "timeout": f"{self.fleet_interval:g}s",
                     "lost_window": f"{self.chain('30s'):g}s",
                     **broker,
                 },

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.catalog import WITNESS_STATES
-from agent.model import CheckResult
+from agent.model import CheckResult, Sample
 
 SOURCE_TYPE = "postgres"  # the check whose results carry the legacy fields (primary_down, nodes)
 FLEET_TYPE = "fleet"  # never a source: the fleet's own results cannot feed back into the views
@@ -373,3 +373,20 @@ class OwnViews:
                     del parts[check]
             if not parts:
                 del self._parts[cluster]
+
+
+def witness_samples(cluster: str, witness: str, zone: str, state: str) -> list[Sample]:
+    """`mamori_pg_primary_witness` of one witness, StateSet style: one sample per state of
+    `WITNESS_STATES`, 1 for `state` and 0 for the others, so that no series vanishes when the
+    state changes. The one builder of every check that emits a witness (postgres; http and lb
+    with `db_witness`); `witnesses_of` reads them back."""
+    if state not in WITNESS_STATES:
+        raise ValueError(f"not a witness state: {state!r}")
+    return [
+        Sample(
+            PG_WITNESS,
+            float(s == state),
+            (("cluster", cluster), ("witness", witness), ("zone", zone), ("state", s)),
+        )
+        for s in WITNESS_STATES
+    ]

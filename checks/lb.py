@@ -34,9 +34,10 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, field_validator, model_validator
 
 from agent.fields import Model, check_host
+from agent.fleetview import witness_samples
 from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
-from checks.http.check import HttpCheck, witness_samples
+from checks.http.check import HttpCheck
 from checks.http.config import LABEL_VALUE, HttpConfig
 
 if TYPE_CHECKING:

@@ -32,8 +32,8 @@ from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 import h11
 
-from agent.catalog import WITNESS_STATES
 from agent.fields import secret_value
+from agent.fleetview import witness_samples
 from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.http.config import DEFAULT_PORTS, HttpConfig, check_url, format_status
@@ -499,19 +499,6 @@ class HttpCheck(Check[HttpConfig]):
             *(PerfDatum(f"time_{p}", phases.get(p, 0.0), "s", min=0) for p in PHASES),
             PerfDatum("size", size, "B", min=0),
         ]
-
-
-def witness_samples(cluster: str, witness: str, zone: str, state: str) -> list[Sample]:
-    """`mamori_pg_primary_witness`, StateSet style: every state, 1 for `state`, 0 for the others,
-    so no series vanishes when the state changes."""
-    return [
-        Sample(
-            "mamori_pg_primary_witness",
-            1.0 if s == state else 0.0,
-            (("cluster", cluster), ("witness", witness), ("zone", zone), ("state", s)),
-        )
-        for s in WITNESS_STATES
-    ]
 
 
 def _parse(response: _Response, state: _State) -> tuple[Any, str | None]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.catalog import READY_REASONS, RECOMMENDED_REASONS, WITNESS_STATES
+from agent.catalog import READY_REASONS, RECOMMENDED_REASONS
+from agent.fleetview import witness_samples
 from agent.model import Reason, Sample
 from checks.postgres.cluster import (
     WRAPAROUND_LIMIT,
@@ -185,22 +186,6 @@ def _cluster_samples(
     )
     for w in verdict.witnesses:
         out.extend(witness_samples(policy.cluster, w.name, w.zone, w.state))
-
-
-def witness_samples(cluster: str, witness: str, zone: str, state: str) -> list[Sample]:
-    """`mamori_pg_primary_witness` of one witness, StateSet style: one sample per state of
-    `WITNESS_STATES`, 1 for `state` and 0 for the others, so that no series vanishes when the
-    state changes. Shared by every check that emits a witness (postgres; http and lb with
-    `db_witness`)."""
-    assert state in WITNESS_STATES
-    return [
-        Sample(
-            PRIMARY_WITNESS,
-            float(s == state),
-            (("cluster", cluster), ("witness", witness), ("zone", zone), ("state", s)),
-        )
-        for s in WITNESS_STATES
-    ]
 
 
 def _opt(out: list[Sample], name: str, value: float | None, labels: tuple[tuple[str, str], ...]) -> None:

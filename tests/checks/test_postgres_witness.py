@@ -23,11 +23,12 @@ import pytest
 from agent import config
 from agent.catalog import WITNESS_STATES
 from agent.config import ConfigError
+from agent.fleetview import witness_samples
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks.postgres.cluster import ClusterVerdict, Memory, NodeState, Policy, Receiver, judge
 from checks.postgres.config import PostgresConfig
-from checks.postgres.samples import samples_of, witness_samples
+from checks.postgres.samples import samples_of
 from lab.postgres import PgLab
 from tests.checks.test_postgres import (
     NODES,

@@ -304,6 +304,7 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentCo
     exporters_complete = not any(i.path.startswith("exporters") for i in issues)
     if exporters_complete:
         _fleet_votes(doc, file, checks, seen, exporters, warnings)
+    _witness_zone(doc, file, agent, checks, seen, warnings)
     # Without checks every rule matches nothing: the warning above says so once.
     if alerts is not None and checks and checks_complete and exporters_complete:
         _alert_targets(doc, file, alerts, checks, issues, warnings)
@@ -341,6 +342,30 @@ def _fleet_votes(
             message = (
                 f"this agent watches cluster {getattr(c, 'cluster', '')!r} but does not vote in its"
                 " quorum: no mqtt exporter publishes its views (fleet: {enabled: true})"
+            )
+            warnings.append(ConfigIssue(file, doc.line_of(where), format_path(where), message, warning=True))
+
+
+def _witness_zone(
+    doc: YamlDoc,
+    file: str,
+    agent: AgentSection,
+    checks: list[CheckConfig],
+    seen: Mapping[str, int],
+    warnings: list[ConfigIssue],
+) -> None:
+    """A postgres check whose nodes stand in zones, on an agent without one: its witness of the
+    primary counts in no zone, so it can never help confirm a dead primary (docs/failover.md) —
+    the usual cause is MAMORI_ZONE not set on this host."""
+    if agent.labels.get("zone"):
+        return
+    for c in checks:
+        nodes = getattr(c, "nodes", None) or ()
+        if c.type == "postgres" and any(getattr(n, "zone", None) for n in nodes):
+            where: yamldoc.Path = ("checks", seen[c.name])
+            message = (
+                "the nodes have zones but this agent has none (agent.labels.zone, e.g. from"
+                " MAMORI_ZONE): its witness of the primary counts in no zone"
             )
             warnings.append(ConfigIssue(file, doc.line_of(where), format_path(where), message, warning=True))
 

@@ -280,3 +280,23 @@ def test_a_fifo_or_a_device_as_the_config_file_is_refused_at_once(tmp_path: Path
         assert [str(i) for i in exc.value.issues] == [
             f"{path}: (file): cannot read: {what}, not a regular file"
         ]
+
+
+def test_an_agent_without_a_zone_watching_nodes_with_zones_is_warned() -> None:
+    """MAMORI_ZONE forgotten on a host: its witness counts in no zone, so a dead primary could
+    only ever be inconclusive from it (docs/failover.md) — said at load, not found in an outage."""
+    text = """
+agent: {name: a, labels: {zone: "${MAMORI_ZONE:-}"}}
+checks:
+  - name: db
+    type: postgres
+    nodes: [{name: pg1, host: 127.0.0.1, zone: ad1}, {name: pg2, host: 127.0.0.2, zone: ad2}]
+"""
+    cfg = config.parse(text, "x.yml", env={})
+    assert [str(w) for w in cfg.warnings] == [
+        "x.yml:4: checks[0]: warning: the nodes have zones but this agent has none (agent.labels.zone,"
+        " e.g. from MAMORI_ZONE): its witness of the primary counts in no zone"
+    ]
+    assert config.parse(text, "x.yml", env={"MAMORI_ZONE": "ad1"}).warnings == ()
+    no_zones = text.replace(", zone: ad1", "").replace(", zone: ad2", "")
+    assert config.parse(no_zones, "x.yml", env={}).warnings == ()

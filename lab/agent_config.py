@@ -113,12 +113,15 @@ def agent_config(s: AgentSetup) -> dict[str, Any]:
                 "type": "postgres",
                 "cluster": s.cluster,
                 "nodes": [
-                    {"name": "primary", "host": HOST, "port": s.pg.primary_port},
+                    # Zones (docs/failover.md): the primary with this agent in ad1, the standby
+                    # in ad2 — so its WAL receiver is a second zone's witness of the primary.
+                    {"name": "primary", "host": HOST, "port": s.pg.primary_port, "zone": "ad1"},
                     {
                         "name": "standby",
                         "host": HOST,
                         "port": s.pg.standby_port,
                         "application_name": "standby1",
+                        "zone": "ad2",
                     },
                 ],
                 "user": "mamori",
@@ -157,7 +160,7 @@ def agent_config(s: AgentSetup) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "agent": {
             "name": s.name,
-            "labels": {"site": s.site},
+            "labels": {"site": s.site, "zone": "ad1"},
             "listen": f"{HOST}:{s.port}",
             "interval": every,
             "timeout": every,
@@ -180,11 +183,10 @@ def agent_config(s: AgentSetup) -> dict[str, Any]:
             {"name": "bus", "type": "mqtt", "host": HOST, "port": s.mqtt_port, "fleet": {"enabled": True}}
         ]
         if s.pg is not None:
-            # The quorum on the same broker. min_votes 1: the lab has one agent; production
-            # keeps the default 2.
-            checks.append(
-                {"type": "fleet", "cluster": s.cluster, "host": HOST, "port": s.mqtt_port, "min_votes": 1}
-            )
+            # The verdict on the same broker. One agent, yet two witnesses in two zones: its own
+            # path (ad1) and the standby's WAL receiver (ad2) — the defaults (min_votes 2,
+            # min_zones 2) confirm a stopped primary.
+            checks.append({"type": "fleet", "cluster": s.cluster, "host": HOST, "port": s.mqtt_port})
     return doc
 
 

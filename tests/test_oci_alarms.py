@@ -727,8 +727,8 @@ def test_variables_fill_the_thresholds_and_are_checked_with_the_query() -> None:
         "OCI_TOPIC_ID": ocid("onstopic"),
         "MAMORI_RPO_SECONDS": "300",
         "MAMORI_ALARMS_FLEET": "true",
-        "MAMORI_ALARMS_AGENT_VOTES": "false",
-        "MAMORI_PRIMARY_DOWN_MIN_AGENTS": "3",
+        "MAMORI_ALARMS_WITNESSES": "false",
+        "MAMORI_PRIMARY_DOWN_MIN_ZONES": "3",
         "OCI_METRIC_COMPARTMENT_ID": ocid("compartment"),
     }
     spec = model.load(ALARMS, env)
@@ -737,6 +737,7 @@ def test_variables_fill_the_thresholds_and_are_checked_with_the_query() -> None:
     assert by_name["mamori: PostgresFailoverRecommended (fleet)"].is_enabled
     assert not by_name["mamori: PostgresFailoverRecommended"].is_enabled
     assert ".groupBy(cluster).sum() >= 3 && " in by_name["mamori: PostgresFailoverRecommended"].query
+    assert 'witness[1m]{state = "reachable"}' in by_name["mamori: PostgresFailoverRecommended"].query
     assert (
         by_name["mamori: LoadBalancerDown"].details()["metric_compartment_id"]
         == env["OCI_METRIC_COMPARTMENT_ID"]

@@ -61,7 +61,9 @@ def watcher_config(fleet: AppFleet, engine: DockerEngine, pagerduty_url: str) ->
     web["docker"] = {**web["docker"], "socket": str(engine.socket)}
     containers["socket"] = str(engine.socket)
     for check in checks.values():
-        check["interval"] = _scaled(check.get("interval", doc["agent"]["interval"]))
+        # Scaled, but never below the 1 s timeout a probe through HAProxy needs under load.
+        interval = float(parse_duration(check.get("interval", doc["agent"]["interval"]))) / TIME_SCALE
+        check["interval"] = f"{max(1.0, interval):g}s"
         check["timeout"] = "1s"
     alerts = doc["alerts"]
     alerts["rules"] = [rule for rule in alerts["rules"] if rule["check"] in APP_CHECKS]

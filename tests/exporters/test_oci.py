@@ -310,8 +310,8 @@ DIMS_15 = "{" + ", ".join(f"d{i}: v" for i in range(15)) + "}"
         (
             f"    namespace: m\n    dimensions: {DIMS_15}\n",
             "oci.yml:7: exporters[0].dimensions: 15 static dimensions + host + 0 agent labels + the labels "
-            "of mamori_member_status (check, member, reason, role, target) make 21 dimensions; OCI "
-            "Monitoring allows 20 per metric stream",
+            "of mamori_pg_primary_witness (check, cluster, state, target, witness, zone) make 22 dimensions; "
+            "OCI Monitoring allows 20 per metric stream",
         ),
         (
             "    namespace: m\n    profile: PROD\n",
@@ -453,7 +453,7 @@ def test_the_20_dimension_limit_counts_the_agent_labels() -> None:
         "dimensions": {f"d{i}": "v" for i in range(10)},
     }
     labels = {f"l{i}": "v" for i in range(5)}
-    with pytest.raises(ValueError, match=r"10 static dimensions \+ host \+ 5 agent labels .* make 21"):
+    with pytest.raises(ValueError, match=r"10 static dimensions \+ host \+ 5 agent labels .* make 22"):
         OciConfig.model_validate(raw, context={"agent_labels": labels})
     cfg = OciConfig.model_validate(raw)  # without the agent section the loader cannot know...
     with pytest.raises(StartupError, match="exporter oci: 10 static dimensions \\+ host \\+ 5 agent labels"):
@@ -462,9 +462,9 @@ def test_the_20_dimension_limit_counts_the_agent_labels() -> None:
         build(cfg, ExportContext(agent="h", labels={"host": "x"}, interval=15))
     with pytest.raises(StartupError, match="d1: both a static dimension and an agent label"):
         build(cfg, ExportContext(agent="h", labels={"d1": "x"}, interval=15))
-    # An agent label that a metric also has ("role" on lb members) is overridden by the sample's
-    # label for that stream, so it does not count twice.
-    ok = {f"l{i}": "v" for i in range(3)} | {"role": "app"}
+    # An agent label that a metric also has ("zone", on the widest metric: the witnesses of
+    # issue 15) is overridden by the sample's label for that stream, so it does not count twice.
+    ok = {f"l{i}": "v" for i in range(3)} | {"zone": "ad1"}
     assert isinstance(build(cfg, ExportContext(agent="h", labels=ok, interval=15)), OciExporter)
 
 
@@ -487,8 +487,8 @@ exporters:
         config.parse(text, "oci.yml", env={})
     assert str(info.value) == (
         "oci.yml:7: exporters[0].dimensions: 10 static dimensions + host + 5 agent labels + the labels "
-        "of mamori_member_status (check, member, reason, role, target) make 21 dimensions; OCI "
-        "Monitoring allows 20 per metric stream"
+        "of mamori_pg_primary_witness (check, cluster, state, target, witness, zone) make 22 dimensions; "
+        "OCI Monitoring allows 20 per metric stream"
     )
 
 

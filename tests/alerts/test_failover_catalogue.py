@@ -347,7 +347,7 @@ async def test_a_short_primary_stall_never_recommends_on_prometheus(catalogue: C
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # whether a 1 s stall meets a run of every agent depends on where the runs fall
     reason="issue 15 item 3: a 15 s primary stall (1 s here) makes every agent's run time out, and "
     "the fleet quorum (no `for:` on pg_primary_down_confirmed) pages at once, then resolves",
 )

@@ -81,14 +81,15 @@ class AppFleet:
     containers and stops HAProxy; safe twice and before `start()`.
     """
 
-    def __init__(self, engine: DockerEngine, directory: Path, apps: int = 3) -> None:
+    def __init__(self, engine: DockerEngine, directory: Path, apps: int = 3, prefix: str = "app") -> None:
         if apps < 1:
             raise ValueError(f"a fleet needs at least one app, not {apps}")
         self.engine = engine
         self.directory = directory
         (directory / "certs").mkdir(parents=True, exist_ok=True)
         self.certs: Certs = make_certs(directory / "certs")
-        self.ports = {f"app-{i}": free_port() for i in range(1, apps + 1)}
+        # Container names are the engine's, shared by every fleet on it: `prefix` keeps two apart.
+        self.ports = {f"{prefix}-{i}": free_port() for i in range(1, apps + 1)}
         self.haproxy = HAProxy(
             directory / "haproxy",
             [Backend(name, port) for name, port in self.ports.items()],

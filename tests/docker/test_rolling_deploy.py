@@ -226,15 +226,15 @@ async def test_a_container_that_dies_at_start_is_named_with_its_exit_code_and_la
 ) -> None:
     """A CI run once said only `app-1 … is not healthy after 0.9 s: exited`: the reason (here its
     port, taken by somebody else) must be in the one line."""
-    fleet = AppFleet(docker_engine, tmp_path / "fleet", apps=1)
+    fleet = AppFleet(docker_engine, tmp_path / "fleet", apps=1, prefix="doomed")  # beside the module's
     image = await app_image(docker_engine, "1")
     with socket.socket() as taken:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        taken.bind(("127.0.0.1", fleet.ports["app-1"]))
+        taken.bind(("127.0.0.1", fleet.ports["doomed-1"]))
         taken.listen()
         with pytest.raises(RolloutError) as raised:
             await fleet.start(image, health_timeout=30)
-    said = r"^app-1 \(mamori-lab/app:1\) is not healthy after .*: exited 1 \(.*address already in use"
+    said = r"^doomed-1 \(mamori-lab/app:1\) is not healthy after .*: exited 1 \(.*address already in use"
     assert re.search(said, str(raised.value), re.I), raised.value
     assert "\n" not in str(raised.value)
     assert fleet.containers == {}  # start() cleaned up after itself

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -86,6 +87,13 @@ def parse_json_path(path: str) -> tuple[str | int, ...]:
     return tuple(tokens)
 
 
+def _json_path(path: str) -> str:
+    parse_json_path(path)
+    return path
+
+
+JsonPath = Annotated[str, AfterValidator(_json_path)]  # checked at load, parsed again per use
+
 _MISSING: Any = object()
 _OPERATORS = ("equals", "not_equals", "matches", "exists", "lt", "gt")
 
@@ -116,19 +124,13 @@ def _show(value: Any) -> str:
 class JsonCondition(Model):
     """One condition on the JSON body: `path` and exactly one operator."""
 
-    path: str
+    path: JsonPath
     equals: JsonValue = None
     not_equals: JsonValue = None
     matches: Regex | None = None
     exists: bool | None = None
     lt: float | None = None
     gt: float | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, path: str) -> str:
-        parse_json_path(path)
-        return path
 
     @model_validator(mode="after")
     def _one_operator(self) -> JsonCondition:
@@ -197,16 +199,10 @@ class DbWitness(Model):
     whether it reaches the database, and which values mean up or down."""
 
     cluster: str = Field(pattern=LABEL_VALUE)
-    path: str = "db.status"
+    path: JsonPath = "db.status"
     up: tuple[WitnessValue, ...] = Field(default=("up", "ok", True), min_length=1)
     down: tuple[WitnessValue, ...] = Field(default=("down", "error", False), min_length=1)
     zone: str | None = Field(default=None, pattern=LABEL_VALUE)
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, path: str) -> str:
-        parse_json_path(path)
-        return path
 
     @model_validator(mode="after")
     def _disjoint(self) -> DbWitness:

@@ -53,6 +53,7 @@ PROMETHEUS_PAGE = "alertmanager:PostgresFailoverRecommended"
 AGENT_PAGE = "agent:pg_primary_down_confirmed"
 ANCHOR = "AnchorPrimaryDown"
 ANCHOR_PAGE = f"alertmanager:{ANCHOR}"
+FALSE_PAGES: list[str] = []  # what paged during the stalls (named in the result)
 ANCHOR_RULES = f"""groups:
   - name: anchor
     rules:
@@ -92,9 +93,15 @@ async def one_run(fl: FailoverLab, fault: str) -> dict[str, float | None]:
     }
     for agent in fl.names:
         out[agent] = _paged(seen, AGENT_PAGE, agent)
-    if fault == "stall":  # any failover page at all is a false one
-        loud = sorted(k for k in seen.fired() if "PrimaryDown" in k or "Failover" in k or "primary_down" in k)
-        out["false_pages"] = float(len([k for k in loud if k != ANCHOR_PAGE]))
+    if fault == "stall":  # any failover or inconclusive page of Mamori's is a false one
+        loud = sorted(
+            k
+            for k in seen.fired()
+            if ANCHOR not in k
+            and any(w in k for w in ("PrimaryDown", "Failover", "primary_down", "failover"))
+        )
+        FALSE_PAGES.extend(loud)
+        out["false_pages"] = float(len(loud))
     return out
 
 
@@ -158,6 +165,7 @@ async def run(runs: int, faults: tuple[str, ...]) -> dict[str, Any]:
             anchor_paged = sum(1 for r in rows if r["anchor"] is not None)
             figures[fault] = {
                 "mamori_false_pages": false,
+                "false_pages_seen": sorted(set(FALSE_PAGES)),
                 "anchor_pages": float(anchor_paged),
                 "runs": len(rows),
             }
@@ -210,8 +218,9 @@ def main() -> int:
         f = result[fault]
         if fault == "stall":
             print(
-                f"15 s stall: Mamori false pages {f['mamori_false_pages']:g}, "
-                f"anchor paged in {f['anchor_pages']:g} of {f['runs']} runs"
+                f"15 s stall: Mamori false pages {f['mamori_false_pages']:g}"
+                + (f" ({', '.join(f['false_pages_seen'])})" if f["false_pages_seen"] else "")
+                + f", anchor paged in {f['anchor_pages']:g} of {f['runs']} runs"
             )
             continue
 

@@ -442,7 +442,7 @@ class PostgresCheck(Check[PostgresConfig]):
         timeline = self._memory.primary_timeline
         if verdict.primary is not None and verdict.primary.timeline is not None:
             timeline = verdict.primary.timeline
-        self._memory = Memory(roles, timeline, verdict.no_primary_since)
+        self._memory = Memory(roles, timeline, verdict.no_primary_since, verdict.receiver_lost_since)
 
     # --- reporting ---
 

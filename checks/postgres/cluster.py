@@ -280,6 +280,9 @@ class Memory:
     # primary answered; None while a primary answers. `ClusterVerdict.no_primary_since` is its
     # next value.
     no_primary_since: float | None = None
+    # The same for each standby whose WAL receiver does not stream: node -> the END of the first
+    # run of its streak. `ClusterVerdict.receiver_lost_since` is its next value.
+    receiver_lost_since: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +338,8 @@ class ClusterVerdict:
     witnesses: tuple[Witness, ...] = ()
     # What `Memory.no_primary_since` becomes after this run.
     no_primary_since: float | None = None
+    # What `Memory.receiver_lost_since` becomes after this run.
+    receiver_lost_since: Mapping[str, float] = field(default_factory=dict)
 
 
 def lag_status(delay: float | None, policy: Policy) -> Status:
@@ -387,6 +392,7 @@ def judge(
     if sysid_text:
         issues.append(Issue(Status.CRITICAL, Reason.SYSID_MISMATCH, sysid_text))
     agent = _agent_witness(primary, presumed, policy, memory, now)
+    standby_witnesses, receiver_lost_since = _standby_witnesses(nodes, presumed, policy, memory, now)
     no_primary_since = None if agent.state == "reachable" else _streak_start(memory, now)
     if primary is None and (policy.cluster_view or not up):
         issues.append(_no_primary(presumed, up, policy, nodes, _grace_text(presumed, policy, memory, now)))
@@ -458,10 +464,9 @@ def judge(
         recommended=recommended,
         recommended_reason=recommended_reason,
         notes=tuple(notes),
-        witnesses=(agent, *_standby_witnesses(nodes, presumed, policy, memory))
-        if policy.cluster_view
-        else (),
+        witnesses=(agent, *standby_witnesses) if policy.cluster_view else (),
         no_primary_since=no_primary_since,
+        receiver_lost_since=receiver_lost_since,
     )
 
 
@@ -519,11 +524,19 @@ def _grace_text(presumed: NodeState | None, policy: Policy, memory: Memory, now:
 
 
 def _standby_witnesses(
-    nodes: Sequence[NodeState], presumed: NodeState | None, policy: Policy, memory: Memory
-) -> list[Witness]:
+    nodes: Sequence[NodeState], presumed: NodeState | None, policy: Policy, memory: Memory, now: float
+) -> tuple[list[Witness], dict[str, float]]:
     """One per configured node that answers as a standby, or that this agent last saw as one
-    (unknown now: no series vanishes while it is unreachable from here)."""
+    (unknown now: no series vanishes while it is unreachable from here); and the next
+    `Memory.receiver_lost_since`.
+
+    A receiver that does not stream is `down` only once that has lasted `stall_grace` (measured
+    as the agent's own silence is): it stops streaming after `wal_receiver_timeout` when the
+    primary merely stalls, exactly as when it is gone, so a 15 s stall with a short
+    `wal_receiver_timeout` must not make it a down vote (and a standby's own restart is no vote
+    either). A stopped primary is told at once by the agents' refused connections."""
     out = []
+    lost: dict[str, float] = {}
     for n in nodes:
         if n is presumed or n.role == "primary":
             continue
@@ -538,10 +551,12 @@ def _standby_witnesses(
                 out.append(Witness(name, zone, "unknown", why))
             continue
         r = n.receiver
-        if r is None:
-            out.append(Witness(name, zone, "down", "in recovery without a WAL receiver"))
-        elif not r.streaming:
-            out.append(Witness(name, zone, "down", f"its WAL receiver is {r.status}"))
+        if r is None or not r.streaming:
+            since = lost[n.name] = memory.receiver_lost_since.get(n.name, now)
+            what = "in recovery without a WAL receiver" if r is None else f"its WAL receiver is {r.status}"
+            silent = max(0.0, now - since)
+            state: WitnessState = "down" if silent >= policy.stall_grace else "unknown"
+            out.append(Witness(name, zone, state, f"{what}: {_lost_for(silent, policy)}"))
         elif r.last_msg_age is None:
             out.append(
                 Witness(name, zone, "unknown", "streaming, but the age of its last message is unknown")
@@ -565,7 +580,16 @@ def _standby_witnesses(
                     f"streams from the primary (last message {seconds(r.last_msg_age)} ago)",
                 )
             )
-    return out
+    return out, lost
+
+
+def _lost_for(silent: float, policy: Policy) -> str:
+    grace = seconds(policy.stall_grace)
+    if silent >= policy.stall_grace:
+        return f"for {seconds(silent)}, past the {grace} stall grace: down"
+    if silent <= 0:
+        return f"since this run, within the {grace} stall grace"
+    return f"for {seconds(silent)}, within the {grace} stall grace"
 
 
 def _rank(reason: Reason) -> int:

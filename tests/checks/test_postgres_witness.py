@@ -178,10 +178,34 @@ def test_nothing_answers_times_out_within_the_grace() -> None:
     ],
 )
 def test_the_standby_witness_reads_its_wal_receiver(receiver: Receiver | None, state: str) -> None:
-    # The same whether this agent reaches the primary or not: it is the standby's own view.
+    # The same whether this agent reaches the primary or not: it is the standby's own view. A
+    # receiver that does not stream has done so for a whole stall grace here (see below).
+    lost = replace(WAS, receiver_lost_since={"pg2": 100.0 - 17.0})
     for first in (primary(), down("pg1", Reason.TIMEOUT)):
-        v = judged(first, standby(receiver=receiver))
+        v = judged(first, standby(receiver=receiver), memory=lost)
         assert witnesses(v)["standby:pg2"] == ("ad2", state), v.witnesses
+
+
+def test_a_receiver_that_stopped_streaming_is_down_only_after_the_stall_grace() -> None:
+    """It stops streaming after wal_receiver_timeout when the primary merely stalls (5 s in the
+    lab), exactly as when the primary is gone: a 15 s stall must not make it a down vote."""
+    lost = standby(receiver=Receiver("waiting"))
+    v = judged(down("pg1", Reason.TIMEOUT), lost, now=100.0)
+    assert witnesses(v)["standby:pg2"] == ("ad2", "unknown")
+    assert v.receiver_lost_since == {"pg2": 100.0}
+    (w,) = [w for w in v.witnesses if w.name == "standby:pg2"]
+    assert w.why == "its WAL receiver is waiting: since this run, within the 17s stall grace"
+    later = replace(WAS, receiver_lost_since=v.receiver_lost_since)
+    assert witnesses(judged(down("pg1", Reason.TIMEOUT), lost, memory=later, now=116.9))["standby:pg2"] == (
+        "ad2",
+        "unknown",
+    )
+    v = judged(down("pg1", Reason.TIMEOUT), lost, memory=later, now=117.0)
+    assert witnesses(v)["standby:pg2"] == ("ad2", "down")
+    assert v.receiver_lost_since == {"pg2": 100.0}
+    # Streaming again ends the streak: the next loss starts a new one.
+    v = judged(down("pg1", Reason.TIMEOUT), standby(), memory=later, now=118.0)
+    assert v.receiver_lost_since == {}
 
 
 def test_a_standby_unreachable_from_here_is_unknown_and_a_never_seen_node_is_no_witness() -> None:
@@ -210,7 +234,7 @@ def test_zones_default_to_empty_and_a_single_node_has_no_witness() -> None:
 
 def test_every_witness_emits_all_three_states() -> None:
     nodes = (down("pg1", Reason.TIMEOUT), standby(receiver=Receiver("waiting")))
-    v = judged(*nodes)
+    v = judged(*nodes, memory=replace(WAS, receiver_lost_since={"pg2": 0.0}))
     rows = {
         (dict(s.labels)["witness"], dict(s.labels)["zone"], dict(s.labels)["state"]): s.value
         for s in samples_of(nodes, v, POLICY)

@@ -502,12 +502,18 @@ def _agent_witness(
 
 
 def _silence(silent: float, policy: Policy) -> str:
+    return _against_grace(silent, policy, "no answer in this run", "no answer for")
+
+
+def _against_grace(silent: float, policy: Policy, first: str, lasting: str) -> str:
+    """How long a streak has lasted, against the stall grace: `first` in its first run, else
+    `lasting <duration>`; and whether it is past the grace (then: down)."""
     grace = seconds(policy.stall_grace)
     if silent >= policy.stall_grace:
-        return f"no answer for {seconds(silent)}, past the {grace} stall grace: down"
+        return f"{lasting} {seconds(silent)}, past the {grace} stall grace: down"
     if silent <= 0:
-        return f"no answer in this run, within the {grace} stall grace"
-    return f"no answer for {seconds(silent)}, within the {grace} stall grace"
+        return f"{first}, within the {grace} stall grace"
+    return f"{lasting} {seconds(silent)}, within the {grace} stall grace"
 
 
 def _grace_text(presumed: NodeState | None, policy: Policy, memory: Memory, now: float) -> str:
@@ -556,7 +562,11 @@ def _standby_witnesses(
             what = "in recovery without a WAL receiver" if r is None else f"its WAL receiver is {r.status}"
             silent = max(0.0, now - since)
             state: WitnessState = "down" if silent >= policy.stall_grace else "unknown"
-            out.append(Witness(name, zone, state, f"{what}: {_lost_for(silent, policy)}"))
+            out.append(
+                Witness(
+                    name, zone, state, f"{what}: {_against_grace(silent, policy, 'since this run', 'for')}"
+                )
+            )
         elif r.last_msg_age is None:
             out.append(
                 Witness(name, zone, "unknown", "streaming, but the age of its last message is unknown")
@@ -581,15 +591,6 @@ def _standby_witnesses(
                 )
             )
     return out, lost
-
-
-def _lost_for(silent: float, policy: Policy) -> str:
-    grace = seconds(policy.stall_grace)
-    if silent >= policy.stall_grace:
-        return f"for {seconds(silent)}, past the {grace} stall grace: down"
-    if silent <= 0:
-        return f"since this run, within the {grace} stall grace"
-    return f"for {seconds(silent)}, within the {grace} stall grace"
 
 
 def _rank(reason: Reason) -> int:

@@ -274,7 +274,9 @@ class BasicAuth(Model):
 
 
 def check_url(url: str) -> SplitResult:
-    if not all(" " < c < "\x7f" for c in url):
+    # Printable ASCII without spaces (str methods: a loop over characters costs a config of
+    # 10 000 checks a tenth of a second).
+    if not (url.isascii() and url.isprintable()) or " " in url:
         raise ValueError("URL must be printable ASCII without spaces (percent-encode other characters)")
     parts = urlsplit(url)
     if parts.scheme not in DEFAULT_PORTS:

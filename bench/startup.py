@@ -124,7 +124,7 @@ def main() -> None:
     result = run(args.checks, args.runs)
     path = save(NAME, result)
     t = result["targets"]
-    print(  # noqa: T201
+    print(
         f"{args.checks} http checks: validate {result['validate_s']['median']:.2f} s ({t['validate']}, "
         f"target {VALIDATE_TARGET_S:g} s; one check: {result['validate_one_check_s']['median']:.2f} s), "
         f"/ready {result['ready_s']['median']:.2f} s ({t['ready']}, target {READY_TARGET_S:g} s) -> {path}"

@@ -90,7 +90,7 @@ def time_ready(path: Path, port: int, runs: int) -> list[float]:
     return times
 
 
-def run(checks: int, runs: int) -> dict[str, Any]:
+def run(checks: int = 10_000, runs: int = 3) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mamori-startup-") as tmp:
         listen, target = free_port(), free_port()
         big, one = Path(tmp) / "checks.yml", Path(tmp) / "one.yml"
@@ -115,6 +115,38 @@ def run(checks: int, runs: int) -> dict[str, Any]:
     }
 
 
+def summary(r: dict[str, Any]) -> str:
+    t = r["targets"]
+    return (
+        f"startup: {r['parameters']['checks']} http checks: agentctl validate median "
+        f"{r['validate_s']['median']:.2f}s (one check {r['validate_one_check_s']['median']:.2f}s; "
+        f"target <= {t['validate_s']:g}s {t['validate']}), /ready {r['ready_s']['median']:.2f}s "
+        f"(target <= {t['ready_s']:g}s {t['ready']})"
+    )
+
+
+def figures(r: dict[str, Any]) -> list[str]:
+    """The docs/benchmarks.md section (bench/run_all.py)."""
+    p, t = r["parameters"], r["targets"]
+
+    def runs(key: str) -> str:
+        return ", ".join(f"{x:.2f}" for x in r[key]["runs"])
+
+    return [
+        f"_{r['date']}, {r['machine']['nproc']} cores._ {p['checks']} generated `http` checks "
+        f"({p['file_bytes'] / 2**20:.1f} MiB of YAML), median of {p['runs']} fresh processes.",
+        "",
+        "| | median | runs | target | |",
+        "|---|---|---|---|---|",
+        f"| `agentctl validate` | **{r['validate_s']['median']:.2f} s** | "
+        f"{runs('validate_s')} | ≤ {t['validate_s']:g} s | **{t['validate']}** |",
+        f"| `agentctl run` → `/ready` | **{r['ready_s']['median']:.2f} s** | "
+        f"{runs('ready_s')} | ≤ {t['ready_s']:g} s | **{t['ready']}** |",
+        f"| anchor: `agentctl validate`, one check | {r['validate_one_check_s']['median']:.2f} s | "
+        f"{runs('validate_one_check_s')} | | |",
+    ]
+
+
 def main() -> None:
     exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -123,12 +155,8 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.checks, args.runs)
     path = save(NAME, result)
-    t = result["targets"]
-    print(
-        f"{args.checks} http checks: validate {result['validate_s']['median']:.2f} s ({t['validate']}, "
-        f"target {VALIDATE_TARGET_S:g} s; one check: {result['validate_one_check_s']['median']:.2f} s), "
-        f"/ready {result['ready_s']['median']:.2f} s ({t['ready']}, target {READY_TARGET_S:g} s) -> {path}"
-    )
+    print(summary(result))
+    print(f"  -> {path}")
 
 
 if __name__ == "__main__":

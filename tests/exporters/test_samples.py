@@ -9,7 +9,10 @@ from agent.catalog import CHECK_METRICS, DETAIL_METRICS
 from agent.config import parse
 from agent.errors import ConfigError
 from agent.model import CheckResult, Sample, Status, result_from_json
+from agent.runner import execute
+from checks.http.check import HttpCheck
 from exporters.samples import flatten
+from tests.servers import json_ok, serve_http
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 HTTP = (
@@ -115,3 +118,13 @@ def test_an_unknown_series_setting_names_the_line_and_the_choices() -> None:
     with pytest.raises(ConfigError) as err:
         parse(CONFIG.replace("series: full", "series: minimal"), "agent.yml", env={})
     assert str(err.value) == "agent.yml:11: checks[1].series: Input should be 'full' or 'basic'"
+
+
+async def test_the_harness_puts_the_checks_setting_on_a_real_result() -> None:
+    async with serve_http({"/": json_ok({})}) as srv:
+        full = await execute(HttpCheck.from_url(srv.url("/")))
+        basic = await execute(HttpCheck.from_url(srv.url("/"), series="basic"))
+    assert (full.series, basic.series) == ("full", "basic")
+    assert [s.name for s in basic.samples] == [s.name for s in full.samples]  # kept for alert rules
+    assert len(flatten(full)) == 4 + 13  # the harness's 4 (+ the timestamp on /metrics) and http's 13
+    assert names(basic)[4:] == ["probe_http_status_code"]

@@ -593,6 +593,31 @@ AGENT_METRICS: dict[str, MetricSpec] = {
 }
 
 
+# The detailed series: what a check with `series: basic` (or `agent.series: basic`) leaves out of
+# what it exports (exporters/samples.py), for an agent probing thousands of targets. Kept in
+# `basic`: the harness's series, the http status code, the certificate expiry, everything of
+# host, docker, postgres, pg_backup and fleet (one or a few checks per agent), and an lb's
+# member verdicts.
+DETAIL_METRICS = frozenset(
+    {
+        "probe_http_duration_seconds",
+        "probe_http_version",
+        "probe_http_redirects",
+        "probe_http_ssl",
+        "probe_http_content_length",
+        "probe_failed_due_to_regex",
+        "probe_dns_lookup_time_seconds",
+        "probe_ip_protocol",
+        "probe_tls_version_info",
+        "probe_ssl_last_chain_expiry_timestamp_seconds",
+        "mamori_tcp_duration_seconds",
+        "mamori_member_duration_seconds",
+        "mamori_member_http_status_code",
+        "mamori_member_http_duration_seconds",
+    }
+)
+
+
 def all_metrics() -> dict[str, MetricSpec]:
     return {**CHECK_METRICS, **AGENT_METRICS}
 
@@ -615,7 +640,18 @@ def render_markdown() -> str:
     for name, spec in CHECK_METRICS.items():
         labels = ", ".join(("check", "target", *spec.labels))
         out.append(f"| `{name}` | {spec.type} | {labels} | {spec.source} | {spec.help} |")
+    detail = ", ".join(f"`{name}`" for name in CHECK_METRICS if name in DETAIL_METRICS)
     out += [
+        "",
+        "## Detailed series (`series: basic` leaves them out)",
+        "",
+        "A check with `series: basic` (or every check, with `agent.series: basic`) exports its",
+        "results without these, so an agent probing thousands of targets costs its Prometheus",
+        "a third of the series; the default, `full`, is blackbox_exporter's set. The agent's own",
+        "alert rules and `/api/v1/results` still see every sample. How many series each check",
+        "type emits: `docs/checks/common.md`.",
+        "",
+        detail + ".",
         "",
         "## The agent itself",
         "",

@@ -52,6 +52,7 @@ class AgentSection(Model):
     listen: str = "127.0.0.1:9630"
     interval: Duration = 30.0
     timeout: Duration = 10.0
+    series: Literal["full", "basic"] = "full"  # every check's default (checks/base.py)
     concurrency: int = Field(default=32, ge=1, le=10_000)
     queue_size: int = Field(default=1000, ge=1, le=1_000_000)
     shutdown_timeout: Duration = 10.0
@@ -257,7 +258,7 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentCo
         if type_name is None:
             checks_complete = False
             continue
-        values = {"interval": agent.interval, "timeout": agent.timeout, **raw}
+        values = {"interval": agent.interval, "timeout": agent.timeout, "series": agent.series, **raw}
         if type_name == "fleet":  # where its views are: this agent's site, and its name
             values = {"site": agent.labels.get("site", "default"), "agent": agent.name, **values}
         elif type_name == "postgres":  # the agent witness: this agent's name and zone

@@ -112,6 +112,9 @@ class CheckResult:
     reason: Reason = Reason.OK
     attempts: int = 1
     tags: tuple[str, ...] = ()  # the check's tags (set by the harness): what alert rules select on
+    # The check's `series` (set by the harness): "basic" leaves the detailed series out of what is
+    # exported (exporters/samples.py); the result itself keeps every sample, for alert rules.
+    series: str = "full"
 
     @property
     def success(self) -> bool:
@@ -138,6 +141,7 @@ class CheckResult:
             "attempts": self.attempts,
             "samples": [{"name": s.name, "value": s.value, "labels": dict(s.labels)} for s in self.samples],
             "tags": list(self.tags),
+            "series": self.series,
         }
 
 
@@ -152,7 +156,8 @@ class CheckRemoved:
 
 
 def result_from_json(data: dict[str, Any]) -> CheckResult:
-    """The inverse of `CheckResult.to_json()`. A result encoded before results had tags has none."""
+    """The inverse of `CheckResult.to_json()`. A result encoded before results had tags has none;
+    one encoded before they had `series` is "full"."""
     return CheckResult(
         check=str(data["check"]),
         check_type=str(data["type"]),
@@ -168,6 +173,7 @@ def result_from_json(data: dict[str, Any]) -> CheckResult:
         reason=Reason(data["reason"]),
         attempts=int(data["attempts"]),
         tags=tuple(str(t) for t in data.get("tags", ())),
+        series=str(data.get("series", "full")),
     )
 
 

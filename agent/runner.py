@@ -103,4 +103,5 @@ async def execute(check: Check[Any]) -> CheckResult:
         reason=outcome.reason,
         attempts=outcome.attempts,
         tags=tuple(cfg.tags),
+        series=cfg.series,
     )

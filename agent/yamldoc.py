@@ -22,8 +22,12 @@ from yaml.composer import Composer
 
 try:  # libyaml's parser: the same events, about 20 times faster than the pure-Python one
     from yaml import CSafeLoader as _SafeLoader
+
+    _LIBYAML = True
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
     from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
+    _LIBYAML = False
 
 Path = tuple[str | int, ...]
 
@@ -215,6 +219,119 @@ def _tag(tag: str) -> str:
     return "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
 
 
+class _NotPlain(Exception):
+    """The document has something only the counting composer handles (see `_load_plain`)."""
+
+
+_STR_TAG = _YAML_TAG + "str"
+_IMPLICIT = _SafeLoader.yaml_implicit_resolvers
+_WILDCARD = _IMPLICIT.get(None, [])
+
+
+@dataclass(slots=True)
+class _Open:
+    """A collection being built by `_load_plain`: its value, path, and the key awaiting a value."""
+
+    value: dict[str, Any] | list[Any]
+    path: Path
+    key: str | None = None
+    key_line: int = 0
+
+
+def _load_plain(text: str, env: Mapping[str, str]) -> YamlDoc:
+    """`load()` for a plain document — no anchor, alias, tag or merge key, within the bounds, and
+    without an error — built straight from libyaml's events: no node objects and no resolver
+    call per node, which makes a config of 10 000 checks load in a fifth of the time. Raises
+    _NotPlain for anything else (including every error), so `load()` falls back to the counting
+    composer, which says what is wrong exactly as before: the fast path never decides a refusal."""
+    if not _LIBYAML:  # pragma: no cover - the pure-Python parser would be the slow part
+        raise _NotPlain
+    parser = _SafeLoader(text)
+    constructor = yaml.constructor.SafeConstructor()
+    lines: dict[Path, int] = {}
+    stack: list[_Open] = []
+    root: Any = None
+    nodes = 0
+
+    def scalar(event: Any) -> Any:
+        if event.tag is not None or event.anchor is not None:
+            raise _NotPlain
+        value: str = event.value
+        tag = _STR_TAG
+        if event.implicit[0]:  # a plain scalar: resolved as the resolver does
+            for tag_, regexp in _IMPLICIT.get(value[:1], []) + _WILDCARD:
+                if regexp.match(value):
+                    tag = tag_
+                    break
+        if tag == _STR_TAG:
+            return value
+        if tag in _TEXT_TAGS:
+            raise _NotPlain
+        node = yaml.ScalarNode(tag, value, event.start_mark, event.end_mark)
+        try:
+            return constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, LookupError, TypeError, AttributeError, OverflowError):
+            raise _NotPlain from None
+
+    try:
+        get = parser.get_event
+        if type(get()) is not yaml.StreamStartEvent or type(get()) is not yaml.DocumentStartEvent:
+            raise _NotPlain
+        while True:
+            event: Any = get()
+            kind = type(event)
+            if kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                stack.pop()
+                continue
+            if kind is yaml.DocumentEndEvent:
+                break
+            if kind is yaml.AliasEvent:
+                raise _NotPlain
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise _NotPlain
+            line = event.start_mark.line + 1
+            top = stack[-1] if stack else None
+            if top is not None and isinstance(top.value, dict) and top.key is None:
+                key = scalar(event) if kind is yaml.ScalarEvent else None
+                if not isinstance(key, str) or key in top.value:
+                    raise _NotPlain
+                top.key, top.key_line = key, line
+                continue
+            if kind is yaml.ScalarEvent:
+                value = scalar(event)
+                if isinstance(value, str) and "$" in value:
+                    try:
+                        value = interpolate(value, env)
+                    except (KeyError, ValueError):
+                        raise _NotPlain from None
+            else:
+                if event.tag is not None or event.anchor is not None or len(stack) >= MAX_DEPTH:
+                    raise _NotPlain
+                value = {} if kind is yaml.MappingStartEvent else []
+            if top is None:
+                path: Path = ()
+                root = value
+            elif isinstance(top.value, dict):
+                assert top.key is not None
+                path, line = top.path + (top.key,), top.key_line
+                top.value[top.key] = value
+                top.key = None
+            else:
+                path = top.path + (len(top.value),)
+                top.value.append(value)
+            lines[path] = line
+            if kind is not yaml.ScalarEvent:
+                stack.append(_Open(value, path))
+        if type(get()) is not yaml.StreamEndEvent:
+            raise _NotPlain
+    except yaml.YAMLError:
+        raise _NotPlain from None
+    finally:
+        parser.dispose()
+    return YamlDoc(data=root, lines=lines)
+
+
 def load(text: str, env: Mapping[str, str]) -> YamlDoc:
     """Parse YAML (safe subset) into plain Python values, interpolating variables in strings.
 
@@ -227,6 +344,10 @@ def load(text: str, env: Mapping[str, str]) -> YamlDoc:
         raise DocumentError((), 0, "invalid YAML: the text is not valid Unicode") from None
     if too_large:
         raise DocumentError((), 0, f"the document is larger than {MAX_BYTES // 2**20} MiB")
+    try:
+        return _load_plain(text, env)
+    except _NotPlain:
+        pass
     loader = _Loader(text)
     try:
         root = loader.get_single_node()

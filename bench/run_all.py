@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import cli_cold, endpoint, http_cpu, lb_group, oci, pg_cluster, rss
+from bench import cli_cold, endpoint, http_cpu, lb_group, oci, pg_cluster, rss, startup
 from bench.common import REPO, exit_on_sigterm, read_result, save
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -239,6 +239,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
     (http_cpu.NAME, "CPU per HTTP probe (`bench/http_cpu.py`)", _http_cpu),
     (cli_cold.NAME, "CLI cold start (`bench/cli_cold.py`)", _cli_cold),
     (rss.NAME, "Memory (`bench/rss.py`)", _rss),
+    (startup.NAME, "Start-up with 10 000 checks (`bench/startup.py`)", startup.figures),
     (lb_group.NAME, "One `lb` check with 50 backends (`bench/lb_group.py`)", _lb_group),
     (
         pg_cluster.NAME,
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             (http_cpu.NAME, lambda: http_cpu.run(seconds=args.seconds), http_cpu.summary),
             (cli_cold.NAME, cli_cold.run, cli_cold.summary),
             (rss.NAME, rss.run, rss.summary),
+            (startup.NAME, startup.run, startup.summary),
             (lb_group.NAME, lb_group.run, lb_group.summary),
             (pg_cluster.NAME, pg_cluster.run, pg_cluster.summary),
             (oci.NAME, oci.run, oci.summary),

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
@@ -36,6 +36,9 @@ class CheckConfig(Model):
     interval: Duration
     timeout: Duration
     tags: tuple[str, ...] = ()
+    # "basic" leaves out the detailed series (agent.catalog.DETAIL_METRICS: per-phase timings,
+    # protocol details) for an agent probing thousands of targets; filled from `agent.series`.
+    series: Literal["full", "basic"] = "full"
     # Retries happen inside `timeout`: a failed attempt is retried after retry_backoff, doubling
     # each time, while a tenth of the timeout is still left; each attempt gets what is left of
     # that one budget (`Check.time_left`).

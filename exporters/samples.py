@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.catalog import PER_CHECK_LABELS
+from agent.catalog import DETAIL_METRICS, PER_CHECK_LABELS
 from agent.model import CheckResult
 
 
@@ -34,7 +34,10 @@ def flatten(r: CheckResult) -> list[FlatSample]:
         ),
         FlatSample("mamori_check_attempts", base, float(r.attempts), ts),
     ]
-    out.extend(FlatSample(s.name, base + s.labels, s.value, ts) for s in r.samples)
+    # A check with `series: basic` exports its result without the detailed series; the result
+    # keeps them (the agent's alert rules and /api/v1/results see every sample).
+    samples = r.samples if r.series == "full" else [s for s in r.samples if s.name not in DETAIL_METRICS]
+    out.extend(FlatSample(s.name, base + s.labels, s.value, ts) for s in samples)
     return out
 
 

@@ -105,6 +105,10 @@ SLOW: dict[str, tuple[str, ...]] = {
         "test_random_yaml_text_never_escapes",
         "test_the_worst_documents_within_the_size_cap_are_bounded",
     ),
+    "tests/agent/test_yamldoc_plain.py": (
+        "test_random_structures_load_the_same",
+        "test_random_yaml_text_loads_the_same",
+    ),
     "tests/agent/test_endpoint.py": (
         "test_a_connection_over_the_bound_closes_the_oldest_not_the_newcomer",
         "test_a_head_sent_byte_by_byte_is_cut_at_its_deadline",

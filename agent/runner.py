@@ -11,7 +11,6 @@ import logging
 import time
 import traceback
 import weakref
-from dataclasses import replace
 from typing import Any
 
 from agent.model import CheckResult, Reason, Status
@@ -83,14 +82,14 @@ async def execute(check: Check[Any]) -> CheckResult:
             break
         failures.append(outcome.message or outcome.reason.value)
         await asyncio.sleep(delay)
+    message = outcome.message
     if failures:
         earlier = "; ".join(failures)
-        outcome = replace(outcome, message=f"{outcome.message} (attempt {attempt}; before: {earlier})")
-    outcome = replace(outcome, attempts=attempt)
+        message = f"{message} (attempt {attempt}; before: {earlier})"
     duration = time.monotonic() - t0
     # The one place every check's message passes: a target echoing a credential (an Authorization
     # header, a password in a URL) must not put it into results, exports, alerts or logs.
-    message = check.secrets.mask(outcome.message)
+    message = check.secrets.mask(message)
     return CheckResult(
         check=check.name,
         check_type=check.type_name,
@@ -101,7 +100,7 @@ async def execute(check: Check[Any]) -> CheckResult:
         samples=outcome.samples,
         message=message,
         reason=outcome.reason,
-        attempts=outcome.attempts,
+        attempts=attempt,
         tags=tuple(cfg.tags),
         series=cfg.series,
     )

@@ -6,11 +6,17 @@ same D seconds, at the same time:
 - the agent runs a generated config of K `http` checks with a 1 s interval, and /metrics is
   scraped once a second (as Prometheus would), which is counted in the agent's CPU;
 - blackbox_exporter gets K `GET /probe?target=...&module=http_2xx` per second from a paced
-  driver in this process (one keep-alive connection, like a Prometheus scraper).
+  driver in this process (one keep-alive connection, like a Prometheus scraper);
+- the floor, a bare asyncio loop in its own process (same interpreter): K times a second, paced,
+  `asyncio.open_connection` + one HTTP/1.1 `GET /` written by hand + read to the end + close, no
+  HTTP library, no timing, no result. What the agent costs above it is the agent's own work;
+  what it costs is CPython's asyncio and the loopback TCP stack (the kernel's share of a connect
+  and a send is charged to the process that makes them).
 
 CPU is user+sys of each process (psutil) between two points after a warm-up; probes are the
 delta of `mamori_check_runs_total` for the agent and the /probe answers with `probe_success 1`
-for blackbox_exporter. Target: agent CPU per probe <= 0.5 x blackbox_exporter's.
+for blackbox_exporter, the bare loop's own count of `200` answers. Target: agent CPU per probe
+<= 0.5 x blackbox_exporter's; agent / bare loop and bare loop / blackbox_exporter are reported too.
 
     python -m bench.http_cpu [--seconds 30] [--checks 20] [--warmup 5] [--profile]
 
@@ -21,15 +27,18 @@ then inflated, so no result file is written.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import multiprocessing
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import psutil
 
@@ -118,28 +127,72 @@ class BlackboxDriver:
             client.close()
 
 
+async def _bare_probes(
+    url: str, rate: float, limit: int, done: Synchronized[int], ok: Synchronized[int]
+) -> None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = (
+        f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nUser-Agent: bare-asyncio\r\n"
+        "Accept: */*\r\nConnection: close\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for n in range(limit):
+        await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
+        answer = b""
+        try:
+            async with asyncio.timeout(AGENT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    writer.write(request)
+                    answer = await reader.read()  # to the end: nginx closes after the answer
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            pass
+        ok.value += answer.startswith(b"HTTP/1.1 200 ")
+        done.value += 1
+
+
+def _bare_loop(url: str, rate: float, limit: int, done: Synchronized[int], ok: Synchronized[int]) -> None:
+    """The floor (in a child process): paced bare asyncio probes until `limit` or killed."""
+    asyncio.run(_bare_probes(url, rate, limit, done, ok))
+
+
 @dataclass
 class Snapshot:
     t: float
     agent_cpu: float
     blackbox_cpu: float
+    bare_cpu: float
     agent_runs: dict[str, float]
     agent_skipped: float
     blackbox_done: int
     blackbox_ok: int
+    bare_done: int
+    bare_ok: int
 
 
 def _snapshot(
-    metrics_text: str, agent: psutil.Process, blackbox: psutil.Process, driver: BlackboxDriver
+    metrics_text: str,
+    agent: psutil.Process,
+    blackbox: psutil.Process,
+    driver: BlackboxDriver,
+    bare: tuple[psutil.Process, Synchronized[int], Synchronized[int]],
 ) -> Snapshot:
+    bare_proc, bare_done, bare_ok = bare
     return Snapshot(
         t=time.monotonic(),
         agent_cpu=cpu_seconds(agent),
         blackbox_cpu=cpu_seconds(blackbox),
+        bare_cpu=cpu_seconds(bare_proc),
         agent_runs=metric_by_label(metrics_text, "mamori_check_runs_total", "status"),
         agent_skipped=metric_sum(metrics_text, "mamori_scheduler_skipped_runs_total"),
         blackbox_done=driver.done,
         blackbox_ok=driver.succeeded,
+        bare_done=bare_done.value,
+        bare_ok=bare_ok.value,
     )
 
 
@@ -179,8 +232,20 @@ def run(
             except (TimeoutError, RuntimeError) as exc:
                 raise RuntimeError(f"agent did not start: {exc}\n{tail(log)}") from exc
             agent = psutil.Process(agent_proc.pid)
-            driver = BlackboxDriver(blackbox.port, nginx.url, rate, limit=int(rate * (warmup + seconds + 30)))
+            limit = int(rate * (warmup + seconds + 30))
+            driver = BlackboxDriver(blackbox.port, nginx.url, rate, limit=limit)
+            # spawn: a fresh interpreter, not a fork of this one and its threads.
+            ctx = multiprocessing.get_context("spawn")
+            bare_done, bare_ok = ctx.Value("q", 0), ctx.Value("q", 0)
+            bare_proc = ctx.Process(
+                target=_bare_loop,
+                args=(nginx.url, rate, limit, bare_done, bare_ok),
+                name="bare-loop",
+                daemon=True,
+            )
             scraper = KeepAliveClient(port)
+            bare_proc.start()
+            bare = (psutil.Process(bare_proc.pid), bare_done, bare_ok)
             driver.start()
             try:
                 # One scrape per second, paced; the snapshots are taken right after scrapes number
@@ -194,12 +259,14 @@ def run(
                     if status != 200:
                         raise RuntimeError(f"agent /metrics answered {status}")
                     if n in (scrapes_warmup, scrapes_warmup + scrapes_window):
-                        snaps.append(_snapshot(text, agent, blackbox.process, driver))
+                        snaps.append(_snapshot(text, agent, blackbox.process, driver, bare))
                     if agent_proc.poll() is not None:
                         raise RuntimeError(f"agent exited during the run\n{tail(log)}")
             finally:
                 driver.stop()
                 scraper.close()
+                bare_proc.terminate()
+                bare_proc.join(10)
         if profile:
             print_profile(Path(tmp) / "agent.prof")
         requests_by_ua = _user_agents(nginx.dir / "access.log")
@@ -215,7 +282,11 @@ def run(
     agent_ms = 1000 * agent_cpu / agent_probes if agent_probes else float("nan")
     bb_ms = 1000 * bb_cpu / bb_ok if bb_ok else float("nan")
     ratio = agent_ms / bb_ms if bb_ms else float("nan")
-    all_ok = agent_ok == agent_probes > 0 and bb_ok == bb_probes > 0
+    bare_probes = b.bare_done - a.bare_done
+    bare_ok_n = b.bare_ok - a.bare_ok
+    bare_cpu = b.bare_cpu - a.bare_cpu
+    bare_ms = 1000 * bare_cpu / bare_ok_n if bare_ok_n else float("nan")
+    all_ok = agent_ok == agent_probes > 0 and bb_ok == bb_probes > 0 and bare_ok_n == bare_probes > 0
     return {
         "parameters": {
             "checks": checks,
@@ -250,9 +321,19 @@ def run(
             "cpu_percent": round(100 * bb_cpu / window, 2),
             "sample_failures": driver.failures,
         },
+        "bare_asyncio_loop": {
+            "cpu_s": round(bare_cpu, 3),
+            "probes": bare_probes,
+            "probes_ok": bare_ok_n,
+            "probes_per_s": round(bare_probes / window, 2),
+            "cpu_ms_per_probe": round(bare_ms, 4),
+            "cpu_percent": round(100 * bare_cpu / window, 2),
+        },
         "nginx_requests_by_user_agent_whole_run": requests_by_ua,
         "all_probes_succeeded": all_ok,
         "ratio_agent_to_blackbox": round(ratio, 3),
+        "ratio_agent_to_bare_loop": round(agent_ms / bare_ms, 3) if bare_ms else float("nan"),
+        "ratio_bare_loop_to_blackbox": round(bare_ms / bb_ms, 3) if bb_ms else float("nan"),
         "target_ratio_max": TARGET_RATIO,
         "verdict": verdict(ratio <= TARGET_RATIO),
     }
@@ -264,7 +345,10 @@ def summary(r: dict[str, Any]) -> str:
         f"http_cpu: agent {ag['cpu_ms_per_probe']:.3f} ms/probe ({ag['probes']:g} probes, "
         f"{ag['probes_ok']:g} ok), blackbox_exporter {bb['cpu_ms_per_probe']:.3f} ms/probe "
         f"({bb['probes']} probes, {bb['probes_ok']} ok): ratio {r['ratio_agent_to_blackbox']:.2f} "
-        f"(target <= {r['target_ratio_max']}) {r['verdict']}"
+        f"(target <= {r['target_ratio_max']}) {r['verdict']}; bare asyncio loop "
+        f"{r['bare_asyncio_loop']['cpu_ms_per_probe']:.3f} ms/probe: agent / bare loop "
+        f"{r['ratio_agent_to_bare_loop']:.2f}, "
+        f"bare loop / blackbox_exporter {r['ratio_bare_loop_to_blackbox']:.2f}"
         + ("" if r["all_probes_succeeded"] else " [NOT ALL PROBES SUCCEEDED]")
     )
 

@@ -34,7 +34,7 @@ def _machine(r: dict[str, Any]) -> str:
 
 def _http_cpu(r: dict[str, Any]) -> list[str]:
     p, ag, bb = r["parameters"], r["agent"], r["blackbox_exporter"]
-    return [
+    rows = [
         f"_{_machine(r)}._ {p['checks']} probes/s each for {r['window_s']:g} s after "
         f"{p['warmup_s']:g} s of warm-up; {p['blackbox_exporter']}; {p['nginx']}.",
         "",
@@ -45,11 +45,26 @@ def _http_cpu(r: dict[str, Any]) -> list[str]:
         f"{ag['cpu_percent']:.1f} |",
         f"| blackbox_exporter | **{bb['cpu_ms_per_probe']:.3f}** | {bb['probes']} ({bb['probes_ok']}) | "
         f"{bb['probes_per_s']:g} | {bb['cpu_s']:.2f} | {bb['cpu_percent']:.1f} |",
+    ]
+    floor = ""
+    if (bare := r.get("bare_asyncio_loop")) is not None:
+        rows.append(
+            f"| floor: bare asyncio connect + GET + read + close | {bare['cpu_ms_per_probe']:.3f} | "
+            f"{bare['probes']} ({bare['probes_ok']}) | {bare['probes_per_s']:g} | {bare['cpu_s']:.2f} | "
+            f"{bare['cpu_percent']:.1f} |"
+        )
+        floor = (
+            f" Agent / bare loop: **{r['ratio_agent_to_bare_loop']:.2f}**; bare loop / "
+            f"blackbox_exporter: **{r['ratio_bare_loop_to_blackbox']:.2f}** (the floor of a Python "
+            "asyncio prober at this rate)."
+        )
+    return [
+        *rows,
         "",
         f"Ratio agent / blackbox_exporter: **{r['ratio_agent_to_blackbox']:.2f}** "
-        f"(target ≤ {r['target_ratio_max']}): **{r['verdict']}**. "
-        f"All probes succeeded in both: {'yes' if r['all_probes_succeeded'] else '**no**'}; "
-        f"skipped agent runs: {ag['skipped_runs']:g}.",
+        f"(target ≤ {r['target_ratio_max']}): **{r['verdict']}**.{floor} "
+        f"All probes succeeded in {'all' if bare is not None else 'both'}: "
+        f"{'yes' if r['all_probes_succeeded'] else '**no**'}; skipped agent runs: {ag['skipped_runs']:g}.",
     ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import os
 import re
@@ -150,18 +151,26 @@ def _ordered(infos: list[Any], preferred: IpProtocol, fallback: bool) -> list[tu
     return first + ([a for a in seen if a[0] != want] if fallback else [])
 
 
+@functools.lru_cache(maxsize=4096)
+def _literal_family(host: str) -> int | None:
+    """The address family of an IP literal, None for a host name: asked on every probe of the
+    same few hosts, and `ip_address` raises twice for a name."""
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+
+
 async def resolve(host: str, port: int, preferred: IpProtocol, fallback: bool) -> Address:
     """The address to probe: the first of the preferred family, else (with `fallback`) of the other.
 
     Raises ProbeError(dns). An IP literal is used as it is: no lookup, and no trip through the
     resolver's thread pool (whose first use costs milliseconds).
     """
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return Address(socket.AF_INET6 if literal.version == 6 else socket.AF_INET, host, port)
+    family = _literal_family(host)
+    if family is not None:
+        return Address(family, host, port)
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)

@@ -216,7 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         env["MAMORI_SELF_ADDRESS"] = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     cfg = config.load(Path(args.config) if args.config else None, env)
     logs.setup(args.log_level or cfg.agent.log_level, args.log_format or cfg.agent.log_format)
-    agent = Agent(cfg, Path(args.config) if args.config else None, env, listen=args.listen)
+    agent = Agent(cfg, Path(args.config) if args.config else None, env, listen=args.listen, freeze_gc=True)
     return asyncio.run(agent.run())
 
 

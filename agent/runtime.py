@@ -15,6 +15,7 @@ Lifecycle:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -41,7 +42,10 @@ class Agent:
         config_path: Path | None,
         env: Mapping[str, str] | None = None,
         listen: str | None = None,
+        freeze_gc: bool = False,
     ) -> None:
+        # `agentctl run` (the agent's own process) sets it; an agent in a test's process does not.
+        self._freeze_gc = freeze_gc
         self.config = cfg
         self._alerting_config = cfg  # the config the agent's own alerting runs on (see reload)
         self._config_path = config_path
@@ -195,6 +199,13 @@ class Agent:
             publish_removal=self.fanout.publish,
         )
         self.scheduler.apply(self.config.checks)
+        if self._freeze_gc:
+            # What exists now (the config, the checks, their models, the imported modules) lives
+            # as long as the agent: keep the cyclic collector from walking it on every full
+            # collection (~40 ms with 10 000 checks, issue 16). Refcounting still frees what a
+            # reload drops; only cyclic garbage of this first config would stay, once.
+            gc.collect()
+            gc.freeze()
         self._running = True
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)

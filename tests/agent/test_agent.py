@@ -203,3 +203,23 @@ alerts:
 
 async def _is(answer: Awaitable[tuple[int, str]], expected: tuple[int, str]) -> bool:
     return await answer == expected
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+async def test_only_the_agents_own_process_freezes_what_it_started_with(
+    port: int, freeze: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`agentctl run` moves what the agent started with out of the cyclic collector's reach
+    (issue 16: a full collection walked 10 000 checks' objects); an agent inside another
+    process (a test) must not freeze that process's objects."""
+    import gc
+
+    frozen: list[bool] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    cfg = config.parse(f"agent: {{name: a, listen: '127.0.0.1:{port}'}}\n", "test.yml", env={})
+    agent = Agent(cfg, None, freeze_gc=freeze)
+    task = asyncio.create_task(agent.run())
+    await wait_until("the agent to listen", lambda: aget(f"http://127.0.0.1:{port}/healthz"))
+    agent.stop()
+    assert await task == 0
+    assert frozen == ([True] if freeze else [])

@@ -8,7 +8,16 @@ import math
 
 import pytest
 
-from bench.capacity import buckets_delta, interpolate, judge, parse_matrix, parse_vector, probed_checks
+from bench.capacity import (
+    TARGETS,
+    buckets_delta,
+    figures,
+    interpolate,
+    judge,
+    parse_matrix,
+    parse_vector,
+    probed_checks,
+)
 
 
 def test_probed_checks_reads_the_check_number_of_each_probe() -> None:
@@ -77,3 +86,47 @@ def test_judge_applies_the_issue_targets() -> None:
         "rss": "MISS",
         "ready": "PASS",
     }
+
+
+def test_figures_render_one_column_per_size_and_the_verdicts() -> None:
+    size = {
+        "checks": 10000,
+        "runs_per_s": 662.0,
+        "runs_per_s_expected": 666.67,
+        "runs_ratio": 0.993,
+        "skipped_runs": 0.0,
+        "lateness_ms": {"p50": 2.0, "p99": None},
+        "agent": {"cpu_ms_per_probe": 0.8, "cpu_cores": 0.53, "rss_mb": 243.0, "peak_rss_mb": 250.0},
+        "blackbox_exporter": {"cpu_ms_per_probe": None, "probes_per_s": 0.0},
+        "ratio_agent_to_blackbox": None,
+        "scrape": {
+            "p50_ms": 1300.0,
+            "max_ms": 1400.0,
+            "failed": 0,
+            "samples": 260044,
+            "direct_get": {"bytes": 20_400_000},
+            "direct_get_gzip": {"bytes": 1_100_000, "content_encoding": "gzip"},
+        },
+        "startup": {"ready_s": 4.0, "first_complete_results_s": 16.0},
+    }
+    size["verdicts"] = judge(size)
+    result = {
+        "date": "2026-12-07T07:00:00+00:00",
+        "machine": {"nproc": 2, "cpu_model": "x", "python": "3.11.7"},
+        "parameters": {
+            "interval_s": 15.0,
+            "check_timeout_s": 5.0,
+            "prometheus": "prometheus, version 2.42.0",
+            "scrape_interval_s": 15.0,
+            "seconds": 45.0,
+            "blackbox_exporter": "blackbox_exporter, version 0.23.0",
+            "anchor": "after",
+            "anchor_seconds_alone": 30.0,
+        },
+        "targets": TARGETS,
+        "sizes": [size],
+    }
+    text = "\n".join(figures(result))
+    assert "| figure | 10 000 checks | target (at 10000) | |" in text
+    assert "| lateness p50 / p99 ms | 2 / **n/a** | p99 ≤ 100 ms | **MISS** |" in text
+    assert "| RSS MB (peak) | **243** (250) | ≤ 120 | **MISS** |" in text

@@ -1,5 +1,6 @@
-"""The real servers the benchmarks run against: nginx (the probe target) and blackbox_exporter
-(the anchor for CPU per probe), each on a free 127.0.0.1 port in its own temp dir.
+"""The real servers the benchmarks run against: nginx (the probe target), blackbox_exporter
+(the anchor for CPU per probe) and Prometheus (the scraper), each on a free 127.0.0.1 port in its
+own temp dir.
 
 Both are context managers: the process is started in the foreground as our child, tracked by its
 PID, and stopped (SIGTERM, then SIGKILL) and its temp dir removed on exit, even on error.
@@ -23,6 +24,7 @@ from lab.wait import wait_until_sync
 
 NGINX_BIN = "/usr/sbin/nginx"
 BLACKBOX_BIN = "prometheus-blackbox-exporter"
+PROMETHEUS_BIN = "prometheus"
 
 _NGINX_CONF = """\
 daemon off;
@@ -165,6 +167,62 @@ def blackbox_exporter(timeout: float = 5.0) -> Iterator[Server]:
                     "blackbox_exporter /-/healthy",
                     lambda: http_get(f"{server.url}-/healthy", 1.0)[0] == 200,
                     10,
+                    alive=server.alive,
+                )
+            except (TimeoutError, RuntimeError) as exc:
+                _raise_with_log(server, log, exc)
+            yield server
+        finally:
+            stop_process(proc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_PROMETHEUS_CONF = """\
+global:
+  scrape_interval: {interval:g}s
+  scrape_timeout: {timeout:g}s
+  evaluation_interval: {interval:g}s
+scrape_configs:
+  - job_name: {job}
+    static_configs:
+      - targets: ["{target}"]
+"""
+
+
+@contextlib.contextmanager
+def prometheus(target: str, job: str, interval: float = 15.0, timeout: float = 10.0) -> Iterator[Server]:
+    """Prometheus scraping one target (`host:port`) as job `job` every `interval` s (scrape
+    timeout `timeout` s), its TSDB in the temp dir; nothing else (no rules, no self-scrape)."""
+    binary = shutil.which(PROMETHEUS_BIN)
+    if binary is None:
+        raise FileNotFoundError(f"{PROMETHEUS_BIN} not found: install the prometheus package")
+    tmp = Path(tempfile.mkdtemp(prefix="mamori-bench-prometheus-"))
+    try:
+        conf = tmp / "prometheus.yml"
+        conf.write_text(_PROMETHEUS_CONF.format(interval=interval, timeout=timeout, job=job, target=target))
+        port = free_port()
+        log = tmp / "prometheus.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={conf}",
+                    f"--storage.tsdb.path={tmp / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=tmp,
+            )
+        server = Server("prometheus", proc, port, tmp)
+        try:
+            try:
+                wait_until_sync(
+                    "prometheus /-/ready",
+                    lambda: http_get(f"{server.url}-/ready", 1.0)[0] == 200,
+                    30,
                     alive=server.alive,
                 )
             except (TimeoutError, RuntimeError) as exc:

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import cli_cold, endpoint, http_cpu, lb_group, oci, pg_cluster, rss, startup
+from bench import capacity, cli_cold, endpoint, http_cpu, lb_group, oci, pg_cluster, rss, startup
 from bench.common import REPO, exit_on_sigterm, read_result, save
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -263,6 +263,7 @@ SECTIONS: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
     ),
     (oci.NAME, "OCI Monitoring exporter (`bench/oci.py`)", oci.figures),
     (endpoint.NAME, "The HTTP endpoint under attack (`bench/endpoint.py`)", endpoint.figures),
+    (capacity.NAME, "Capacity: N `http` checks, a real Prometheus (`bench/capacity.py`)", capacity.figures),
 ]
 
 
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             (pg_cluster.NAME, pg_cluster.run, pg_cluster.summary),
             (oci.NAME, oci.run, oci.summary),
             (endpoint.NAME, endpoint.run, endpoint.summary),
+            (capacity.NAME, capacity.run, capacity.summary),
         ]
         for name, run, summary in benches:
             try:

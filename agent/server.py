@@ -176,7 +176,7 @@ class AgentServer:
 
 
 def _render_metrics(own: list[Frozen], results: ExpositionSnapshot) -> bytes:
-    return (render_snapshot(own) + results.text()).encode()
+    return b"".join([render_snapshot(own).encode(), *results.parts()])
 
 
 def _send(request: BaseRequest, body: _Body, content_type: str) -> Response:

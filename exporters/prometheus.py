@@ -53,38 +53,69 @@ def render_result(r: CheckResult) -> dict[str, list[str]]:
     return out
 
 
-_Rendered = dict[str, str]  # metric name -> that result's lines of it
+# A result's lines: the metric names (in exposition order; one tuple shared by every result
+# with the same names) and, for each, that result's lines of it as bytes.
+_Rendered = tuple[tuple[str, ...], tuple[bytes, ...]]
+_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 def _family_key(metric: str) -> tuple[int, str]:
     return (_ORDER.get(metric, len(_ORDER)), metric)
 
 
+def _rendered(result: CheckResult) -> _Rendered:
+    lines = render_result(result)
+    keys = tuple(sorted(lines, key=_family_key))
+    keys = _KEYS.setdefault(keys, keys)
+    return keys, tuple("".join(lines[k]).encode() for k in keys)
+
+
 class ExpositionSnapshot:
-    """The rendered latest results of every check at one moment; immutable, so `text()` is safe
+    """The rendered latest results of every check at one moment; immutable, so `body()` is safe
     in any thread."""
 
     def __init__(self, names: tuple[str, ...], rendered: dict[str, _Rendered]) -> None:
         self._names = names
         self._rendered = rendered
 
-    def text(self) -> str:
-        """Prometheus text format (0.0.4)."""
-        families: dict[str, list[str]] = {}
+    def body(self) -> bytes:
+        """Prometheus text format (0.0.4), grouped by family, each in check name order."""
+        return b"".join(self.parts())
+
+    def parts(self) -> list[bytes]:
+        """`body()` in pieces, to be joined."""
+        families: dict[str, list[tuple[bytes, ...]]] = {}
+        # Checks with the same metrics (of one type, mostly) come in runs: a run's lines are
+        # transposed into families at once.
+        run_keys: tuple[str, ...] = ()
+        run: list[tuple[bytes, ...]] = []
         for name in self._names:
-            for metric, lines in self._rendered[name].items():
-                group = families.get(metric)
-                if group is None:
-                    families[metric] = [lines]
-                else:
-                    group.append(lines)
-        parts: list[str] = []
+            keys, texts = self._rendered[name]
+            if keys is not run_keys:
+                _add_run(families, run_keys, run)
+                run_keys, run = keys, []
+            run.append(texts)
+        _add_run(families, run_keys, run)
+        parts: list[bytes] = []
         for metric in sorted(families, key=_family_key):
             spec = CHECK_METRICS.get(metric)
-            parts.append(f"# HELP {metric} {spec.help if spec else _UNDOCUMENTED}\n")
-            parts.append(f"# TYPE {metric} {spec.type if spec else 'untyped'}\n")
-            parts.extend(families[metric])
-        return "".join(parts)
+            parts.append(f"# HELP {metric} {spec.help if spec else _UNDOCUMENTED}\n".encode())
+            parts.append(f"# TYPE {metric} {spec.type if spec else 'untyped'}\n".encode())
+            for column in families[metric]:
+                parts.extend(column)
+        return parts
+
+    def text(self) -> str:
+        return self.body().decode()
+
+
+def _add_run(
+    families: dict[str, list[tuple[bytes, ...]]], keys: tuple[str, ...], run: list[tuple[bytes, ...]]
+) -> None:
+    if not run:
+        return
+    for metric, column in zip(keys, zip(*run, strict=True), strict=True):
+        families.setdefault(metric, []).append(column)
 
 
 class LatestResults:
@@ -100,7 +131,7 @@ class LatestResults:
         self.version = 0  # changes whenever a result arrives or a check is forgotten
 
     def put(self, result: CheckResult) -> None:
-        rendered = {metric: "".join(lines) for metric, lines in render_result(result).items()}
+        rendered = _rendered(result)
         if result.check not in self._by_check:
             self._names = None
         self._by_check[result.check] = (result, rendered)

@@ -4,6 +4,7 @@ the scheduler's lateness p50/p99 between the first and the last scrape (from the
 histogram) and the agent's RSS.
 
     python -m bench.scrape_profile [--checks 10000] [--interval 15] [--every 15] [--scrapes 6]
+                                   [--warmup 60]
 
 A profiling aid for the scrape (issue 16, item 2); the capacity figures are bench/capacity.py's.
 """
@@ -58,7 +59,7 @@ def _lateness(text: str) -> dict[float, float]:
     return {float(labels["le"]): value for labels, value in series(text, LATENESS)}
 
 
-def run(checks: int, interval: float, every: float, scrapes: int) -> dict[str, Any]:
+def run(checks: int, interval: float, every: float, scrapes: int, warmup: float) -> dict[str, Any]:
     with lab.nginx() as nginx, tempfile.TemporaryDirectory(prefix="mamori-scrape-") as tmp:
         cfg = Path(tmp) / "agent.yml"
         cfg.write_text(agent_config(nginx.url, checks, interval))
@@ -74,8 +75,11 @@ def run(checks: int, interval: float, every: float, scrapes: int) -> dict[str, A
                 )
             except (TimeoutError, RuntimeError) as exc:
                 raise RuntimeError(f"agent did not start: {exc}\n{tail(log)}") from exc
-            time.sleep(interval + 2)  # every check has a result
             agent = psutil.Process(proc.pid)
+            rss_ready = agent.memory_info().rss
+            time.sleep(warmup)  # every check has a result and the start-up's backlog is gone
+            rss_results = agent.memory_info().rss
+            cpu_start = agent.cpu_times()
             rows: list[dict[str, Any]] = []
             first: dict[float, float] = {}
             last: dict[float, float] = {}
@@ -84,10 +88,21 @@ def run(checks: int, interval: float, every: float, scrapes: int) -> dict[str, A
                 time.sleep(max(0.0, start + n * every - time.monotonic()))
                 wall, size, text = _scrape(port, gz=n % 2 == 1)
                 lines = text.count("\n")
-                rows.append({"gzip": n % 2 == 1, "wall_s": round(wall, 4), "bytes": size, "lines": lines})
+                rss = round(agent.memory_info().rss / 1e6, 1)
+                rows.append(
+                    {
+                        "gzip": n % 2 == 1,
+                        "wall_s": round(wall, 4),
+                        "bytes": size,
+                        "lines": lines,
+                        "rss_mb": rss,
+                    }
+                )
                 if n == 0:
                     first = _lateness(text)
                 last = _lateness(text)
+            cpu_end = agent.cpu_times()
+            elapsed = time.monotonic() - start
             delta = {b: last[b] - first.get(b, 0.0) for b in last}
             return {
                 "checks": checks,
@@ -98,6 +113,11 @@ def run(checks: int, interval: float, every: float, scrapes: int) -> dict[str, A
                 "lateness_p99_s": histogram_quantile(0.99, delta),
                 "lateness_over_100ms": delta.get(math.inf, 0.0) - delta.get(0.1, 0.0),
                 "lateness_count": delta.get(math.inf, 0.0),
+                "agent_cpu_cores": round(
+                    (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system) / elapsed, 3
+                ),
+                "rss_mb_ready": round(rss_ready / 1e6, 1),
+                "rss_mb_results": round(rss_results / 1e6, 1),
                 "rss_mb": round(agent.memory_info().rss / 1e6, 1),
             }
 
@@ -108,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=15.0)
     p.add_argument("--every", type=float, default=15.0)
     p.add_argument("--scrapes", type=int, default=6)
+    p.add_argument("--warmup", type=float, default=60.0, help="seconds from ready to the first scrape")
     a = p.parse_args(argv)
-    print(json.dumps(run(a.checks, a.interval, a.every, a.scrapes), indent=2))
+    print(json.dumps(run(a.checks, a.interval, a.every, a.scrapes, a.warmup), indent=2))
     return 0
 
 

@@ -23,9 +23,10 @@ is gone. On top of it, this module bounds what a client can hold:
 - **GET and HEAD only, no bodies.** A request with a body gets 413 and the connection is closed
   without reading the body; another method gets 405.
 
-`answer(request)` renders the response; it runs on the event loop and must be quick (it reads
-in-memory state). Nothing is logged for a client's mistakes: they are answered, and anyone who
-can connect could otherwise write the agent's log.
+`answer(request)` renders the response, or returns an awaitable of it (for work done off the event
+loop); it runs on the event loop and must be quick (it reads in-memory state). Nothing is logged
+for a client's mistakes: they are answered, and anyone who can connect could otherwise write the
+agent's log.
 
 Lifecycle: `start()` once; `aclose()` closes the listener and every connection, is safe to call
 twice and without `start()`.
@@ -40,7 +41,7 @@ import math
 import resource
 import socket
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp.web_protocol import RequestHandler
@@ -61,7 +62,7 @@ MAX_REQUESTS = 32  # per connection; then `Connection: close`
 MAX_LINE = 4096  # request line, and each header name or value
 MAX_HEADERS = 32
 
-Answer = Callable[[BaseRequest], StreamResponse]
+Answer = Callable[[BaseRequest], StreamResponse | Awaitable[StreamResponse]]
 
 
 def connection_limit() -> int:
@@ -163,7 +164,8 @@ class LimitedServer(Server):
             response = Response(status=405, text="method not allowed\n", headers={"Allow": "GET, HEAD"})
         else:
             try:
-                response = self._answer(request)
+                answer = self._answer(request)
+                response = await answer if isinstance(answer, Awaitable) else answer
             except Exception:
                 log.exception("answering %s failed", request.path)
                 response = Response(status=500, text="internal error\n")

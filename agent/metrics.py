@@ -6,6 +6,8 @@ scrape time, and their rendering in Prometheus' text exposition format (version 
     runs.labels(check="api", status="ok").inc()
     registry.register(collector)        # anything with `collect() -> Iterable[MetricFamily]`
     text = registry.render()            # what /metrics serves before the per-check results
+    snap = registry.snapshot()          # on the loop: a frozen copy of every value ...
+    text = render_snapshot(snap)        # ... rendered anywhere, e.g. in a worker thread
 
 Why not prometheus_client: the agent needs a small part of it (three instrument types, no
 `_created` series, text format only), the part it does not need costs about 1 MB of the default
@@ -15,8 +17,11 @@ The output is the same text prometheus_client renders for the same instruments, 
 (`tests/agent/test_metrics.py` renders both and compares; prometheus_client stays a test
 dependency as the reference parser).
 
-Everything here is called from the event loop thread: no locks. Names, help and label names are
-the catalog's (agent/catalog.py); a name registered twice is a bug and raises ValueError.
+Everything here is called from the event loop thread (no locks), except `render_snapshot()`: a
+snapshot is immutable, so a scrape renders it in a worker thread and the loop only copies values
+(each instrument keeps its children's label text rendered once, when the child is made).
+Names, help and label names are the catalog's (agent/catalog.py); a name registered twice is a
+bug and raises ValueError.
 """
 
 from __future__ import annotations
@@ -72,6 +77,18 @@ class CounterFamily(MetricFamily):
         super().__init__(name, help_text, "counter", labels)
 
 
+class FrozenFamily(NamedTuple):
+    """An instrument's values at one moment: its HELP/TYPE text, then each sample's rendered
+    name and labels (`name{a="b"} `) with its value."""
+
+    header: str
+    prefixes: list[str]
+    values: list[float]
+
+
+Frozen = MetricFamily | FrozenFamily
+
+
 class Collector(Protocol):
     def collect(self) -> Iterable[MetricFamily]: ...
 
@@ -101,8 +118,18 @@ class MetricRegistry:
         for collector in list(self._collectors):
             yield from collector.collect()
 
+    def snapshot(self) -> list[Frozen]:
+        """Every metric's current values, frozen: cheap (values are copied, text is not made)."""
+        out: list[Frozen] = []
+        for collector in list(self._collectors):
+            if isinstance(collector, _Instrument):
+                out.append(collector.freeze())
+            else:
+                out.extend(collector.collect())
+        return out
+
     def render(self) -> str:
-        return "".join(render_family(family) for family in self.collect())
+        return render_snapshot(self.snapshot())
 
     def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """The value of one sample, or None (for tests and the CLI)."""
@@ -175,8 +202,9 @@ class _Instrument(Generic[C]):
         self.help = help_text
         self.label_names = tuple(labels)
         self._children: dict[tuple[str, ...], C] = {}
+        self._prefixes: dict[tuple[str, ...], str] = {}  # in the order of _children
         if not self.label_names:
-            self._children[()] = self._new_child()
+            self._add_child(())
         if registry is not None:
             registry.register(self)
 
@@ -185,6 +213,22 @@ class _Instrument(Generic[C]):
 
     def collect(self) -> Iterator[MetricFamily]:
         raise NotImplementedError
+
+    def _sample_name(self) -> str:
+        return self.name
+
+    def _header(self, kind: MetricKind) -> str:
+        name = f"{self.name}_total" if kind == "counter" else self.name
+        return f"# HELP {name} {escape_help(self.help)}\n# TYPE {name} {kind}\n"
+
+    def _add_child(self, key: tuple[str, ...]) -> C:
+        child = self._children[key] = self._new_child()
+        self._prefixes[key] = sample_prefix(self._sample_name(), self._labels(key))
+        return child
+
+    def freeze(self) -> Frozen:
+        """The values now, for `render_snapshot()` (an instrument without a fast path collects)."""
+        return next(iter(self.collect()))
 
     def labels(self, *values: str, **by_name: str) -> C:
         """The child for these label values (created at 0 on first use)."""
@@ -197,12 +241,14 @@ class _Instrument(Generic[C]):
         key = tuple(str(v) for v in values)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self._new_child()
+            child = self._add_child(key)
         return child
 
     def remove(self, *values: str) -> None:
         """Forget one child. KeyError if there is none."""
-        del self._children[tuple(str(v) for v in values)]
+        key = tuple(str(v) for v in values)
+        del self._children[key]
+        del self._prefixes[key]
 
     def _only(self) -> C:
         if self.label_names:
@@ -222,6 +268,13 @@ class MetricCounter(_Instrument[CounterChild]):
     def _new_child(self) -> CounterChild:
         return CounterChild()
 
+    def _sample_name(self) -> str:
+        return f"{self.name}_total"
+
+    def freeze(self) -> Frozen:
+        values = [c.value for c in self._children.values()]
+        return FrozenFamily(self._header("counter"), list(self._prefixes.values()), values)
+
     def inc(self, amount: float = 1.0) -> None:
         self._only().inc(amount)
 
@@ -240,6 +293,10 @@ class MetricGauge(_Instrument[GaugeChild]):
 
     def _new_child(self) -> GaugeChild:
         return GaugeChild()
+
+    def freeze(self) -> Frozen:
+        values = [c.value for c in self._children.values()]
+        return FrozenFamily(self._header("gauge"), list(self._prefixes.values()), values)
 
     def set(self, value: float) -> None:
         self._only().set(value)
@@ -319,6 +376,36 @@ def escape_help(text: str) -> str:
 
 def escape_label_value(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def sample_prefix(name: str, labels: dict[str, str]) -> str:
+    """A sample's line up to its value: `name{a="b",c="d"} ` (labels sorted by name, as
+    prometheus_client writes them)."""
+    if not labels:
+        return f"{name} "
+    inner = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sorted(labels.items()))
+    return f"{name}{{{inner}}} "
+
+
+def render_snapshot(snapshot: Iterable[Frozen]) -> str:
+    """The text of a `MetricRegistry.snapshot()`; safe in any thread."""
+    parts: list[str] = []
+    numbers: dict[float, str] = {}  # counters repeat small values: format each once
+    for item in snapshot:
+        if isinstance(item, FrozenFamily):
+            parts.append(item.header)
+            for prefix, value in zip(item.prefixes, item.values, strict=True):
+                if value == 0:  # most of them; -0.0 == 0.0 but is written "-0.0"
+                    text = "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+                else:
+                    cached = numbers.get(value)
+                    if cached is None:
+                        cached = numbers[value] = go_float(value)
+                    text = cached
+                parts.append(f"{prefix}{text}\n")
+        else:
+            parts.append(render_family(item))
+    return "".join(parts)
 
 
 def render_family(family: MetricFamily) -> str:

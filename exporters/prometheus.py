@@ -1,7 +1,10 @@
 """The Prometheus sink: keeps the latest result of each check and renders it on scrape.
 
 Each result is rendered to text-format lines once, when it arrives; a scrape only joins the
-stored lines, grouped by metric family in catalog order. A result is immutable and replaced
+stored lines, grouped by metric family in catalog order. `snapshot()` freezes the latest result
+of every check at one moment (a copy of one dict, on the event loop), and `ExpositionSnapshot.text()`
+joins it anywhere (the server does it in a worker thread): a result arriving meanwhile is in the
+next scrape, never lost and never twice. A result is immutable and replaced
 whole by the next one, so the cache cannot go stale, and a check removed from the config
 disappears from `/metrics` when its removal (`CheckRemoved`) reaches this sink, after its last
 queued result. Every sample gets `check` and `target` labels; help and type
@@ -50,6 +53,71 @@ def render_result(r: CheckResult) -> dict[str, list[str]]:
     return out
 
 
+# A result's lines: the metric names (in exposition order; one tuple shared by every result
+# with the same names) and, for each, that result's lines of it as bytes.
+_Rendered = tuple[tuple[str, ...], tuple[bytes, ...]]
+_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _family_key(metric: str) -> tuple[int, str]:
+    return (_ORDER.get(metric, len(_ORDER)), metric)
+
+
+def _rendered(result: CheckResult) -> _Rendered:
+    lines = render_result(result)
+    keys = tuple(sorted(lines, key=_family_key))
+    keys = _KEYS.setdefault(keys, keys)
+    return keys, tuple("".join(lines[k]).encode() for k in keys)
+
+
+class ExpositionSnapshot:
+    """The rendered latest results of every check at one moment; immutable, so `body()` is safe
+    in any thread."""
+
+    def __init__(self, names: tuple[str, ...], rendered: dict[str, _Rendered]) -> None:
+        self._names = names
+        self._rendered = rendered
+
+    def body(self) -> bytes:
+        """Prometheus text format (0.0.4), grouped by family, each in check name order."""
+        return b"".join(self.parts())
+
+    def parts(self) -> list[bytes]:
+        """`body()` in pieces, to be joined."""
+        families: dict[str, list[tuple[bytes, ...]]] = {}
+        # Checks with the same metrics (of one type, mostly) come in runs: a run's lines are
+        # transposed into families at once.
+        run_keys: tuple[str, ...] = ()
+        run: list[tuple[bytes, ...]] = []
+        for name in self._names:
+            keys, texts = self._rendered[name]
+            if keys is not run_keys:
+                _add_run(families, run_keys, run)
+                run_keys, run = keys, []
+            run.append(texts)
+        _add_run(families, run_keys, run)
+        parts: list[bytes] = []
+        for metric in sorted(families, key=_family_key):
+            spec = CHECK_METRICS.get(metric)
+            parts.append(f"# HELP {metric} {spec.help if spec else _UNDOCUMENTED}\n".encode())
+            parts.append(f"# TYPE {metric} {spec.type if spec else 'untyped'}\n".encode())
+            for column in families[metric]:
+                parts.extend(column)
+        return parts
+
+    def text(self) -> str:
+        return self.body().decode()
+
+
+def _add_run(
+    families: dict[str, list[tuple[bytes, ...]]], keys: tuple[str, ...], run: list[tuple[bytes, ...]]
+) -> None:
+    if not run:
+        return
+    for metric, column in zip(keys, zip(*run, strict=True), strict=True):
+        families.setdefault(metric, []).append(column)
+
+
 class LatestResults:
     """The latest result per check name, with its rendered exposition lines.
 
@@ -58,16 +126,35 @@ class LatestResults:
     result that arrives later is of the check configured again."""
 
     def __init__(self) -> None:
-        self._by_check: dict[str, tuple[CheckResult, dict[str, list[str]]]] = {}
+        self._by_check: dict[str, tuple[CheckResult, _Rendered]] = {}
+        self._names: tuple[str, ...] | None = ()  # sorted; None when a check came or went
+        self.version = 0  # changes whenever a result arrives or a check is forgotten
 
     def put(self, result: CheckResult) -> None:
-        self._by_check[result.check] = (result, render_result(result))
+        rendered = _rendered(result)
+        if result.check not in self._by_check:
+            self._names = None
+        self._by_check[result.check] = (result, rendered)
+        self.version += 1
 
     def forget(self, name: str) -> None:
-        self._by_check.pop(name, None)
+        if self._by_check.pop(name, None) is not None:
+            self._names = None
+            self.version += 1
+
+    def _sorted_names(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(sorted(self._by_check))
+        return self._names
+
+    def snapshot(self) -> ExpositionSnapshot:
+        """Every check's latest rendered result now (cheap: one dict copy)."""
+        return ExpositionSnapshot(
+            self._sorted_names(), {name: entry[1] for name, entry in self._by_check.items()}
+        )
 
     def all(self) -> list[CheckResult]:
-        return [self._by_check[name][0] for name in sorted(self._by_check)]
+        return [self._by_check[name][0] for name in self._sorted_names()]
 
     def get(self, name: str) -> CheckResult | None:
         entry = self._by_check.get(name)
@@ -75,17 +162,7 @@ class LatestResults:
 
     def exposition(self) -> str:
         """Prometheus text format (0.0.4) for every latest result."""
-        families: dict[str, list[str]] = {}
-        for name in sorted(self._by_check):
-            for metric, lines in self._by_check[name][1].items():
-                families.setdefault(metric, []).extend(lines)
-        parts: list[str] = []
-        for metric in sorted(families, key=lambda m: (_ORDER.get(m, len(_ORDER)), m)):
-            spec = CHECK_METRICS.get(metric)
-            parts.append(f"# HELP {metric} {spec.help if spec else _UNDOCUMENTED}\n")
-            parts.append(f"# TYPE {metric} {spec.type if spec else 'untyped'}\n")
-            parts.extend(families[metric])
-        return "".join(parts)
+        return self.snapshot().text()
 
 
 class PrometheusSink:

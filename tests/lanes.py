@@ -110,8 +110,10 @@ SLOW: dict[str, tuple[str, ...]] = {
         "test_random_yaml_text_loads_the_same",
     ),
     "tests/agent/test_endpoint.py": (
+        "test_a_big_exposition_passes_promtool_and_its_gzip_is_the_same_body",
         "test_a_connection_over_the_bound_closes_the_oldest_not_the_newcomer",
         "test_a_head_sent_byte_by_byte_is_cut_at_its_deadline",
+        "test_a_scrape_while_results_arrive_shows_every_check_once_from_one_moment",
         "test_an_idle_keep_alive_connection_and_an_unread_answer_are_closed",
     ),
     "tests/agent/test_reload_config.py": (

@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,8 +30,9 @@ import pytest
 
 from agent import httplimits, server
 from agent.metrics import GaugeFamily, MetricRegistry
-from agent.model import CheckResult, Status
+from agent.model import CheckResult, Sample, Status
 from agent.server import AgentServer
+from agent.telemetry import AgentMetrics
 from exporters.prometheus import LatestResults
 from lab.ports import free_port
 
@@ -613,3 +615,64 @@ async def test_a_connection_answers_at_most_max_requests_then_closes(served: Ser
     out = await exchange(served.port, request("/healthz", close=False) * (httplimits.MAX_REQUESTS + 8))
     assert out.count(b"HTTP/1.1 200 ") == httplimits.MAX_REQUESTS
     assert out.count(b"Connection: close") == 1 and out.endswith(b"ok\n")
+
+
+def counted_results(body: bytes) -> dict[str, list[float]]:
+    """Each check's `mamori_check_last_run_timestamp_seconds` values in a /metrics body."""
+    out: dict[str, list[float]] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("mamori_check_last_run_timestamp_seconds{"):
+            check = line.split('check="', 1)[1].split('"', 1)[0]
+            out.setdefault(check, []).append(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+async def test_a_scrape_while_results_arrive_shows_every_check_once_from_one_moment(served: Served) -> None:
+    """The body is rendered off the event loop from a snapshot: results that arrive meanwhile (in
+    name order here) are all in the next scrape or none of them, never half of a check's lines."""
+    names = [f"c{i:04d}" for i in range(3000)]
+    for name in names:
+        served.latest.put(result(name).with_(started_at=1.0))
+    for generation in (2.0, 3.0):
+        scrape = asyncio.ensure_future(exchange(served.port, request("/metrics", "Accept-Encoding: gzip")))
+        for name in names:
+            served.latest.put(result(name).with_(started_at=generation))
+            if name.endswith("00"):
+                await asyncio.sleep(0)
+        status, headers, body = split(await scrape)
+        assert status == 200 and headers["content-encoding"] == "gzip"
+        seen = counted_results(gzip.decompress(body))
+        assert sorted(seen) == ["a", *names]
+        assert all(len(values) == 1 for values in seen.values())
+        stamps = [seen[name][0] for name in names]
+        new = stamps.count(generation)  # the snapshot was taken after the first `new` results
+        assert stamps == [generation] * new + [generation - 1.0] * (len(names) - new)
+        body_now = split(await exchange(served.port, request("/metrics")))[2]
+        assert {n: v for n, v in counted_results(body_now).items() if n != "a"} == {
+            n: [generation] for n in names
+        }
+
+
+async def test_a_big_exposition_passes_promtool_and_its_gzip_is_the_same_body(served: Served) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: install the Debian package prometheus (`make test` does)")
+    metrics = AgentMetrics(served.server._registry)
+    for i in range(2000):
+        name = f"web-{i:04d}"
+        samples = (
+            Sample("probe_http_status_code", 200.0),
+            Sample("probe_http_duration_seconds", 0.001, (("phase", "connect"),)),
+        )
+        served.latest.put(result(name).with_(check_type="http", samples=samples) if i % 2 else result(name))
+        metrics.runs.labels(check=name, status="ok").inc()
+        metrics.attempts.labels(check=name, outcome="success").inc()
+        metrics.skipped.labels(check=name)
+    _, _, plain = split(await exchange(served.port, request("/metrics")))
+    _, headers, body = split(await exchange(served.port, request("/metrics", "Accept-Encoding: gzip")))
+    assert headers["content-encoding"] == "gzip" and gzip.decompress(body) == plain
+    assert plain.count(b"\nmamori_check_runs_total{") == 2000
+    out = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "metrics"], input=plain, capture_output=True, timeout=60
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, b"", b"")

@@ -6,10 +6,11 @@ for it."""
 
 from __future__ import annotations
 
-from agent.model import CheckRemoved, CheckResult, Status
+from agent.catalog import CHECK_METRICS
+from agent.model import CheckRemoved, CheckResult, Sample, Status
 from agent.pipeline import FanOut
 from agent.telemetry import AgentMetrics
-from exporters.prometheus import LatestResults, PrometheusSink
+from exporters.prometheus import LatestResults, PrometheusSink, render_result
 
 
 def result(check: str) -> CheckResult:
@@ -48,3 +49,58 @@ async def test_a_removal_is_never_dropped_from_a_full_queue() -> None:
     assert await fan.drain(timeout=5)
     assert checks(latest) == ["a"]
     await fan.aclose()
+
+
+# --- the exposition: a snapshot, grouped by family ----------------------------------------------
+
+
+def http_result(check: str, started_at: float) -> CheckResult:
+    samples = tuple(
+        Sample("probe_http_duration_seconds", 0.001 * i, (("phase", phase),))
+        for i, phase in enumerate(("resolve", "connect", "tls", "processing", "transfer"))
+    ) + (Sample("probe_http_status_code", 200.0), Sample("probe_http_content_length", 612.0))
+    return CheckResult(check, "http", "http://127.0.0.1/", Status.OK, started_at, 0.002, samples)
+
+
+def reference(results: list[CheckResult]) -> str:
+    """The exposition as the sink rendered it before snapshots: every result's lines grouped by
+    metric in catalog order, each metric's lines in check name order."""
+    families: dict[str, list[str]] = {}
+    for r in sorted(results, key=lambda r: r.check):
+        for metric, lines in render_result(r).items():
+            families.setdefault(metric, []).extend(lines)
+    out = []
+    for metric in sorted(families, key=lambda m: (list(CHECK_METRICS).index(m), m)):
+        spec = CHECK_METRICS[metric]
+        out.append(f"# HELP {metric} {spec.help}\n# TYPE {metric} {spec.type}\n")
+        out.extend(families[metric])
+    return "".join(out)
+
+
+def test_checks_of_several_types_interleaved_render_as_one_family_each_in_name_order() -> None:
+    latest = LatestResults()
+    results = [
+        http_result(f"c{i:03d}", 1e9 + i) if i % 3 else result(f"c{i:03d}").with_(started_at=1e9 + i)
+        for i in reversed(range(60))
+    ]
+    for r in results:
+        latest.put(r)
+    text = latest.exposition()
+    assert text == reference(results)
+    assert text.count("# TYPE probe_success gauge\n") == 1
+
+
+def test_a_snapshot_shows_each_check_once_as_it_was_when_taken() -> None:
+    latest = LatestResults()
+    for i in range(100):
+        latest.put(http_result(f"c{i:03d}", 1.0))
+    snap = latest.snapshot()
+    for i in range(100):  # results that arrive while the snapshot is rendered
+        latest.put(http_result(f"c{i:03d}", 2.0))
+    latest.forget("c050")
+    latest.put(http_result("new", 2.0))
+    text = snap.text()
+    assert text == reference([http_result(f"c{i:03d}", 1.0) for i in range(100)])
+    assert snap.body() == text.encode()
+    later = [http_result(f"c{i:03d}", 2.0) for i in range(100) if i != 50] + [http_result("new", 2.0)]
+    assert latest.exposition() == reference(later)

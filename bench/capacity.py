@@ -71,6 +71,7 @@ from bench.common import (
     save,
     tail,
     verdict,
+    wait_agent_ready,
 )
 from bench.http_cpu import BlackboxDriver
 from lab.ports import free_port
@@ -349,16 +350,7 @@ def run_size(checks: int, interval: float, seconds: float, anchor: str = "after"
         ):
             started = time.monotonic()
             alive = lambda: agent_proc.poll() is None  # noqa: E731
-            try:
-                wait_until_sync(
-                    "the agent's /ready",
-                    lambda: http_get(f"http://127.0.0.1:{port}/ready", 1.0)[0] == 200,
-                    120,
-                    interval=0.1,
-                    alive=alive,
-                )
-            except (TimeoutError, RuntimeError) as exc:
-                raise RuntimeError(f"agent did not start: {exc}\n{tail(log)}") from exc
+            wait_agent_ready(agent_proc, port, log, 120)
             ready_s = time.monotonic() - started
             seen: set[int] = set()
             offset = 0

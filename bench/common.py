@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from lab.wait import wait_until_sync
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 
@@ -262,6 +264,21 @@ def agent_process(
             yield proc
         finally:
             stop_process(proc)
+
+
+def wait_agent_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float) -> None:
+    """Return once the agent of `agent_process` answers /ready on 127.0.0.1:`port`; raise
+    RuntimeError with the end of its log if it exits or is not ready within `timeout` s."""
+    try:
+        wait_until_sync(
+            "the agent's /ready",
+            lambda: http_get(f"http://127.0.0.1:{port}/ready", 1.0)[0] == 200,
+            timeout,
+            interval=0.1,
+            alive=lambda: proc.poll() is None,
+        )
+    except (TimeoutError, RuntimeError) as exc:
+        raise RuntimeError(f"agent did not start: {exc}\n{tail(log_path)}") from exc
 
 
 def print_profile(path: Path) -> None:

@@ -48,16 +48,15 @@ from bench.common import (
     agent_process,
     cpu_seconds,
     exit_on_sigterm,
-    http_get,
     metric_by_label,
     metric_sum,
     print_profile,
     save,
     tail,
     verdict,
+    wait_agent_ready,
 )
 from lab.ports import free_port
-from lab.wait import wait_until_sync
 
 NAME = "http_cpu"
 TARGET_RATIO = 0.5
@@ -222,15 +221,7 @@ def run(
         prefix = ["-m", "cProfile", "-o", str(Path(tmp) / "agent.prof")] if profile else []
         log = Path(tmp) / "agent.log"
         with agent_process(args, log, python_args=prefix) as agent_proc:
-            try:
-                wait_until_sync(
-                    "the agent's /ready",
-                    lambda: http_get(f"http://127.0.0.1:{port}/ready", 1.0)[0] == 200,
-                    30,
-                    alive=lambda: agent_proc.poll() is None,
-                )
-            except (TimeoutError, RuntimeError) as exc:
-                raise RuntimeError(f"agent did not start: {exc}\n{tail(log)}") from exc
+            wait_agent_ready(agent_proc, port, log, 30)
             agent = psutil.Process(agent_proc.pid)
             limit = int(rate * (warmup + seconds + 30))
             driver = BlackboxDriver(blackbox.port, nginx.url, rate, limit=limit)

@@ -20,6 +20,7 @@ import psutil
 
 from bench.common import http_get, stop_process, tail
 from lab.ports import free_port
+from lab.prometheus import prometheus_argv
 from lab.wait import wait_until_sync
 
 NGINX_BIN = "/usr/sbin/nginx"
@@ -91,6 +92,38 @@ def _raise_with_log(server: Server, log: Path, exc: Exception) -> None:
 
 
 @contextlib.contextmanager
+def _served(
+    name: str,
+    argv: list[str],
+    tmp: Path,
+    port: int,
+    ready: str,
+    timeout: float,
+    error_log: Path | None = None,
+) -> Iterator[Server]:
+    """Start `argv` in `tmp` (its output to tmp/<name>.log), wait until GET `ready` (a path
+    without its leading /) answers 200, yield it, and stop it by its PID. Start-up failures name
+    the server and end with its log (`error_log` if it writes one of its own)."""
+    log = tmp / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp)
+    server = Server(name, proc, port, tmp)
+    try:
+        try:
+            wait_until_sync(
+                f"{name} /{ready}",
+                lambda: http_get(f"{server.url}{ready}", 1.0)[0] == 200,
+                timeout,
+                alive=server.alive,
+            )
+        except (TimeoutError, RuntimeError) as exc:
+            _raise_with_log(server, error_log or log, exc)
+        yield server
+    finally:
+        stop_process(proc)
+
+
+@contextlib.contextmanager
 def nginx() -> Iterator[Server]:
     """nginx (master + 1 worker) serving a small static `/` and `/health` on a free port.
 
@@ -109,28 +142,9 @@ def nginx() -> Iterator[Server]:
         port = free_port()
         conf = tmp / "nginx.conf"
         conf.write_text(_NGINX_CONF.format(dir=tmp, port=port))
-        log = tmp / "stderr.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [NGINX_BIN, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        server = Server("nginx", proc, port, tmp)
-        try:
-            try:
-                wait_until_sync(
-                    "nginx /health",
-                    lambda: http_get(f"{server.url}health", 1.0)[0] == 200,
-                    10,
-                    alive=server.alive,
-                )
-            except (TimeoutError, RuntimeError) as exc:
-                _raise_with_log(server, tmp / "error.log", exc)
+        argv = [NGINX_BIN, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)]
+        with _served("nginx", argv, tmp, port, "health", 10, tmp / "error.log") as server:
             yield server
-        finally:
-            stop_process(proc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -147,33 +161,9 @@ def blackbox_exporter(timeout: float = 5.0) -> Iterator[Server]:
         conf = tmp / "blackbox.yml"
         conf.write_text(_BLACKBOX_CONF.format(timeout=timeout))
         port = free_port()
-        log = tmp / "blackbox.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={conf}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=tmp,
-            )
-        server = Server("blackbox_exporter", proc, port, tmp)
-        try:
-            try:
-                wait_until_sync(
-                    "blackbox_exporter /-/healthy",
-                    lambda: http_get(f"{server.url}-/healthy", 1.0)[0] == 200,
-                    10,
-                    alive=server.alive,
-                )
-            except (TimeoutError, RuntimeError) as exc:
-                _raise_with_log(server, log, exc)
+        argv = [binary, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}"]
+        with _served("blackbox_exporter", argv, tmp, port, "-/healthy", 10) as server:
             yield server
-        finally:
-            stop_process(proc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -202,34 +192,9 @@ def prometheus(target: str, job: str, interval: float = 15.0, timeout: float = 1
         conf = tmp / "prometheus.yml"
         conf.write_text(_PROMETHEUS_CONF.format(interval=interval, timeout=timeout, job=job, target=target))
         port = free_port()
-        log = tmp / "prometheus.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={conf}",
-                    f"--storage.tsdb.path={tmp / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=tmp,
-            )
-        server = Server("prometheus", proc, port, tmp)
-        try:
-            try:
-                wait_until_sync(
-                    "prometheus /-/ready",
-                    lambda: http_get(f"{server.url}-/ready", 1.0)[0] == 200,
-                    30,
-                    alive=server.alive,
-                )
-            except (TimeoutError, RuntimeError) as exc:
-                _raise_with_log(server, log, exc)
+        argv = [binary, *prometheus_argv(conf, tmp / "data", port, interval=interval)[1:]]
+        with _served("prometheus", argv, tmp, port, "-/ready", 30) as server:
             yield server
-        finally:
-            stop_process(proc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

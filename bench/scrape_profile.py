@@ -24,9 +24,8 @@ from typing import Any
 import psutil
 
 from bench import lab
-from bench.common import agent_process, histogram_quantile, http_get, series, tail
+from bench.common import agent_process, histogram_quantile, series, wait_agent_ready
 from lab.ports import free_port
-from lab.wait import wait_until_sync
 
 LATENESS = "mamori_scheduler_lateness_seconds_bucket"
 
@@ -66,15 +65,7 @@ def run(checks: int, interval: float, every: float, scrapes: int, warmup: float)
         port = free_port()
         log = Path(tmp) / "agent.log"
         with agent_process(["-c", str(cfg), "--listen", f"127.0.0.1:{port}"], log) as proc:
-            try:
-                wait_until_sync(
-                    "the agent's /ready",
-                    lambda: http_get(f"http://127.0.0.1:{port}/ready", 1.0)[0] == 200,
-                    120,
-                    alive=lambda: proc.poll() is None,
-                )
-            except (TimeoutError, RuntimeError) as exc:
-                raise RuntimeError(f"agent did not start: {exc}\n{tail(log)}") from exc
+            wait_agent_ready(proc, port, log, 120)
             agent = psutil.Process(proc.pid)
             rss_ready = agent.memory_info().rss
             time.sleep(warmup)  # every check has a result and the start-up's backlog is gone

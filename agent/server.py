@@ -36,7 +36,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import Response, StreamResponse
 
 from agent.httplimits import Listener
-from agent.metrics import Frozen, MetricRegistry, render_snapshot
+from agent.metrics import Frozen, MetricRegistry, render_snapshot_parts
 from agent.model import CheckResult
 from exporters.prometheus import ExpositionSnapshot, LatestResults
 
@@ -200,7 +200,7 @@ def release_big_buffers() -> None:
 
 
 def _render_metrics(own: list[Frozen], results: ExpositionSnapshot) -> bytes:
-    return b"".join([render_snapshot(own).encode(), *results.parts()])
+    return b"".join([*render_snapshot_parts(own), *results.parts()])
 
 
 def _send(request: BaseRequest, body: _Body, content_type: str) -> Response:

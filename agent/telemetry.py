@@ -9,6 +9,7 @@ series per check) are one `CheckCounters` per check, which keeps its lines rende
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from agent.catalog import AGENT_METRICS
@@ -154,6 +155,8 @@ class AgentMetrics:
 
         checks: dict[str, CheckCounters] = {}
         self._checks = checks
+        # attrgetter: the loop's snapshot maps it over every check (4 x 10 000 calls at 10 000
+        # checks), half the time of a Python function.
 
         def per_check(
             name: str,
@@ -164,7 +167,7 @@ class AgentMetrics:
 
         self.start_time = gauge("mamori_agent_start_time_seconds")
         self.checks_configured = gauge("mamori_checks_configured")
-        self.runs = per_check("mamori_check_runs_total", _runs_lines, CheckCounters.runs_samples)
+        self.runs = per_check("mamori_check_runs_total", attrgetter("runs_lines"), CheckCounters.runs_samples)
         # Not per check: probe_duration_seconds already gives each check's last run time, and a
         # per-check histogram would be most of a scrape (17 lines per check).
         self.run_duration = MetricHistogram(
@@ -173,9 +176,11 @@ class AgentMetrics:
             buckets=_RUN_BUCKETS,
             registry=r,
         )
-        self.check_errors = per_check("mamori_check_errors_total", _errors_line, CheckCounters.errors_samples)
+        self.check_errors = per_check(
+            "mamori_check_errors_total", attrgetter("errors_line"), CheckCounters.errors_samples
+        )
         self.attempts = per_check(
-            "mamori_probe_attempts_total", _attempts_lines, CheckCounters.attempts_samples
+            "mamori_probe_attempts_total", attrgetter("attempts_lines"), CheckCounters.attempts_samples
         )
         self.lateness = MetricHistogram(
             "mamori_scheduler_lateness_seconds",
@@ -184,7 +189,7 @@ class AgentMetrics:
             registry=r,
         )
         self.skipped = per_check(
-            "mamori_scheduler_skipped_runs_total", _skipped_line, CheckCounters.skipped_samples
+            "mamori_scheduler_skipped_runs_total", attrgetter("skipped_line"), CheckCounters.skipped_samples
         )
         self.running = gauge("mamori_scheduler_running_checks")
         self.queue_depth = gauge("mamori_sink_queue_depth")
@@ -207,22 +212,6 @@ class AgentMetrics:
     def forget_check(self, name: str) -> None:
         """Drop per-check series of a check removed from the config. Safe for an unknown name."""
         self._checks.pop(name, None)
-
-
-def _runs_lines(c: CheckCounters) -> bytes:
-    return c.runs_lines
-
-
-def _attempts_lines(c: CheckCounters) -> bytes:
-    return c.attempts_lines
-
-
-def _errors_line(c: CheckCounters) -> bytes:
-    return c.errors_line
-
-
-def _skipped_line(c: CheckCounters) -> bytes:
-    return c.skipped_line
 
 
 class AgentInfoCollector:

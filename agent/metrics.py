@@ -8,6 +8,7 @@ scrape time, and their rendering in Prometheus' text exposition format (version 
     text = registry.render()            # what /metrics serves before the per-check results
     snap = registry.snapshot()          # on the loop: a frozen copy of every value ...
     text = render_snapshot(snap)        # ... rendered anywhere, e.g. in a worker thread
+    parts = render_snapshot_parts(snap) # the same as bytes to join (/metrics does)
 
 Why not prometheus_client: the agent needs a small part of it (three instrument types, no
 `_created` series, text format only), the part it does not need costs about 1 MB of the default
@@ -19,7 +20,10 @@ dependency as the reference parser).
 
 Everything here is called from the event loop thread (no locks), except `render_snapshot()`: a
 snapshot is immutable, so a scrape renders it in a worker thread and the loop only copies values
-(each instrument keeps its children's label text rendered once, when the child is made).
+(each instrument keeps its children's label text rendered once, when the child is made). A family
+with a sample group per check (the agent's per-check counters, agent/telemetry.py) is a
+`LinesFamily` instead: each group keeps its own lines rendered as bytes whenever a value changes,
+so a snapshot holds references to those bytes and a scrape only joins them.
 Names, help and label names are the catalog's (agent/catalog.py); a name registered twice is a
 bug and raises ValueError.
 """
@@ -27,8 +31,8 @@ bug and raises ValueError.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Generic, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 MetricKind = Literal["counter", "gauge", "histogram"]
 
@@ -86,11 +90,29 @@ class FrozenFamily(NamedTuple):
     values: list[float]
 
 
-Frozen = MetricFamily | FrozenFamily
+class FrozenLines(NamedTuple):
+    """A `LinesFamily` at one moment: its HELP/TYPE text, then its sample lines as their owners
+    keep them rendered (each chunk one or more whole lines)."""
+
+    header: bytes
+    chunks: list[bytes]
+
+
+Frozen = MetricFamily | FrozenFamily | FrozenLines
 
 
 class Collector(Protocol):
     def collect(self) -> Iterable[MetricFamily]: ...
+
+
+@runtime_checkable
+class Freezable(Protocol):
+    """A collector that can freeze its values for `render_snapshot()` cheaply (an instrument, a
+    `LinesFamily`); any other collector is collected at snapshot time."""
+
+    def collect(self) -> Iterable[MetricFamily]: ...
+
+    def freeze(self) -> Frozen: ...
 
 
 class MetricRegistry:
@@ -122,7 +144,7 @@ class MetricRegistry:
         """Every metric's current values, frozen: cheap (values are copied, text is not made)."""
         out: list[Frozen] = []
         for collector in list(self._collectors):
-            if isinstance(collector, _Instrument):
+            if isinstance(collector, Freezable):
                 out.append(collector.freeze())
             else:
                 out.extend(collector.collect())
@@ -190,6 +212,7 @@ class HistogramChild:
 
 
 C = TypeVar("C", CounterChild, GaugeChild, HistogramChild)
+G = TypeVar("G")
 
 
 class _Instrument(Generic[C]):
@@ -350,6 +373,47 @@ class MetricHistogram(_Instrument[HistogramChild]):
         yield family
 
 
+class LinesFamily(Generic[G]):
+    """A family whose samples come in groups (one per check, say), each group an object that keeps
+    its own lines rendered as bytes (`lines(group)`, one or more whole lines) and lists its samples
+    on demand (`samples(group)`, for `collect()`: tests and the CLI). Groups are rendered in the
+    order of `groups`, a mapping its owner adds to and removes from; `freeze()` (on the loop) takes
+    references to the groups' bytes, never a copy of values that a later change could alter."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        kind: MetricKind,
+        labels: Sequence[str],
+        groups: Mapping[str, G],
+        lines: Callable[[G], bytes],
+        samples: Callable[[G], Iterable[tuple[Sequence[str], float]]],
+        registry: MetricRegistry | None = None,
+    ) -> None:
+        self.name = name.removesuffix("_total") if kind == "counter" else name
+        self.help = help_text
+        self.kind: MetricKind = kind
+        self.label_names = tuple(labels)
+        exposed = f"{self.name}_total" if kind == "counter" else self.name
+        self._header = f"# HELP {exposed} {escape_help(help_text)}\n# TYPE {exposed} {kind}\n".encode()
+        self._groups = groups
+        self._lines = lines
+        self._samples = samples
+        if registry is not None:
+            registry.register(self)
+
+    def freeze(self) -> Frozen:
+        return FrozenLines(self._header, list(map(self._lines, self._groups.values())))
+
+    def collect(self) -> Iterator[MetricFamily]:
+        family = MetricFamily(self.name, self.help, self.kind, self.label_names)
+        for group in self._groups.values():
+            for values, value in self._samples(group):
+                family.add_metric(values, value)
+        yield family
+
+
 # --- the text format -------------------------------------------------------------------------
 
 
@@ -389,23 +453,43 @@ def sample_prefix(name: str, labels: dict[str, str]) -> str:
 
 def render_snapshot(snapshot: Iterable[Frozen]) -> str:
     """The text of a `MetricRegistry.snapshot()`; safe in any thread."""
-    parts: list[str] = []
+    return b"".join(render_snapshot_parts(snapshot)).decode()
+
+
+def render_snapshot_parts(snapshot: Iterable[Frozen]) -> list[bytes]:
+    """The text of a `MetricRegistry.snapshot()` as UTF-8 pieces to join, in order; safe in any
+    thread. A `FrozenLines` family's bytes are passed on as they are, not copied."""
+    parts: list[bytes] = []
+    text: list[str] = []
     numbers: dict[float, str] = {}  # counters repeat small values: format each once
     for item in snapshot:
-        if isinstance(item, FrozenFamily):
+        if isinstance(item, FrozenLines):
+            if text:
+                parts.append("".join(text).encode())
+                text.clear()
             parts.append(item.header)
-            for prefix, value in zip(item.prefixes, item.values, strict=True):
-                if value == 0:  # most of them; -0.0 == 0.0 but is written "-0.0"
-                    text = "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
-                else:
-                    cached = numbers.get(value)
-                    if cached is None:
-                        cached = numbers[value] = go_float(value)
-                    text = cached
-                parts.append(f"{prefix}{text}\n")
+            parts.extend(item.chunks)
         else:
-            parts.append(render_family(item))
-    return "".join(parts)
+            _render_text(item, text, numbers)
+    if text:
+        parts.append("".join(text).encode())
+    return parts
+
+
+def _render_text(item: MetricFamily | FrozenFamily, parts: list[str], numbers: dict[float, str]) -> None:
+    if isinstance(item, FrozenFamily):
+        parts.append(item.header)
+        for prefix, value in zip(item.prefixes, item.values, strict=True):
+            if value == 0:  # most of them; -0.0 == 0.0 but is written "-0.0"
+                text = "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+            else:
+                cached = numbers.get(value)
+                if cached is None:
+                    cached = numbers[value] = go_float(value)
+                text = cached
+            parts.append(f"{prefix}{text}\n")
+    else:
+        parts.append(render_family(item))
 
 
 def render_family(family: MetricFamily) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.clock import REAL_CLOCK, Clock
-from agent.model import CheckRemoved, CheckResult, Reason, Status
+from agent.model import CheckRemoved, CheckResult
 from agent.runner import execute
 from agent.telemetry import AgentMetrics
 from checks import check_class
@@ -114,12 +114,8 @@ class Scheduler:
         interval = cfg.interval
         clock = self._clock
         next_at = clock.monotonic() + (phase_offset(cfg.name, interval) if self._spread else 0.0)
-        runs = {s: self._metrics.runs.labels(check=cfg.name, status=s.label) for s in Status}
+        counters = self._metrics.check_counters(cfg.name)
         run_duration = self._metrics.run_duration
-        errors = self._metrics.check_errors.labels(check=cfg.name)
-        skipped = self._metrics.skipped.labels(check=cfg.name)
-        attempts_ok = self._metrics.attempts.labels(check=cfg.name, outcome="success")
-        attempts_failed = self._metrics.attempts.labels(check=cfg.name, outcome="failure")
         while True:
             delay = next_at - clock.monotonic()
             if delay > 0:
@@ -131,19 +127,14 @@ class Scheduler:
                     result = await execute(entry.check)
                 finally:
                     self._metrics.running.dec()
-            runs[result.status].inc()
-            succeeded = 1 if result.success else 0
-            attempts_ok.inc(succeeded)
-            attempts_failed.inc(result.attempts - succeeded)
+            counters.count_run(result)
             run_duration.observe(result.duration)
-            if result.reason is Reason.CHECK_ERROR:
-                errors.inc()
             self._publish(result)
             next_at += interval
             behind = clock.monotonic() - next_at
             if behind > 0:
                 missed = int(behind // interval) + 1
-                skipped.inc(missed)
+                counters.count_skipped(missed)
                 next_at += missed * interval
 
     async def aclose(self) -> None:

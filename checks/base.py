@@ -12,8 +12,6 @@ Do not derive a check from another check: share helpers (see `checks/tls.py`) in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
@@ -94,14 +92,25 @@ ConfigT = TypeVar("ConfigT", bound=CheckConfig)
 _budget_end: ContextVar[float | None] = ContextVar("mamori_budget_end", default=None)
 
 
-@contextmanager
-def budget_until(end: float) -> Iterator[None]:
+class _Budget:
+    """The context manager of `budget_until`: a class, not a generator (contextlib), since the
+    harness enters one around every attempt of every check."""
+
+    __slots__ = ("_end", "_token")
+
+    def __init__(self, end: float) -> None:
+        self._end = end
+
+    def __enter__(self) -> None:
+        self._token = _budget_end.set(self._end)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _budget_end.reset(self._token)
+
+
+def budget_until(end: float) -> _Budget:
     """Run the checks inside with `end` (loop time) as the end of their budget. For the harness."""
-    token = _budget_end.set(end)
-    try:
-        yield
-    finally:
-        _budget_end.reset(token)
+    return _Budget(end)
 
 
 class Check(Generic[ConfigT]):

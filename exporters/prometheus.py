@@ -13,12 +13,13 @@ come from `agent.catalog`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
 from agent.model import CheckRemoved, CheckResult
-from exporters.samples import flatten
+from exporters.samples import series
 
 _UNDOCUMENTED = "Undocumented sample (missing from agent/catalog.py)."
 _ORDER = {name: i for i, name in enumerate(CHECK_METRICS)}
@@ -42,20 +43,45 @@ def _line(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
     return f"{name}{{{inner}}} {_number(value)}\n"
 
 
+def _prefix(r: CheckResult) -> str:
+    """The start of the label set of each of a check's series: `{check="…",target="…"`."""
+    base = zip(PER_CHECK_LABELS, (r.check, r.target), strict=True)
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in base)
+
+
+@functools.lru_cache(maxsize=4096)
+def _suffix(labels: tuple[tuple[str, str], ...]) -> str:
+    """The rest of a label set after the check's prefix, with the closing brace: a sample's own
+    labels come from a small vocabulary (phases, a status's type and reason), so each is
+    rendered once, not once per result."""
+    return "".join(f',{k}="{_escape(v)}"' for k, v in labels) + "} "
+
+
+def _lines(r: CheckResult, prefix: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, labels, value in series(r):
+        # `value - value` is 0.0 only for a finite number: the rest is spelled the Prometheus way.
+        number = repr(float(value)) if value - value == 0 else _number(value)
+        line = f"{name}{prefix}{_suffix(labels)}{number}\n"
+        if (lines := out.get(name)) is None:
+            out[name] = [line]
+        else:
+            lines.append(line)
+    out[LAST_RUN] = [f"{LAST_RUN}{prefix}}} {_number(r.started_at)}\n"]
+    return out
+
+
 def render_result(r: CheckResult) -> dict[str, list[str]]:
     """The exposition lines of one result, by metric name: the series every metrics exporter
-    sends (`flatten`), plus the time of the run, which a pushed sample carries as its timestamp."""
-    out: dict[str, list[str]] = {}
-    for s in flatten(r):
-        out.setdefault(s.name, []).append(_line(s.name, s.labels, s.value))
-    base = tuple(zip(PER_CHECK_LABELS, (r.check, r.target), strict=True))
-    out[LAST_RUN] = [_line(LAST_RUN, base, r.started_at)]
-    return out
+    sends (`series`, as `flatten` gives them), plus the time of the run, which a pushed sample
+    carries as its timestamp."""
+    return _lines(r, _prefix(r))
 
 
 # A result's lines: the metric names (in exposition order; one tuple shared by every result
 # with the same names) and, for each, that result's lines of it as bytes.
 _Rendered = tuple[tuple[str, ...], tuple[bytes, ...]]
+# The metric names of a result in the order it gives them -> in exposition order (interned).
 _KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
@@ -63,10 +89,13 @@ def _family_key(metric: str) -> tuple[int, str]:
     return (_ORDER.get(metric, len(_ORDER)), metric)
 
 
-def _rendered(result: CheckResult) -> _Rendered:
-    lines = render_result(result)
-    keys = tuple(sorted(lines, key=_family_key))
-    keys = _KEYS.setdefault(keys, keys)
+def _rendered(result: CheckResult, prefix: str) -> _Rendered:
+    lines = _lines(result, prefix)
+    given = tuple(lines)
+    keys = _KEYS.get(given)
+    if keys is None:
+        keys = tuple(sorted(given, key=_family_key))
+        keys = _KEYS.setdefault(given, _KEYS.setdefault(keys, keys))
     return keys, tuple("".join(lines[k]).encode() for k in keys)
 
 
@@ -126,15 +155,18 @@ class LatestResults:
     result that arrives later is of the check configured again."""
 
     def __init__(self) -> None:
-        self._by_check: dict[str, tuple[CheckResult, _Rendered]] = {}
+        # name -> (latest result, its rendered lines, the label prefix of its check and target)
+        self._by_check: dict[str, tuple[CheckResult, _Rendered, str]] = {}
         self._names: tuple[str, ...] | None = ()  # sorted; None when a check came or went
         self.version = 0  # changes whenever a result arrives or a check is forgotten
 
     def put(self, result: CheckResult) -> None:
-        rendered = _rendered(result)
-        if result.check not in self._by_check:
+        entry = self._by_check.get(result.check)
+        if entry is None:
             self._names = None
-        self._by_check[result.check] = (result, rendered)
+        # The prefix is the check's and its target's: kept while they stay, built anew on a change.
+        prefix = entry[2] if entry is not None and entry[0].target == result.target else _prefix(result)
+        self._by_check[result.check] = (result, _rendered(result, prefix), prefix)
         self.version += 1
 
     def forget(self, name: str) -> None:

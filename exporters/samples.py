@@ -20,25 +20,32 @@ class FlatSample:
     timestamp: float  # unix seconds: when the run started
 
 
-def flatten(r: CheckResult) -> list[FlatSample]:
-    base = tuple(zip(PER_CHECK_LABELS, (r.check, r.target), strict=True))
-    ts = r.started_at
-    out = [
-        FlatSample("probe_success", base, 1.0 if r.success else 0.0, ts),
-        FlatSample("probe_duration_seconds", base, r.duration, ts),
-        FlatSample(
-            "mamori_check_status",
-            base + (("type", r.check_type), ("reason", r.reason.value)),
-            float(r.status),
-            ts,
-        ),
-        FlatSample("mamori_check_attempts", base, float(r.attempts), ts),
+Series = tuple[str, tuple[tuple[str, str], ...], float]
+
+
+def series(r: CheckResult) -> list[Series]:
+    """The series of a result as (name, labels, value), its labels without the `check` and
+    `target` every series carries (`PER_CHECK_LABELS`): what `flatten` adds them to, and what
+    `/metrics` renders after a per-check prefix of them computed once."""
+    out: list[Series] = [
+        ("probe_success", (), 1.0 if r.success else 0.0),
+        ("probe_duration_seconds", (), r.duration),
+        ("mamori_check_status", (("type", r.check_type), ("reason", r.reason.value)), float(r.status)),
+        ("mamori_check_attempts", (), float(r.attempts)),
     ]
     # A check with `series: basic` exports its result without the detailed series; the result
     # keeps them (the agent's alert rules and /api/v1/results see every sample).
-    samples = r.samples if r.series == "full" else [s for s in r.samples if s.name not in DETAIL_METRICS]
-    out.extend(FlatSample(s.name, base + s.labels, s.value, ts) for s in samples)
+    if r.series == "full":
+        out.extend((s.name, s.labels, s.value) for s in r.samples)
+    else:
+        out.extend((s.name, s.labels, s.value) for s in r.samples if s.name not in DETAIL_METRICS)
     return out
+
+
+def flatten(r: CheckResult) -> list[FlatSample]:
+    base = tuple(zip(PER_CHECK_LABELS, (r.check, r.target), strict=True))
+    ts = r.started_at
+    return [FlatSample(name, base + labels, value, ts) for name, labels, value in series(r)]
 
 
 _UNITS = (

@@ -104,3 +104,28 @@ def test_a_snapshot_shows_each_check_once_as_it_was_when_taken() -> None:
     assert snap.body() == text.encode()
     later = [http_result(f"c{i:03d}", 2.0) for i in range(100) if i != 50] + [http_result("new", 2.0)]
     assert latest.exposition() == reference(later)
+
+
+# --- what is rendered once per check: its label prefix ------------------------------------------
+
+
+def test_a_check_whose_target_changes_is_shown_with_the_new_target_only() -> None:
+    # A reload that changes a check's URL keeps its name: the prefix kept for the check must follow.
+    latest = LatestResults()
+    latest.put(result("a"))
+    latest.put(CheckResult("a", "tcp", "127.0.0.1:2", Status.OK, 1_700_000_001.0, 0.01))
+    text = latest.exposition()
+    assert 'target="127.0.0.1:2"' in text
+    assert 'target="127.0.0.1:1"' not in text
+    assert text.count('{check="a",target="127.0.0.1:2"}') == 4  # success, duration, attempts, last run
+
+
+def test_two_checks_never_share_a_prefix() -> None:
+    latest = LatestResults()
+    latest.put(CheckResult("a", "tcp", 'x"y', Status.OK, 1_700_000_000.0, 0.01))
+    latest.put(CheckResult("b", "tcp", 'x"y', Status.OK, 1_700_000_000.0, 0.01))
+    latest.put(CheckResult("a", "tcp", 'x"y', Status.CRITICAL, 1_700_000_002.0, 0.01))
+    text = latest.exposition()
+    assert text.count('{check="a",target="x\\"y"}') == 4  # success, duration, attempts, last run
+    assert text.count('{check="b",target="x\\"y"}') == 4
+    assert 'mamori_check_status{check="a",target="x\\"y",type="tcp",reason="ok"} 2.0' in text

@@ -29,6 +29,7 @@ from agent.eventloop import ENV, EventLoop, EventLoopError, choose
 from agent.model import CheckResult, Reason, Status
 from agent.runner import execute
 from checks.http.check import HttpCheck
+from checks.net import write
 from checks.tcp import TcpCheck
 from lab.certs import Certs, make_certs, server_context
 from lab.ports import free_port
@@ -241,6 +242,25 @@ def test_a_check_gives_the_same_result_on_uvloop_as_on_asyncio(servers: Servers,
     assert _comparable(on_uvloop) == _comparable(on_asyncio)
     if case.endswith(" ok"):
         assert (on_uvloop.status, on_uvloop.reason) == (Status.OK, Reason.OK)
+
+
+@pytest.mark.parametrize("name", ["asyncio", "uvloop"])
+def test_a_write_on_a_connection_already_closed_is_an_oserror_on_both_loops(
+    servers: Servers, name: str
+) -> None:
+    """uvloop raises RuntimeError on a write to a closed transport where asyncio's loop drops it:
+    checks write through checks.net.write, so a peer that reset first is connection_reset, not a bug."""
+
+    async def main() -> None:
+        _, writer = await asyncio.open_connection(servers.http.host, servers.http.port)
+        writer.transport.abort()  # what the loop does on seeing the peer's reset
+        for _ in range(3):
+            await asyncio.sleep(0)
+        write(writer, b"GET / HTTP/1.1\r\n\r\n")
+        with pytest.raises(OSError):
+            await writer.drain()
+
+    choose({ENV: name}).run(main())
 
 
 def test_the_tls_details_read_from_the_ssl_object_are_there_on_uvloop(servers: Servers) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -28,6 +28,7 @@ from agent.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+    from agent.eventloop import EventLoop
     from agent.model import CheckResult
     from checks.base import Check
 
@@ -106,6 +107,16 @@ async def _closing(checks: list[Check[Any]], work: Awaitable[T]) -> T:
         await asyncio.gather(*(c.aclose() for c in checks), return_exceptions=True)
 
 
+def _event_loop(env: Mapping[str, str]) -> EventLoop:
+    """The loop MAMORI_EVENT_LOOP asks for (agent/eventloop.py); a bad value is a usage error."""
+    from agent.eventloop import EventLoopError, choose
+
+    try:
+        return choose(env)
+    except EventLoopError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _nagios_line(check: Check[Any], result: CheckResult) -> str:
     perf = " ".join(p.render() for p in check.perfdata(result))
     text = f"{check.type_name.upper()} {result.status.name} - {result.message or result.reason.value}"
@@ -132,6 +143,7 @@ def _table(results: list[CheckResult], verbose: bool) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     from agent.model import worst
 
+    loop = _event_loop(os.environ)
     adhoc = [t for t in args.targets if "://" in t]
     if adhoc and (len(adhoc) != len(args.targets) or args.config):
         raise UsageError("give either URLs to check ad hoc, or check names with -c FILE, not both")
@@ -148,9 +160,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         from agent.gate import wait_healthy
 
         wait = args.timeout if args.timeout is not None else 300.0
-        results, healthy = asyncio.run(_closing(checks, wait_healthy(checks, wait, args.poll, sys.stderr)))
+        results, healthy = loop.run(_closing(checks, wait_healthy(checks, wait, args.poll, sys.stderr)))
     else:
-        results = asyncio.run(_closing(checks, _run_once(checks)))
+        results = loop.run(_closing(checks, _run_once(checks)))
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=1))
     elif adhoc and len(checks) == 1 and results:
@@ -200,12 +212,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import os
+    import logging
 
     from agent import config, logs
     from agent.runtime import Agent
 
     env = dict(os.environ)
+    loop = _event_loop(env)
     if args.listen:
         try:
             host, port = config.parse_listen(args.listen)
@@ -217,7 +230,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = config.load(Path(args.config) if args.config else None, env)
     logs.setup(args.log_level or cfg.agent.log_level, args.log_format or cfg.agent.log_format)
     agent = Agent(cfg, Path(args.config) if args.config else None, env, listen=args.listen, freeze_gc=True)
-    return asyncio.run(agent.run())
+    logging.getLogger("mamori.agent").info("event loop: %s", loop.name)
+    return loop.run(agent.run())
 
 
 # --- alerts / silence / notify-test (agent/alertctl.py) ---------------------------------------

@@ -11,12 +11,15 @@ same D seconds, at the same time:
   `asyncio.open_connection` + one HTTP/1.1 `GET /` written by hand + read to the end + close, no
   HTTP library, no timing, no result. What the agent costs above it is the agent's own work;
   what it costs is CPython's asyncio and the loopback TCP stack (the kernel's share of a connect
-  and a send is charged to the process that makes them).
+  and a send is charged to the process that makes them). It runs twice, side by side: on
+  asyncio's own loop, and on uvloop, the loop the agent runs on (agent/eventloop.py; the agent's
+  figure is on whichever loop MAMORI_EVENT_LOOP picks, uvloop by default).
 
 CPU is user+sys of each process (psutil) between two points after a warm-up; probes are the
 delta of `mamori_check_runs_total` for the agent and the /probe answers with `probe_success 1`
-for blackbox_exporter, the bare loop's own count of `200` answers. Target: agent CPU per probe
-<= 0.5 x blackbox_exporter's; agent / bare loop and bare loop / blackbox_exporter are reported too.
+for blackbox_exporter, each bare loop's own count of `200` answers. Target: agent CPU per probe
+<= 0.5 x blackbox_exporter's; agent / bare loop and bare loop / blackbox_exporter are reported too,
+for each floor.
 
     python -m bench.http_cpu [--seconds 30] [--checks 20] [--warmup 5] [--profile]
 
@@ -154,9 +157,26 @@ async def _bare_probes(
         done.value += 1
 
 
-def _bare_loop(url: str, rate: float, limit: int, done: Synchronized[int], ok: Synchronized[int]) -> None:
-    """The floor (in a child process): paced bare asyncio probes until `limit` or killed."""
-    asyncio.run(_bare_probes(url, rate, limit, done, ok))
+# The floors: result key -> the loop the bare probes run on (agent/eventloop.py's names).
+FLOORS = {"bare_asyncio_loop": "asyncio", "bare_uvloop": "uvloop"}
+
+
+def _bare_loop(
+    loop: str, url: str, rate: float, limit: int, done: Synchronized[int], ok: Synchronized[int]
+) -> None:
+    """A floor (in a child process): paced bare probes on `loop` until `limit` or killed."""
+    from agent.eventloop import ENV, choose
+
+    choose({ENV: loop}).run(_bare_probes(url, rate, limit, done, ok))
+
+
+@dataclass
+class Floor:
+    """One bare loop's process and its shared counters."""
+
+    process: psutil.Process
+    done: Synchronized[int]
+    ok: Synchronized[int]
 
 
 @dataclass
@@ -164,13 +184,11 @@ class Snapshot:
     t: float
     agent_cpu: float
     blackbox_cpu: float
-    bare_cpu: float
     agent_runs: dict[str, float]
     agent_skipped: float
     blackbox_done: int
     blackbox_ok: int
-    bare_done: int
-    bare_ok: int
+    bare: dict[str, tuple[float, int, int]]  # floor -> (cpu, done, ok)
 
 
 def _snapshot(
@@ -178,20 +196,17 @@ def _snapshot(
     agent: psutil.Process,
     blackbox: psutil.Process,
     driver: BlackboxDriver,
-    bare: tuple[psutil.Process, Synchronized[int], Synchronized[int]],
+    floors: dict[str, Floor],
 ) -> Snapshot:
-    bare_proc, bare_done, bare_ok = bare
     return Snapshot(
         t=time.monotonic(),
         agent_cpu=cpu_seconds(agent),
         blackbox_cpu=cpu_seconds(blackbox),
-        bare_cpu=cpu_seconds(bare_proc),
         agent_runs=metric_by_label(metrics_text, "mamori_check_runs_total", "status"),
         agent_skipped=metric_sum(metrics_text, "mamori_scheduler_skipped_runs_total"),
         blackbox_done=driver.done,
         blackbox_ok=driver.succeeded,
-        bare_done=bare_done.value,
-        bare_ok=bare_ok.value,
+        bare={k: (cpu_seconds(f.process), f.done.value, f.ok.value) for k, f in floors.items()},
     )
 
 
@@ -201,6 +216,18 @@ def _user_agents(access_log: Path) -> dict[str, int]:
         ua = line.rsplit('"', 2)[-2] if line.endswith('"') else "?"
         counts[ua] = counts.get(ua, 0) + 1
     return counts
+
+
+def agent_loop_name() -> str:
+    """The loop the agent process will run on: its environment is this one (bench.common)."""
+    import os
+
+    from agent.eventloop import EventLoopError, choose
+
+    try:
+        return choose(os.environ).name
+    except EventLoopError as exc:
+        return str(exc)
 
 
 def run(
@@ -227,16 +254,23 @@ def run(
             driver = BlackboxDriver(blackbox.port, nginx.url, rate, limit=limit)
             # spawn: a fresh interpreter, not a fork of this one and its threads.
             ctx = multiprocessing.get_context("spawn")
-            bare_done, bare_ok = ctx.Value("q", 0), ctx.Value("q", 0)
-            bare_proc = ctx.Process(
-                target=_bare_loop,
-                args=(nginx.url, rate, limit, bare_done, bare_ok),
-                name="bare-loop",
-                daemon=True,
-            )
+            counters = {k: (ctx.Value("q", 0), ctx.Value("q", 0)) for k in FLOORS}
+            bare_procs = [
+                ctx.Process(
+                    target=_bare_loop,
+                    args=(loop, nginx.url, rate, limit, *counters[key]),
+                    name=f"bare-{loop}",
+                    daemon=True,
+                )
+                for key, loop in FLOORS.items()
+            ]
             scraper = KeepAliveClient(port)
-            bare_proc.start()
-            bare = (psutil.Process(bare_proc.pid), bare_done, bare_ok)
+            for proc in bare_procs:
+                proc.start()
+            floors = {
+                key: Floor(psutil.Process(proc.pid), *counters[key])
+                for key, proc in zip(FLOORS, bare_procs, strict=True)
+            }
             driver.start()
             try:
                 # One scrape per second, paced; the snapshots are taken right after scrapes number
@@ -250,14 +284,15 @@ def run(
                     if status != 200:
                         raise RuntimeError(f"agent /metrics answered {status}")
                     if n in (scrapes_warmup, scrapes_warmup + scrapes_window):
-                        snaps.append(_snapshot(text, agent, blackbox.process, driver, bare))
+                        snaps.append(_snapshot(text, agent, blackbox.process, driver, floors))
                     if agent_proc.poll() is not None:
                         raise RuntimeError(f"agent exited during the run\n{tail(log)}")
             finally:
                 driver.stop()
                 scraper.close()
-                bare_proc.terminate()
-                bare_proc.join(10)
+                for proc in bare_procs:
+                    proc.terminate()
+                    proc.join(10)
         if profile:
             print_profile(Path(tmp) / "agent.prof")
         requests_by_ua = _user_agents(nginx.dir / "access.log")
@@ -273,11 +308,24 @@ def run(
     agent_ms = 1000 * agent_cpu / agent_probes if agent_probes else float("nan")
     bb_ms = 1000 * bb_cpu / bb_ok if bb_ok else float("nan")
     ratio = agent_ms / bb_ms if bb_ms else float("nan")
-    bare_probes = b.bare_done - a.bare_done
-    bare_ok_n = b.bare_ok - a.bare_ok
-    bare_cpu = b.bare_cpu - a.bare_cpu
-    bare_ms = 1000 * bare_cpu / bare_ok_n if bare_ok_n else float("nan")
-    all_ok = agent_ok == agent_probes > 0 and bb_ok == bb_probes > 0 and bare_ok_n == bare_probes > 0
+    floor_figures: dict[str, dict[str, Any]] = {}
+    all_ok = agent_ok == agent_probes > 0 and bb_ok == bb_probes > 0
+    for key in FLOORS:
+        cpu = b.bare[key][0] - a.bare[key][0]
+        probes = b.bare[key][1] - a.bare[key][1]
+        ok = b.bare[key][2] - a.bare[key][2]
+        all_ok = all_ok and ok == probes > 0
+        ms = 1000 * cpu / ok if ok else float("nan")
+        floor_figures[key] = {
+            "cpu_s": round(cpu, 3),
+            "probes": probes,
+            "probes_ok": ok,
+            "probes_per_s": round(probes / window, 2),
+            "cpu_ms_per_probe": round(ms, 4),
+            "cpu_percent": round(100 * cpu / window, 2),
+        }
+    bare_ms = floor_figures["bare_asyncio_loop"]["cpu_ms_per_probe"]
+    uv_ms = floor_figures["bare_uvloop"]["cpu_ms_per_probe"]
     return {
         "parameters": {
             "checks": checks,
@@ -288,6 +336,7 @@ def run(
             "agent_scrapes_per_s": 1,
             "agent_check_timeout_s": AGENT_TIMEOUT,
             "blackbox_module_timeout_s": AGENT_TIMEOUT,
+            "agent_event_loop": agent_loop_name(),
             "nginx": lab.version(lab.NGINX_BIN),
             "blackbox_exporter": lab.version(lab.BLACKBOX_BIN),
             "profiled": profile,
@@ -312,19 +361,14 @@ def run(
             "cpu_percent": round(100 * bb_cpu / window, 2),
             "sample_failures": driver.failures,
         },
-        "bare_asyncio_loop": {
-            "cpu_s": round(bare_cpu, 3),
-            "probes": bare_probes,
-            "probes_ok": bare_ok_n,
-            "probes_per_s": round(bare_probes / window, 2),
-            "cpu_ms_per_probe": round(bare_ms, 4),
-            "cpu_percent": round(100 * bare_cpu / window, 2),
-        },
+        **floor_figures,
         "nginx_requests_by_user_agent_whole_run": requests_by_ua,
         "all_probes_succeeded": all_ok,
         "ratio_agent_to_blackbox": round(ratio, 3),
         "ratio_agent_to_bare_loop": round(agent_ms / bare_ms, 3) if bare_ms else float("nan"),
         "ratio_bare_loop_to_blackbox": round(bare_ms / bb_ms, 3) if bb_ms else float("nan"),
+        "ratio_agent_to_bare_uvloop": round(agent_ms / uv_ms, 3) if uv_ms else float("nan"),
+        "ratio_bare_uvloop_to_blackbox": round(uv_ms / bb_ms, 3) if bb_ms else float("nan"),
         "target_ratio_max": TARGET_RATIO,
         "verdict": verdict(ratio <= TARGET_RATIO),
     }
@@ -339,7 +383,11 @@ def summary(r: dict[str, Any]) -> str:
         f"(target <= {r['target_ratio_max']}) {r['verdict']}; bare asyncio loop "
         f"{r['bare_asyncio_loop']['cpu_ms_per_probe']:.3f} ms/probe: agent / bare loop "
         f"{r['ratio_agent_to_bare_loop']:.2f}, "
-        f"bare loop / blackbox_exporter {r['ratio_bare_loop_to_blackbox']:.2f}"
+        f"bare loop / blackbox_exporter {r['ratio_bare_loop_to_blackbox']:.2f}; bare uvloop "
+        f"{r['bare_uvloop']['cpu_ms_per_probe']:.3f} ms/probe: agent / bare uvloop "
+        f"{r['ratio_agent_to_bare_uvloop']:.2f}, "
+        f"bare uvloop / blackbox_exporter {r['ratio_bare_uvloop_to_blackbox']:.2f} "
+        f"(agent on {r['parameters']['agent_event_loop']})"
         + ("" if r["all_probes_succeeded"] else " [NOT ALL PROBES SUCCEEDED]")
     )
 

@@ -58,6 +58,17 @@ def _http_cpu(r: dict[str, Any]) -> list[str]:
             f"blackbox_exporter: **{r['ratio_bare_loop_to_blackbox']:.2f}** (the floor of a Python "
             "asyncio prober at this rate)."
         )
+    if (uv := r.get("bare_uvloop")) is not None:
+        rows.append(
+            f"| floor: the same on uvloop | {uv['cpu_ms_per_probe']:.3f} | "
+            f"{uv['probes']} ({uv['probes_ok']}) | {uv['probes_per_s']:g} | {uv['cpu_s']:.2f} | "
+            f"{uv['cpu_percent']:.1f} |"
+        )
+        floor += (
+            f" Agent / bare uvloop: **{r['ratio_agent_to_bare_uvloop']:.2f}**; bare uvloop / "
+            f"blackbox_exporter: **{r['ratio_bare_uvloop_to_blackbox']:.2f}**. The agent ran on "
+            f"{p.get('agent_event_loop', 'asyncio')}."
+        )
     return [
         *rows,
         "",

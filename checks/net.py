@@ -217,6 +217,14 @@ async def open_connection(address: Address) -> tuple[asyncio.StreamReader, async
         raise connect_failure(exc, address) from None
 
 
+def write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """`writer.write(data)`, unless the connection is already closed (the peer reset it before we
+    spoke): asyncio's loop drops such a write, uvloop's raises RuntimeError. Either way the
+    caller's `drain()` then raises the connection's error, an OSError it maps to a reason."""
+    if not writer.transport.is_closing():
+        writer.write(data)
+
+
 def connection_lost(exc: OSError, when: str) -> ProbeError:
     """A connection that broke after it was established: always connection_reset."""
     if isinstance(exc, ConnectionResetError):

@@ -37,6 +37,7 @@ from checks.net import (
     open_connection,
     resolve,
     timeout_failure,
+    write,
 )
 from checks.tls import TlsConfig, TlsReport, build_context, handshake, ssl_failure
 
@@ -171,7 +172,7 @@ class TcpCheck(Check[TcpConfig]):
                 # With a zero high-water mark drain() returns only once the kernel has every byte:
                 # the connection is aborted afterwards, which would drop anything still buffered.
                 writer.transport.set_write_buffer_limits(high=0)
-                writer.write(cfg.send.encode())
+                write(writer, cfg.send.encode())
                 await writer.drain()
             if cfg.expect is not None:
                 await self._expect(reader, cfg.expect, state)

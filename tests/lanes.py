@@ -37,6 +37,8 @@ E2E = (
     "tests/test_demo.py",
     "tests/agent/test_alertctl.py",
     "tests/agent/test_cli.py",
+    "tests/agent/test_event_loop.py::test_agentctl_check_refuses_a_bad_value_in_one_line",
+    "tests/agent/test_event_loop.py::test_agentctl_run_refuses_a_bad_value_in_one_line",
     "tests/agent/test_gate.py",
     "tests/agent/test_restart_schedule.py",
     "tests/agent/test_signals.py",
@@ -105,6 +107,7 @@ SLOW: dict[str, tuple[str, ...]] = {
         "test_random_yaml_text_never_escapes",
         "test_the_worst_documents_within_the_size_cap_are_bounded",
     ),
+    "tests/agent/test_event_loop.py": ("test_the_agent_logs_its_loop_at_start",),
     "tests/agent/test_yamldoc_plain.py": (
         "test_random_structures_load_the_same",
         "test_random_yaml_text_loads_the_same",

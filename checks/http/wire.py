@@ -23,7 +23,7 @@ import ssl
 import h11
 
 from agent.model import Reason
-from checks.net import READ_SIZE, ProbeError, connection_lost, quote_bytes
+from checks.net import READ_SIZE, ProbeError, connection_lost, quote_bytes, write
 from checks.tls import ssl_failure
 
 # The longest head (and chunk-size line) read: a longer one is refused, not buffered.
@@ -47,7 +47,7 @@ class HttpWire:
     async def send(self, *events: h11.Event) -> None:
         data = b"".join(self.conn.send(e) or b"" for e in events)
         try:
-            self.writer.write(data)
+            write(self.writer, data)
             await self.writer.drain()
         except ssl.SSLError as exc:
             raise ssl_failure(exc, "after the handshake") from None

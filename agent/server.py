@@ -13,11 +13,12 @@ The bodies of `/metrics` and `/api/v1/results` are rendered once and shared by e
 until a new result arrives (and, for `/metrics`, whose own metrics move without one, for at most
 `METRICS_MAX_AGE`), gzipped once for scrapers that accept it: a burst of scrapes or of pipelined
 requests costs one render. `/metrics` is never rendered on the event loop: the loop freezes the
-values (a copy of the latest results' cached lines and of the counters' values, references to
-the per-check counters' cached lines; ~20 ms at 10 000 checks) and a worker thread renders and gzips that snapshot, so a scrape holds no check
-back and shows each check's latest result exactly once. A /metrics body (27 MB at 10 000 checks)
-is kept for `METRICS_MAX_AGE` only, and buffers that large are given back to the system when
-freed (`release_big_buffers()`), so the agent's RSS does not keep a scrape's worth of memory.
+values (references to the latest results' cached lines and to the per-check counters' cached
+lines, a copy of the few other instruments' values) and a worker thread renders and gzips that
+snapshot, so a scrape holds no check back and shows each check's latest result exactly once. A
+/metrics body (27 MB at 10 000 checks) is kept for `METRICS_MAX_AGE` only, and buffers that large
+are given back to the system when freed (`release_big_buffers()`), so the agent's RSS does not
+keep a scrape's worth of memory.
 The HTTP server and its limits are `agent/httplimits.py`.
 """
 

@@ -23,7 +23,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from agent import yamldoc
 from agent.errors import ConfigError, ConfigIssue
-from agent.fields import Duration, Model
+from agent.fields import Duration, Model, share_parts
 from agent.files import read_regular_file
 from agent.yamldoc import DocumentError, YamlDoc, format_path
 from checks import REGISTRY, check_class
@@ -252,6 +252,7 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentCo
         checks_raw = []
     checks_complete = True
     seen: dict[str, int] = {}
+    shared: dict[Any, Any] = {}  # equal parts of the checks' models, held once (share_parts)
     for i, raw in enumerate(checks_raw):
         path: yamldoc.Path = ("checks", i)
         type_name = _typed_entry(doc, file, path, raw, REGISTRY, "check", issues)
@@ -271,6 +272,7 @@ def parse(text: str, file: str, env: Mapping[str, str] | None = None) -> AgentCo
             issues.extend(_issues_from_validation(exc, doc, file, path))
             checks_complete = False
             continue
+        share_parts(cfg, shared)
         # An interval taken from `agent:` was judged there.
         if "interval" in raw and (problem := _interval_problem(cfg.interval)):
             where = path + ("interval",)

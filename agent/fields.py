@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import re
@@ -165,6 +166,28 @@ class Model(BaseModel):
             except ValueError as exc:
                 raise ValueError(f"{file_key}: cannot read {path}: {exc}") from None
         return data
+
+
+def share_parts(model: BaseModel, pool: dict[Any, Any]) -> None:
+    """Make a validated config model share its equal parts with the models shared before it
+    through the same `pool`: strings, tuples and the set of the fields given (pydantic keeps one
+    per model, ~0.7 KB). 10 000 checks of one type hold ~9 MB less (issue 16).
+
+    Safe because a config model is frozen: its fields and `model_fields_set` never change
+    (`model_copy` copies the set). A tuple is keyed by its repr too, so `(1,)` and `(True,)`
+    (equal, but not the same value) stay apart."""
+    values = model.__dict__
+    for key, value in values.items():
+        if type(value) is str:
+            values[key] = pool.setdefault(value, value)
+        elif type(value) is tuple:
+            with contextlib.suppress(TypeError):  # a tuple holding something unhashable stays its own
+                values[key] = pool.setdefault((tuple, repr(value), value), value)
+        elif isinstance(value, BaseModel):
+            share_parts(value, pool)
+    given = frozenset(model.__pydantic_fields_set__)
+    shared_given = pool.setdefault(given, model.__pydantic_fields_set__)
+    object.__setattr__(model, "__pydantic_fields_set__", shared_given)
 
 
 def secret_value(secret: SecretStr | None) -> str | None:

@@ -21,7 +21,11 @@ class Status(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        # One string per status, not one per call: the scheduler keeps it per check (issue 16).
+        return _STATUS_LABELS[self]
+
+
+_STATUS_LABELS = {s: s.name.lower() for s in Status}
 
 
 class Reason(enum.StrEnum):

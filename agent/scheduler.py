@@ -8,7 +8,12 @@ Guarantees:
 - at most `concurrency` runs at once across all checks; time waiting for a slot counts as lateness;
 - the monotonic clock drives the schedule, so wall-clock jumps neither bunch nor starve runs
   (`clock`: the real one in the agent, a fake one in tests);
-- `apply()` with a new config keeps the task, state and phase of every unchanged check.
+- `apply()` with a new config keeps the timer or run, state and phase of every unchanged check;
+- `aclose()` cancels every run in progress.
+
+Between runs a check is a timer on the clock, not a sleeping task: the timer starts a task for
+the run only, which arms the next timer when the run ends. 10 000 checks hold ~12 MB less than
+with a task each (issue 16).
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.clock import REAL_CLOCK, Clock
+from agent.clock import REAL_CLOCK, Clock, Timer
 from agent.model import CheckRemoved, CheckResult
 from agent.runner import execute
-from agent.telemetry import AgentMetrics
+from agent.telemetry import AgentMetrics, CheckCounters
 from checks import check_class
 from checks.base import Check, CheckConfig
 
@@ -35,11 +40,14 @@ def phase_offset(name: str, interval: float) -> float:
     return (zlib.crc32(name.encode()) / 2**32) * interval
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     config: CheckConfig
     check: Check[Any]
-    task: asyncio.Task[None] | None = None
+    next_at: float = 0.0  # when the next run is due, on the scheduler's clock
+    timer: Timer | None = None  # armed between runs
+    task: asyncio.Task[None] | None = None  # while a run is in progress
+    counters: CheckCounters | None = None  # the check's runs/attempts/errors/skipped counters
 
 
 class Scheduler:
@@ -78,8 +86,7 @@ class Scheduler:
         ]
         for name in stopped:
             entry = self._entries.pop(name)
-            if entry.task is not None:
-                entry.task.cancel()
+            self._cancel(entry)
             asyncio.get_running_loop().create_task(self._close(entry))
             if name not in wanted:
                 # After cancel(): the task cannot publish any more, so this follows the check's
@@ -95,7 +102,7 @@ class Scheduler:
                 log.error("check %s could not be started: %s: %s", name, type(exc).__name__, exc)
                 continue
             entry = _Entry(cfg, check)
-            entry.task = asyncio.create_task(self._loop(entry), name=f"check:{name}")
+            self._start(entry)
             self._entries[name] = entry
             started.append(name)
         self._metrics.checks_configured.set(len(self._entries))
@@ -109,39 +116,60 @@ class Scheduler:
         except Exception as exc:
             log.error("check %s failed to close: %s: %s", entry.config.name, type(exc).__name__, exc)
 
-    async def _loop(self, entry: _Entry) -> None:
+    @staticmethod
+    def _cancel(entry: _Entry) -> None:
+        """No further run of `entry`: its timer is cancelled, its run in progress too."""
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        if entry.task is not None:
+            entry.task.cancel()
+
+    def _start(self, entry: _Entry) -> None:
         cfg = entry.config
-        interval = cfg.interval
-        clock = self._clock
-        next_at = clock.monotonic() + (phase_offset(cfg.name, interval) if self._spread else 0.0)
-        counters = self._metrics.check_counters(cfg.name)
+        offset = phase_offset(cfg.name, cfg.interval) if self._spread else 0.0
+        entry.next_at = self._clock.monotonic() + offset
+        entry.counters = self._metrics.check_counters(cfg.name)
+        entry.timer = self._clock.call_at(entry.next_at, self._fire, entry)
+
+    def _fire(self, entry: _Entry) -> None:
+        """The timer of `entry` is due: its run starts (a check removed meanwhile has no timer)."""
+        entry.timer = None
+        loop = asyncio.get_running_loop()
+        entry.task = loop.create_task(self._run(entry), name=f"check:{entry.config.name}")
+
+    async def _run(self, entry: _Entry) -> None:
+        """One run of `entry`, then its next timer (not when cancelled: the check is stopping)."""
+        counters = entry.counters
+        assert counters is not None
         run_duration = self._metrics.run_duration
-        while True:
-            delay = next_at - clock.monotonic()
-            if delay > 0:
-                await clock.sleep(delay)
-            async with self._slots:
-                self._metrics.lateness.observe(max(0.0, clock.monotonic() - next_at))
-                self._metrics.running.inc()
-                try:
-                    result = await execute(entry.check)
-                finally:
-                    self._metrics.running.dec()
-            counters.count_run(result)
-            run_duration.observe(result.duration)
-            self._publish(result)
-            next_at += interval
-            behind = clock.monotonic() - next_at
-            if behind > 0:
-                missed = int(behind // interval) + 1
-                counters.count_skipped(missed)
-                next_at += missed * interval
+        interval = entry.config.interval
+        clock = self._clock
+        next_at = entry.next_at
+        async with self._slots:
+            self._metrics.lateness.observe(max(0.0, clock.monotonic() - next_at))
+            self._metrics.running.inc()
+            try:
+                result = await execute(entry.check)
+            finally:
+                self._metrics.running.dec()
+        counters.count_run(result)
+        run_duration.observe(result.duration)
+        self._publish(result)
+        next_at += interval
+        behind = clock.monotonic() - next_at
+        if behind > 0:
+            missed = int(behind // interval) + 1
+            counters.count_skipped(missed)
+            next_at += missed * interval
+        entry.next_at = next_at
+        entry.task = None
+        entry.timer = clock.call_at(next_at, self._fire, entry)
 
     async def aclose(self) -> None:
         """Cancel every run in progress and close every check. Safe to call twice."""
         entries = list(self._entries.values())
         self._entries.clear()
         for entry in entries:
-            if entry.task is not None:
-                entry.task.cancel()
+            self._cancel(entry)
         await asyncio.gather(*(self._close(e) for e in entries))

@@ -143,7 +143,14 @@ class Phases:
         return sum(self.seconds.values())
 
     def samples(self, metric: str) -> tuple[Sample, ...]:
-        return tuple(Sample(metric, round(v, 9), (("phase", k),)) for k, v in self.seconds.items())
+        return tuple(Sample(metric, round(v, 9), _phase_labels(k)) for k, v in self.seconds.items())
+
+
+@functools.cache
+def _phase_labels(name: str) -> tuple[tuple[str, str], ...]:
+    # Phase names are a few constants: one labels tuple each, shared by every check's latest
+    # result (10 000 http checks hold ~5 MB less, issue 16).
+    return (("phase", name),)
 
 
 def _ordered(infos: list[Any], preferred: IpProtocol, fallback: bool) -> list[tuple[int, str]]:

@@ -1,8 +1,8 @@
 """A clock for scheduler tests: time moves only when the test says so.
 
-`FakeClock.advance(seconds)` wakes every sleeper whose deadline falls inside the step, in
-deadline order, with `monotonic()` reading that deadline, and lets the woken tasks run until
-they wait again. Nothing here waits on real time, so a loaded machine changes nothing.
+`FakeClock.advance(seconds)` wakes every sleeper (and calls every timer) whose deadline falls
+inside the step, in deadline order, with `monotonic()` reading that deadline, and lets the woken
+tasks run until they wait again. Nothing here waits on real time, so a loaded machine changes nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from agent.model import Reason, Status
 from checks.base import Check, CheckConfig, CheckOutcome
@@ -21,10 +22,24 @@ from checks.base import Check, CheckConfig, CheckOutcome
 _SETTLE_TURNS = 50
 
 
+class FakeTimer:
+    def __init__(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.callback, self.args = callback, args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback(*self.args)
+
+
 class FakeClock:
     def __init__(self, start: float = 0.0) -> None:
         self.now = start
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sleepers: list[tuple[float, int, asyncio.Future[None] | FakeTimer]] = []
         self._order = itertools.count()
 
     def monotonic(self) -> float:
@@ -38,6 +53,14 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), wake))
         await wake
 
+    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> FakeTimer:
+        timer = FakeTimer(callback, args)
+        if when <= self.now:
+            asyncio.get_running_loop().call_soon(timer.fire)
+        else:
+            heapq.heappush(self._sleepers, (when, next(self._order), timer))
+        return timer
+
     async def advance(self, seconds: float) -> None:
         """Move time forward by `seconds`, waking sleepers at their deadlines on the way."""
         target = self.now + seconds
@@ -45,7 +68,9 @@ class FakeClock:
         while self._sleepers and self._sleepers[0][0] <= target:
             when, _, wake = heapq.heappop(self._sleepers)
             self.now = max(self.now, when)
-            if not wake.done():  # a cancelled sleeper
+            if isinstance(wake, FakeTimer):
+                wake.fire()
+            elif not wake.done():  # a cancelled sleeper
                 wake.set_result(None)
             await settle()
         self.now = target

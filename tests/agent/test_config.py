@@ -11,7 +11,9 @@ import pytest
 
 from agent import config
 from agent.config import ConfigError
+from agent.fields import Model
 from agent.yamldoc import interpolate
+from checks.http.config import HttpConfig
 
 HERE = Path(__file__).parent
 INVALID = sorted((HERE / "invalid_configs").glob("*.yml"))
@@ -106,6 +108,41 @@ def test_config_models_are_frozen() -> None:
     cfg = config.parse("checks:\n  - {name: a, type: tcp, host: h, port: 1}\n", "x.yml", env={})
     with pytest.raises(Exception, match="frozen"):
         cfg.checks[0].name = "b"  # type: ignore[misc]
+
+
+def test_checks_share_their_equal_parts_and_stay_equal_to_unshared_ones() -> None:
+    text = (
+        "checks:\n"
+        "  - {name: a, type: http, url: 'http://h/', expected_status: [200]}\n"
+        "  - {name: b, type: http, url: 'http://h/', expected_status: [200]}\n"
+        "  - {name: c, type: http, url: 'http://h/x', tags: [t]}\n"
+    )
+    a, b, c = config.parse(text, "x.yml", env={}).checks
+    assert isinstance(a, HttpConfig) and isinstance(b, HttpConfig)
+    assert a.url is b.url and a.expected_status is b.expected_status
+    assert a.model_fields_set is b.model_fields_set and a.model_fields_set != c.model_fields_set
+    # Sharing changes no value: each equals the model validated alone.
+    for cfg in (a, b, c):
+        values = cfg.model_dump(exclude_unset=True)
+        alone = type(cfg).model_validate({"interval": 60.0, "timeout": 10.0, **values})
+        assert cfg == alone and cfg.model_fields_set == alone.model_fields_set
+    # A copy gets its own set of given fields: the shared one never changes.
+    given = set(a.model_fields_set)
+    copy = a.model_copy(update={"method": "HEAD"})
+    assert "method" in copy.model_fields_set and a.model_fields_set == b.model_fields_set == given
+
+
+def test_sharing_keeps_equal_but_different_values_apart() -> None:
+    from agent.fields import share_parts
+
+    class M(Model):
+        v: tuple[int | bool, ...]
+
+    pool: dict[object, object] = {}
+    one, true = M(v=(1,)), M(v=(True,))
+    share_parts(one, pool)
+    share_parts(true, pool)
+    assert true.v[0] is True and one.v[0] == 1 and one.v[0] is not True
 
 
 # --- hostile or mistaken input (issue 12): bounded, one line each --------------------------------

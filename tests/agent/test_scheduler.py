@@ -288,3 +288,60 @@ async def test_a_removed_check_is_announced_after_its_last_result_and_its_series
         metrics.registry.get_sample_value("mamori_check_runs_total", {"check": "drop", "status": "ok"})
         is None
     )
+
+
+def _check_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("check:")]
+
+
+async def test_between_runs_a_check_is_a_timer_and_its_schedule_is_kept(clock: FakeClock) -> None:
+    """No task per check while it waits: a run has a task of its own, and the schedule stays on
+    the interval's grid (phase kept, no drift from run times)."""
+    results: list[CheckResult] = []
+    sched = Scheduler(results.append, AgentMetrics(), concurrency=4, spread=False, clock=clock)
+    sched.apply([clock_cfg("a", interval=1.0, seconds=0.3), clock_cfg("b", interval=2.0, seconds=0.1)])
+    await clock.advance(0.05)  # both running
+    assert sorted(t.get_name() for t in _check_tasks()) == ["check:a", "check:b"]
+    await clock.advance(0.35)  # both waiting for their next run
+    assert _check_tasks() == []
+    await clock.advance(4.0)
+    starts = [(n, s) for n, s, _ in ClockSleepCheck.log]
+    assert [s for n, s in starts if n == "a"] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [s for n, s in starts if n == "b"] == [0.0, 2.0, 4.0]
+    await sched.aclose()
+    assert _check_tasks() == []
+
+
+async def test_a_check_removed_while_waiting_or_running_never_runs_again(clock: FakeClock) -> None:
+    removed: list[CheckRemoved] = []
+    results: list[CheckResult] = []
+    sched = Scheduler(
+        results.append,
+        AgentMetrics(),
+        concurrency=4,
+        spread=False,
+        clock=clock,
+        publish_removal=removed.append,
+    )
+    sched.apply([clock_cfg("waiting", interval=1, seconds=0.1), clock_cfg("running", interval=1, seconds=1)])
+    await clock.advance(0.3)  # "waiting" ran and waits for 1.0; "running" is in its first run
+    assert [r.check for r in results] == ["waiting"]
+    sched.apply([])
+    await clock.advance(3.0)
+    assert [r.check for r in results] == ["waiting"]  # the cancelled run published nothing
+    assert [e.check for e in removed] == ["waiting", "running"]
+    assert [n for n, _, _ in ClockSleepCheck.log] == ["waiting"]
+    assert _check_tasks() == []
+    await sched.aclose()
+
+
+async def test_aclose_cancels_runs_and_timers_and_is_safe_twice(clock: FakeClock) -> None:
+    results: list[CheckResult] = []
+    sched = Scheduler(results.append, AgentMetrics(), concurrency=4, spread=False, clock=clock)
+    sched.apply([clock_cfg("long", interval=5.0, seconds=2.0), clock_cfg("short", interval=5.0, seconds=0.1)])
+    await clock.advance(0.5)
+    await sched.aclose()
+    await sched.aclose()
+    await clock.advance(20.0)
+    assert [r.check for r in results] == ["short"]
+    assert _check_tasks() == []

@@ -337,3 +337,12 @@ exporters: [{{name: stuck, type: otel, endpoint: "http://127.0.0.1:{free_port()}
     assert modes == dict.fromkeys(names, "0o600"), modes
     for directory in (state, state.parent, state.parent.parent):
         assert oct(directory.stat().st_mode & 0o777) == "0o700", directory
+
+
+def test_a_config_without_secrets_shares_one_empty_set_of_them() -> None:
+    from agent.secrets import NO_SECRETS
+    from checks.http.config import HttpConfig
+
+    plain = HttpConfig(name="a", type="http", url="http://h/", interval=60.0, timeout=10.0)
+    assert secrets_of(plain) is NO_SECRETS and secrets_of(plain, {}) is NO_SECRETS
+    assert not NO_SECRETS and NO_SECRETS.mask("any text") == "any text"

@@ -30,8 +30,10 @@ import ctypes
 import gzip
 import json
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import Response, StreamResponse
@@ -58,8 +60,6 @@ class _Body:
     made: float
     raw: bytes
     _gzipped: bytes | None = None
-    version: int = -1  # /metrics: the `LatestResults.version` it was rendered from
-    _gzipping: asyncio.Future[bytes] | None = None
 
     def fresh(self, results: Sequence[CheckResult], now: float, max_age: float) -> bool:
         return (
@@ -73,15 +73,48 @@ class _Body:
             self._gzipped = gzip.compress(self.raw, compresslevel=6, mtime=0)
         return self._gzipped
 
-    async def gzipped_off_loop(self, level: int) -> bytes:
-        """The body gzipped in a worker thread, once for every request that asks meanwhile."""
-        if self._gzipped is None:
-            if self._gzipping is None:
-                self._gzipping = asyncio.ensure_future(
-                    asyncio.to_thread(gzip.compress, self.raw, compresslevel=level, mtime=0)
-                )
-            self._gzipped = await asyncio.shield(self._gzipping)
-        return self._gzipped
+
+class _MetricsBody:
+    """One /metrics body: the rendered pieces (references to cached bytes: no copy of the page),
+    joined or gzipped on first demand in a worker thread, once for every request that asks
+    meanwhile. A scraper that accepts gzip (Prometheus always does) never costs the joined page:
+    the pieces are compressed as a stream, a slice at a time."""
+
+    __slots__ = ("_futures", "_parts", "made", "size", "version")
+
+    def __init__(self, parts: list[bytes], made: float, version: int) -> None:
+        self._parts = parts
+        self.size = sum(map(len, parts))
+        self.made = made
+        self.version = version  # the `LatestResults.version` it was rendered from
+        self._futures: dict[bool, asyncio.Future[bytes]] = {}
+
+    async def content(self, gzipped: bool) -> bytes:
+        future = self._futures.get(gzipped)
+        if future is None:
+            work = (lambda: gzip_stream(self._parts, METRICS_GZIP_LEVEL)) if gzipped else self._join
+            future = self._futures[gzipped] = asyncio.ensure_future(asyncio.to_thread(work))
+        return await asyncio.shield(future)
+
+    def _join(self) -> bytes:
+        return b"".join(self._parts)
+
+
+_CHUNK = 4096  # pieces compressed at a time: a few hundred KB of page
+
+
+def _compressobj(level: int) -> Any:
+    return zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+
+
+def gzip_stream(parts: Sequence[bytes], level: int) -> bytes:
+    """The gzip member (no name, mtime 0) of the concatenation of `parts`, compressed a slice
+    of pieces at a time so the whole is never joined; the compressor releases the GIL while it
+    works, and slicing by count keeps Python's work per piece nil."""
+    compressor = _compressobj(level)
+    out = [compressor.compress(b"".join(parts[i : i + _CHUNK])) for i in range(0, len(parts), _CHUNK)]
+    out.append(compressor.flush())
+    return b"".join(out)
 
 
 class AgentServer:
@@ -93,8 +126,8 @@ class AgentServer:
         self._latest = latest
         self._ready = ready
         self._listener = Listener(self._answer)
-        self._metrics_body: _Body | None = None
-        self._metrics_rendering: asyncio.Future[_Body] | None = None
+        self._metrics_body: _MetricsBody | None = None
+        self._metrics_rendering: asyncio.Future[_MetricsBody] | None = None
         self._results_body: _Body | None = None
         self._one_body: dict[str, _Body] = {}
 
@@ -131,12 +164,12 @@ class AgentServer:
     async def _send_metrics(self, request: BaseRequest) -> StreamResponse:
         body = await self.metrics_body()
         headers = {"Content-Type": METRICS_CONTENT_TYPE, "Vary": "Accept-Encoding"}
-        if len(body.raw) >= GZIP_MIN_SIZE and accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        if body.size >= GZIP_MIN_SIZE and accepts_gzip(request.headers.get("Accept-Encoding", "")):
             headers["Content-Encoding"] = "gzip"
-            return Response(body=await body.gzipped_off_loop(METRICS_GZIP_LEVEL), headers=headers)
-        return Response(body=body.raw, headers=headers)
+            return Response(body=await body.content(gzipped=True), headers=headers)
+        return Response(body=await body.content(gzipped=False), headers=headers)
 
-    async def metrics_body(self) -> _Body:
+    async def metrics_body(self) -> _MetricsBody:
         """The current /metrics body: the cached one while fresh, else one rendered in a worker
         thread from a snapshot taken now (requests arriving meanwhile share that render)."""
         body = self._metrics_body
@@ -150,18 +183,18 @@ class AgentServer:
             self._metrics_rendering = asyncio.ensure_future(self._render_metrics())
         return await asyncio.shield(self._metrics_rendering)
 
-    async def _render_metrics(self) -> _Body:
+    async def _render_metrics(self) -> _MetricsBody:
         try:
             version, made = self._latest.version, time.monotonic()
             own, results = self._registry.snapshot(), self._latest.snapshot()
-            raw = await asyncio.to_thread(_render_metrics, own, results)
-            body = self._metrics_body = _Body((), made, raw, version=version)
+            parts = await asyncio.to_thread(_render_metrics, own, results)
+            body = self._metrics_body = _MetricsBody(parts, made, version)
             asyncio.get_running_loop().call_later(METRICS_MAX_AGE, self._release_metrics, body)
             return body
         finally:
             self._metrics_rendering = None
 
-    def _release_metrics(self, body: _Body) -> None:
+    def _release_metrics(self, body: _MetricsBody) -> None:
         """Forget a /metrics body once it is stale: the next scrape renders anyway."""
         if self._metrics_body is body:
             self._metrics_body = None
@@ -200,8 +233,8 @@ def release_big_buffers() -> None:
         ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 1 << 20)
 
 
-def _render_metrics(own: list[Frozen], results: ExpositionSnapshot) -> bytes:
-    return b"".join([*render_snapshot_parts(own), *results.parts()])
+def _render_metrics(own: list[Frozen], results: ExpositionSnapshot) -> list[bytes]:
+    return [*render_snapshot_parts(own), *results.parts()]
 
 
 def _send(request: BaseRequest, body: _Body, content_type: str) -> Response:

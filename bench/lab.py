@@ -50,6 +50,11 @@ http {{
             default_type text/plain;
             return 200 "ok\\n";
         }}
+        # A saved /metrics page, served pre-gzipped (bench.capacity's Prometheus floor).
+        location = /metrics {{
+            default_type "text/plain; version=0.0.4; charset=utf-8";
+            gzip_static on;
+        }}
     }}
 }}
 """

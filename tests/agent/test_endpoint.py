@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent import httplimits, server
 from agent.metrics import GaugeFamily, MetricRegistry
@@ -674,3 +676,15 @@ async def test_a_big_exposition_passes_promtool_and_its_gzip_is_the_same_body(se
         subprocess.run, [promtool, "check", "metrics"], input=plain, capture_output=True, timeout=60
     )
     assert (out.returncode, out.stdout, out.stderr) == (0, b"", b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(st.binary(max_size=3000), max_size=400), chunk=st.sampled_from([1, 7, 4096]))
+def test_the_streamed_gzip_of_the_pieces_is_the_gzip_of_the_page(parts: list[bytes], chunk: int) -> None:
+    """/metrics compresses its pieces as a stream (never joining the page): whatever the pieces
+    and wherever the chunks end, the result is one gzip member of exactly the joined page."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(server, "_CHUNK", chunk)
+        body = server.gzip_stream(parts, server.METRICS_GZIP_LEVEL)
+    assert gzip.decompress(body) == b"".join(parts)
+    assert body[:2] == b"\x1f\x8b" and body[4:8] == b"\0\0\0\0"  # gzip, no mtime: same page, same bytes

@@ -74,7 +74,7 @@ def test_judge_applies_the_issue_targets() -> None:
         "skipped_runs": 0.0,
         "ratio_agent_to_blackbox": 0.8,
         "lateness_ms": {"p99": 750.0},
-        "scrape": {"max_ms": 120.0, "failed": 0},
+        "scrape": {"max_ms": 120.0, "failed": 0, "agent_part_p50_ms": 160.0},
         "agent": {"rss_mb": 243.0},
         "startup": {"ready_s": 3.0},
     }
@@ -83,9 +83,14 @@ def test_judge_applies_the_issue_targets() -> None:
         "cpu": "MISS",
         "lateness": "MISS",
         "scrape": "PASS",
+        "scrape_agent_part": "MISS",
         "rss": "MISS",
         "ready": "PASS",
     }
+    size["scrape"] = {"max_ms": 900.0, "failed": 0, "agent_part_p50_ms": 90.0}
+    assert judge(size)["scrape"] == "MISS" and judge(size)["scrape_agent_part"] == "PASS"
+    size["scrape"] = {"max_ms": 900.0, "failed": 1, "agent_part_p50_ms": 90.0}
+    assert judge(size)["scrape_agent_part"] == "MISS"  # a failed scrape fails both
 
 
 def test_figures_render_one_column_per_size_and_the_verdicts() -> None:
@@ -105,7 +110,9 @@ def test_figures_render_one_column_per_size_and_the_verdicts() -> None:
             "failed": 0,
             "samples": 260044,
             "direct_get": {"bytes": 20_400_000},
-            "direct_get_gzip": {"bytes": 1_100_000, "content_encoding": "gzip"},
+            "direct_get_gzip": {"bytes": 1_100_000, "content_encoding": "gzip", "wall_ms": 240.0},
+            "prometheus_floor": {"durations_ms": [900.0, 1000.0, 1100.0], "p50_ms": 1000.0, "failed": 0},
+            "agent_part_p50_ms": 300.0,
         },
         "startup": {"ready_s": 4.0, "first_complete_results_s": 16.0},
     }
@@ -130,3 +137,7 @@ def test_figures_render_one_column_per_size_and_the_verdicts() -> None:
     assert "| figure | 10 000 checks | target (at 10000) | |" in text
     assert "| lateness p50 / p99 ms | 2 / **n/a** | p99 ≤ 100 ms | **MISS** |" in text
     assert "| RSS MB (peak) | **243** (250) | ≤ 120 | **MISS** |" in text
+    assert "| Prometheus's own part: the same page from nginx, p50 ms | 1000 |  | |" in text
+    assert (
+        "| the agent's part: scrape p50 less Prometheus's own, ms | **300** | ≤ 150 ms | **MISS** |" in text
+    )

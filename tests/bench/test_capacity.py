@@ -137,7 +137,7 @@ def test_figures_render_one_column_per_size_and_the_verdicts() -> None:
     assert "| figure | 10 000 checks | target (at 10000) | |" in text
     assert "| lateness p50 / p99 ms | 2 / **n/a** | p99 ≤ 100 ms | **MISS** |" in text
     assert "| RSS MB (peak) | **243** (250) | ≤ 120 | **MISS** |" in text
-    assert "| Prometheus's own part: the same page from nginx, p50 ms | 1000 |  | |" in text
+    assert "| Prometheus's own part: the same page from nginx, p50 ms | 1000 |  |  |" in text
     assert (
         "| the agent's part: scrape p50 less Prometheus's own, ms | **300** | ≤ 150 ms | **MISS** |" in text
     )

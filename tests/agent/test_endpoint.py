@@ -679,12 +679,25 @@ async def test_a_big_exposition_passes_promtool_and_its_gzip_is_the_same_body(se
 
 
 @settings(max_examples=200, deadline=None)
-@given(parts=st.lists(st.binary(max_size=3000), max_size=400), chunk=st.sampled_from([1, 7, 4096]))
-def test_the_streamed_gzip_of_the_pieces_is_the_gzip_of_the_page(parts: list[bytes], chunk: int) -> None:
-    """/metrics compresses its pieces as a stream (never joining the page): whatever the pieces
-    and wherever the chunks end, the result is one gzip member of exactly the joined page."""
+@given(
+    parts=st.lists(st.binary(max_size=3000), max_size=400),
+    isal=st.booleans(),
+    piece_slice=st.sampled_from([1, 7, 4096]),
+)
+def test_the_streamed_gzip_of_the_pieces_is_the_gzip_of_the_page(
+    parts: list[bytes], isal: bool, piece_slice: int
+) -> None:
+    """/metrics compresses its pieces as they come (never joining the page), with ISA-L when the
+    package is there and zlib otherwise: either way one gzip member of exactly the joined page."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(server, "_CHUNK", chunk)
+        if not isal:
+            mp.setattr(server, "_ISAL", None)
+        mp.setattr(server, "_SLICE", piece_slice)
         body = server.gzip_stream(parts, server.METRICS_GZIP_LEVEL)
     assert gzip.decompress(body) == b"".join(parts)
     assert body[:2] == b"\x1f\x8b" and body[4:8] == b"\0\0\0\0"  # gzip, no mtime: same page, same bytes
+
+
+def test_isal_is_there_where_it_has_a_wheel() -> None:
+    """The faster compressor is a dependency: on this machine it must have been installed."""
+    assert server._ISAL is not None

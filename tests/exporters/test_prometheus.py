@@ -106,6 +106,32 @@ def test_a_snapshot_shows_each_check_once_as_it_was_when_taken() -> None:
     assert latest.exposition() == reference(later)
 
 
+def failed_http_result(check: str, started_at: float) -> CheckResult:
+    """An http run that never got an answer: no status code, no content length."""
+    samples = (Sample("probe_http_duration_seconds", 0.0, (("phase", "connect"),)),)
+    return CheckResult(check, "http", "http://127.0.0.1/", Status.CRITICAL, started_at, 0.002, samples)
+
+
+def test_a_family_a_check_no_longer_has_loses_its_line_and_an_empty_family_its_header() -> None:
+    """Lines are kept by family: a result without a family the last one had takes the old line
+    out of it, and a family no check has any more is not shown (no header without samples)."""
+    latest = LatestResults()
+    latest.put(http_result("a", 1.0))
+    latest.put(http_result("b", 1.0))
+    latest.put(failed_http_result("a", 2.0))
+    assert latest.exposition() == reference([failed_http_result("a", 2.0), http_result("b", 1.0)])
+    latest.put(failed_http_result("b", 2.0))
+    text = latest.exposition()
+    assert text == reference([failed_http_result("a", 2.0), failed_http_result("b", 2.0)])
+    assert "probe_http_status_code" not in text
+    latest.put(http_result("a", 3.0))  # back again
+    assert latest.exposition() == reference([http_result("a", 3.0), failed_http_result("b", 2.0)])
+    latest.forget("a")
+    latest.forget("b")
+    latest.forget("b")  # twice: nothing to forget
+    assert latest.exposition() == ""
+
+
 # --- what is rendered once per check: its label prefix ------------------------------------------
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import config
+from agent import config, runtime
 from agent.runtime import Agent
 from lab.ports import free_port
 from lab.wait import wait_until
@@ -216,6 +216,8 @@ async def test_only_the_agents_own_process_freezes_what_it_started_with(
 
     frozen: list[bool] = []
     monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    thresholds: list[tuple[int, ...]] = []
+    monkeypatch.setattr(gc, "set_threshold", lambda *t: thresholds.append(t))
     cfg = config.parse(f"agent: {{name: a, listen: '127.0.0.1:{port}'}}\n", "test.yml", env={})
     agent = Agent(cfg, None, freeze_gc=freeze)
     task = asyncio.create_task(agent.run())
@@ -223,3 +225,8 @@ async def test_only_the_agents_own_process_freezes_what_it_started_with(
     agent.stop()
     assert await task == 0
     assert frozen == ([True] if freeze else [])
+    # ... and makes full collections rare (they walked every live result: the p99 lateness);
+    # young collections keep their thresholds.
+    young = gc.get_threshold()[:2]
+    assert thresholds == ([(*young, runtime.FULL_GC_AFTER_YOUNG)] if freeze else [])
+    assert runtime.FULL_GC_AFTER_YOUNG > 10

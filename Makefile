@@ -3,22 +3,45 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+CORE := $(VENV)/.installed-core
 STAMP := $(VENV)/.installed-dev
+# pip's output goes here; it is shown only when a step fails.
+PIPLOG := $(VENV)/pip.log
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+QUIET = >$(PIPLOG) 2>&1 || { cat $(PIPLOG); echo "make: that step failed (pip's output above)"; exit 1; }
 
-.PHONY: run test lint typecheck unit suite lane-service e2e lane-deploy bench docs clean debs demo
+# The core: what `agentctl run` needs, and no more (`make run`).
+$(CORE): pyproject.toml
+	@test -x $(BIN)/python || { echo "make: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "make: installing mamori (core, no extra; make test adds the rest)"
+	@$(PIP) -e . $(QUIET)
+	@touch $(CORE)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,oci,otel]'
+# Everything else the tests, the linters and the image tests need (`make test`).
+$(STAMP): $(CORE)
+	@echo "make: upgrading pip"
+	@$(PIP) --upgrade pip $(QUIET)
+	@echo "make: installing the dev tools and the oci and otel extras"
+	@$(PIP) -e '.[dev,oci,otel]' $(QUIET)
 	@# Wheels of every dependency and the build backend, so tests that build the image's venv
 	@# (tests/deploy) run offline.
-	$(BIN)/python -m pip wheel -qq --disable-pip-version-check -w $(VENV)/wheelhouse '.[oci,otel]' 'setuptools>=77'
+	@echo "make: building the wheelhouse for the image tests"
+	@$(BIN)/python -m pip wheel -qq --disable-pip-version-check -w $(VENV)/wheelhouse '.[oci,otel]' 'setuptools>=77' $(QUIET)
 	@touch $(STAMP)
 
-## run: the agent on the embedded default config (http://127.0.0.1:9630/metrics)
-run: $(STAMP)
+## run: the agent on the embedded default config (http://127.0.0.1:9630/metrics), or on
+## CONFIG=FILE; installs the core, and an extra only when that config's exporters need one
+run: $(CORE)
+ifneq ($(strip $(CONFIG)),)
+	@extras="$$($(BIN)/python -m agent.extras $(CONFIG))"; \
+	if [ -n "$$extras" ]; then \
+		echo "make: installing the extras $(CONFIG) needs: $$extras"; \
+		$(PIP) -e ".[$$extras]" $(QUIET); \
+	fi
+	$(BIN)/agentctl run -c $(CONFIG)
+else
 	$(BIN)/agentctl run
+endif
 
 ## demo: the lab (Postgres pair, HAProxy + apps, Mosquitto, Prometheus, Alertmanager) and an agent
 ## watching it, from this checkout (the lab is not shipped); `.venv/bin/python -m lab.demo fault NAME`

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.files import skip
 from agent.secrets import read_secret_file
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -135,11 +136,14 @@ class Model(BaseModel):
     Any `SecretStr` field `x` may instead be given as `x_file: PATH`; the file is read at load
     (one trailing newline stripped), so secrets can come from Docker/Kubernetes secret mounts.
     Only a regular file of at most 64 KiB is read (`agent.secrets.read_secret_file`): a FIFO or a
-    device is refused at once, never waited on.
+    device is refused at once, never waited on. Validating offline (`agent.files.offline`), the
+    file is not read and the field gets a stand-in (`_offline_secrets`, else "offline").
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
     _secret_fields: ClassVar[tuple[str, ...]] = ()
+    # A value each secret field accepts, used for `x_file` when validating offline (agent.files).
+    _offline_secrets: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -161,6 +165,9 @@ class Model(BaseModel):
             path = data.pop(file_key)
             if data.get(name) is not None:
                 raise ValueError(f"give either {name} or {file_key}, not both")
+            if skip(f"{file_key} {path}"):  # validating offline: a stand-in the field accepts
+                data[name] = cls._offline_secrets.get(name, "offline")
+                continue
             try:
                 data[name] = read_secret_file(str(path))
             except ValueError as exc:

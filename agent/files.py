@@ -1,10 +1,41 @@
 """Reading a file the user named (the config, a `_file` secret) without being held hostage by it:
-only a regular file, never more than a limit, never blocking."""
+only a regular file, never more than a limit, never blocking; and `offline()`, under which a
+config is validated without reading any file on this machine (`agentctl validate --offline`)."""
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+# The list of what was skipped while validating offline; None when not offline.
+_SKIPPED: ContextVar[list[str] | None] = ContextVar("mamori_offline_skipped", default=None)
+
+
+@contextmanager
+def offline() -> Iterator[list[str]]:
+    """Within the block, config validators that would read a file of this machine (a `_file`
+    secret, the host's /proc, a CA bundle…) skip it and say so through `skip()`. Yields the list
+    of what was skipped ("password_file /run/secrets/pg"), filled as validation goes."""
+    skipped: list[str] = []
+    token = _SKIPPED.set(skipped)
+    try:
+        yield skipped
+    finally:
+        _SKIPPED.reset(token)
+
+
+def skip(what: str) -> bool:
+    """True when validating offline (`what` is then noted as skipped): the caller must not read
+    the file. False otherwise. Never raises."""
+    skipped = _SKIPPED.get()
+    if skipped is None:
+        return False
+    if what not in skipped:
+        skipped.append(what)
+    return True
 
 
 def read_regular_file(path: str | os.PathLike[str], limit: int) -> bytes:

@@ -3,9 +3,10 @@
 Exporter types are looked up in `EXPORTERS` and their modules imported only when a config names
 them, so an agent without push exporters never imports aiomqtt, oci or opentelemetry. Each module
 defines its config model (a pydantic model with `type: Literal[...]`, extending `ExporterBase`,
-named in `EXPORTERS`) and `build(config, context) -> PushExporter`; a module whose optional
-dependency is missing says so with a one-line `ExtraMissing` raised from `build()` (config
-validation itself never needs it).
+named in `EXPORTERS`), `require(config)` and `build(config, context) -> PushExporter`. `require`
+raises a one-line `ExtraMissing` when the module's optional dependency is not installed; `build()`
+calls it (`agentctl run` refuses to start) and so does `agentctl validate` (`missing_extra`), so
+both say the same. Config validation itself never needs the dependency.
 """
 
 from __future__ import annotations
@@ -34,7 +35,30 @@ class OutboxConfig(Model):
 
 
 class ExtraMissing(Exception):
-    """An exporter's optional dependency is not installed: one line naming the extra."""
+    """An exporter's optional dependency is not installed: one line naming the extra and how to
+    add it. `extra` is mamori's extra that brings it (None for a core dependency)."""
+
+    def __init__(self, message: str, extra: str | None = None) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+    @classmethod
+    def of_extra(cls, exporter: str, needs: str, extra: str) -> ExtraMissing:
+        return cls(
+            f"exporter {exporter} needs {needs}, which is not installed: pip install 'mamori[{extra}]'"
+            f" (the container image: build it with --build-arg EXTRAS={extra})",
+            extra,
+        )
+
+
+def missing_extra(config: Any) -> ExtraMissing | None:
+    """Why the exporter `config` could not be built here (its dependency is not installed), or
+    None. The very check `build()` makes; imports the exporter's dependency when installed."""
+    try:
+        exporter_module(config.type).require(config)
+    except ExtraMissing as exc:
+        return exc
+    return None
 
 
 def exporter_module(type_name: str) -> ModuleType:

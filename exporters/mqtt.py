@@ -483,15 +483,23 @@ class MqttExporter:
         return not task.cancelled() and task.exception() is None
 
 
-def build(config: MqttConfig, context: ExportContext) -> PushExporter:
+def require(config: MqttConfig) -> None:
+    """Raises ExtraMissing when aiomqtt (a core dependency) is not installed."""
     try:
-        import aiomqtt
+        import aiomqtt  # noqa: F401
     except ImportError:
         from exporters.config import ExtraMissing
 
         raise ExtraMissing(
-            "exporter type mqtt needs aiomqtt (a dependency of mamori): pip install 'aiomqtt>=2.5,<3'"
+            f"exporter {config.name} (type mqtt) needs aiomqtt (a dependency of mamori), which is not"
+            " installed: pip install 'aiomqtt>=2.5,<3'"
         ) from None
+
+
+def build(config: MqttConfig, context: ExportContext) -> PushExporter:
+    require(config)
+    import aiomqtt
+
     problems = agent_problems(context.agent, context.site)
     if problems:
         raise StartupError(f"mqtt exporter {config.name}: {'; '.join(problems)}")

@@ -62,6 +62,7 @@ from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
 from agent.delivery.outcome import PushResult
 from agent.errors import StartupError
 from agent.fields import Duration, parse_duration, secret_value
+from agent.files import skip
 from exporters.base import ExportContext, ExporterBase
 from exporters.config import ExtraMissing
 from exporters.oci_client import NoRegion, import_sdk, monitoring_client, signer_for
@@ -261,7 +262,7 @@ class OciConfig(ExporterBase):
                     raise ValueError(f"{key}: only used with auth: config_file (auth is {self.auth})")
         if self.auth != "instance_principal" and "federation_endpoint" in given:
             raise ValueError("federation_endpoint: only used with auth: instance_principal")
-        if self.auth == "config_file":
+        if self.auth == "config_file" and not skip(f"config_file {self.config_file}"):
             self._check_config_file()
         # The agent section, when the loader passes it (agent/config.py), completes the count.
         context = info.context if isinstance(info.context, Mapping) else {}
@@ -770,11 +771,16 @@ def _sdk() -> Any:
     return import_sdk()
 
 
-def build(config: OciConfig, context: ExportContext) -> OciExporter:
+def require(config: OciConfig) -> None:
+    """Raises ExtraMissing when the OCI SDK is not installed."""
     try:
         _sdk()
     except ImportError:
-        raise ExtraMissing("exporter type oci needs the OCI SDK: pip install 'mamori[oci]'") from None
+        raise ExtraMissing.of_extra(f"{config.name} (type oci)", "the OCI SDK", "oci") from None
+
+
+def build(config: OciConfig, context: ExportContext) -> OciExporter:
+    require(config)
     problem = _agent_label_problem(config.dimensions, context.labels) or dimension_budget(
         config.dimensions, context.labels
     )

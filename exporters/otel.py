@@ -48,6 +48,7 @@ from agent.backoff import parse_retry_after
 from agent.catalog import CHECK_METRICS
 from agent.delivery.outcome import PushResult
 from agent.fields import Duration
+from agent.files import skip
 from agent.headers import name_problem, value_problem
 from agent.model import CheckResult, Status
 from agent.outbox import Record
@@ -124,7 +125,9 @@ class OtelConfig(ExporterBase):
                 if name.lower() in seen:
                     raise ValueError(f"{key}: header {name} is given twice")
                 seen.add(name.lower())
-                if key == "header_files":
+                if key == "header_files" and skip(f"header_files {value}"):
+                    value = "offline"
+                elif key == "header_files":
                     try:
                         value = read_secret_file(str(value))
                     except ValueError as exc:
@@ -171,7 +174,7 @@ class OtelConfig(ExporterBase):
     @field_validator("ca_file")
     @classmethod
     def _ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+        if value is not None and not skip(f"ca_file {value}") and not value.is_file():
             raise ValueError(f"ca_file: {value} is not a readable file")
         return value
 
@@ -193,14 +196,19 @@ class OtelConfig(ExporterBase):
 OtelConfig._secret_fields = ()
 
 
-def build(config: OtelConfig, context: ExportContext) -> OtelExporter:
+def require(config: OtelConfig) -> None:
+    """Raises ExtraMissing when the OpenTelemetry SDK is not installed."""
     for module in _SDK_MODULES:
         try:
             importlib.import_module(module)
         except ImportError:
-            raise ExtraMissing(
-                f"exporter {config.name} (type otel) needs the OpenTelemetry SDK: pip install 'mamori[otel]'"
+            raise ExtraMissing.of_extra(
+                f"{config.name} (type otel)", "the OpenTelemetry SDK", "otel"
             ) from None
+
+
+def build(config: OtelConfig, context: ExportContext) -> OtelExporter:
+    require(config)
     return OtelExporter(config, context)
 
 

@@ -62,6 +62,7 @@ class PagerDutyConfig(_NotifierConfig):
     type: Literal["pagerduty"]
     routing_key: SecretStr
     """The 32-character integration key of an Events API v2 integration."""
+    _offline_secrets = {"routing_key": "0" * 32}
     url: str = "https://events.pagerduty.com/v2/enqueue"
     source: str = "mamori"
     """`payload.source` when a notification's details carry no `agent`."""
@@ -84,6 +85,7 @@ class SlackConfig(_NotifierConfig):
     type: Literal["slack"]
     webhook_url: SecretStr
     """`https://hooks.slack.com/services/T…/B…/…`; the whole URL is the secret."""
+    _offline_secrets = {"webhook_url": "https://hooks.slack.com/services/offline"}
     min_interval: Duration = 1.0
     """Least time between the end of one message to this webhook and the start of the next."""
 

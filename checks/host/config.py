@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, field_validator, model_validator
 
 from agent.fields import Model
+from agent.files import skip
 from checks.base import CheckConfig
 
 DEFAULT_PROCFS = Path("/proc")
@@ -108,6 +109,8 @@ class HostConfig(CheckConfig):
     def _procfs_readable(cls, value: Path) -> Path:
         if not value.is_absolute():
             raise ValueError(f"{str(value)!r} is not an absolute path")
+        if skip(f"procfs {value}"):
+            return value
         stat_file = value / "stat"
         try:
             with stat_file.open("rb") as f:
@@ -125,6 +128,8 @@ class HostConfig(CheckConfig):
     def _rootfs_dir(cls, value: Path) -> Path:
         if not value.is_absolute():
             raise ValueError(f"{str(value)!r} is not an absolute path")
+        if skip(f"rootfs {value}"):
+            return value
         if not value.is_dir():
             raise ValueError(f"{value} is not a directory (in a container, mount the host's / there)")
         return value

@@ -618,3 +618,55 @@ def test_deploy_docs_links_resolve() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
             if "://" not in target:
                 assert (doc.parent / target).exists(), f"{doc.relative_to(REPO)}: {target}"
+
+
+def test_compose_file_copied_to_a_host_as_docs_say_uses_what_is_beside_it(shared_tmp: Path) -> None:
+    """docs/deploy.md: compose.agent.yml, agent.yml, secrets/ and .env in one directory of the
+    host, far from any checkout; `docker-compose config` there (no MAMORI_* variable set)."""
+    binary = shutil.which("docker-compose")
+    assert binary is not None, "docker-compose is not installed (Debian package docker-compose)"
+    host = shared_tmp / "srv-mamori"
+    host.mkdir()
+    shutil.copy(COMPOSE, host / "compose.agent.yml")
+    write_secrets(host / "secrets")
+    (host / "agent.yml").write_text("{}\n", encoding="utf-8")
+    (host / ".env").write_text("DOCKER_GID=999\n", encoding="utf-8")
+    done = subprocess.run(
+        [binary, "-p", "mamori", "-f", "compose.agent.yml", "config"],
+        cwd=host,
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    service = config["services"]["agent"]
+    assert "build" not in service, "a build context relative to the copy would be the host's /"
+    assert service["image"] == "mamori-agent:latest"
+    # docker-compose 1.29 prints a mount as "source:target:mode", Compose v2 as a mapping.
+    mounts = [
+        v.split(":")[:2] if isinstance(v, str) else [v.get("source"), v["target"]] for v in service["volumes"]
+    ]
+    assert [str(host / "agent.yml"), IMAGE_CONFIG] in mounts
+    for secret in config["secrets"].values():
+        assert Path(secret["file"]).parent == host / "secrets"
+
+
+def test_dev_compose_header_keeps_secrets_out_of_the_checkout_and_names_what_exists() -> None:
+    header = "".join(
+        line.removeprefix("#").strip() + "\n"
+        for line in DEV.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    )
+    # Secrets are written under $MAMORI_SECRETS, outside the repository, and only there.
+    writes = re.findall(r">\s*(\S+)", header)
+    assert writes and all(w.startswith('"$MAMORI_SECRETS/') for w in writes), writes
+    assert re.search(r"MAMORI_SECRETS=\$HOME/", header)
+    # `--build` needs the file with `build:` (compose.agent.yml has none); every file it names exists.
+    assert "-f compose.agent.yml -f compose.build.yml up -d --build" in header
+    for name in re.findall(r"-f (\S+\.yml)", header):
+        assert (COMPOSE.parent / name).exists(), name
+    # scripts/docker-dev.sh is the application's, not this repository's: said so.
+    assert not (REPO / "scripts/docker-dev.sh").exists()
+    assert "its `scripts/docker-dev.sh up`,\nnot a script of this one" in header

@@ -459,7 +459,9 @@ async def test_close_twice_then_push_fails_cleanly(results: list[CheckResult]) -
 def test_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     with pytest.raises(
-        ExtraMissing, match=r"^exporter otel \(type otel\) needs .*pip install 'mamori\[otel\]'$"
+        ExtraMissing,
+        match=r"^exporter otel \(type otel\) needs .*pip install 'mamori\[otel\]'"
+        r" \(the container image: build it with --build-arg EXTRAS=otel\)$",
     ):
         build(otel_config("http://127.0.0.1:4318"), CONTEXT)
 

@@ -8,8 +8,9 @@ Lifecycle:
   (the event loop keeps serving); if it is invalid the agent keeps running the old config and
   logs every problem. Unchanged checks keep their state;
   a changed `alerts:`/`notifiers:` restarts the agent's own alerting in place (its state is on
-  disk, so nothing is paged twice). `outbox:`/`exporters:` and agent.listen/concurrency/queue_size
-  take effect after a restart (logged).
+  disk, so nothing is paged twice); adding or removing the `alerts:` section takes effect after a
+  restart, said once by the reload that does it. `outbox:`/`exporters:` and
+  agent.listen/concurrency/queue_size take effect after a restart (logged).
 """
 
 from __future__ import annotations
@@ -288,8 +289,13 @@ class Agent:
                 task = asyncio.get_running_loop().create_task(self._reload_alerting(running, new))
                 self._reloads.add(task)
                 task.add_done_callback(self._reloads.discard)
-            else:
-                log.warning("config reload: alerts added or removed; it takes effect after a restart")
+            elif (old.alerts is None) != (new.alerts is None):
+                # Only what this file changed: a later reload of a file that still adds (or still
+                # lacks) the section says nothing more.
+                if new.alerts is None:
+                    log.warning("config reload: alerts: removed; the agent's alerting stops after a restart")
+                else:
+                    log.warning("config reload: alerts: added; the agent's alerting starts after a restart")
         if (new.outbox, new.exporters) != (old.outbox, old.exporters):
             log.warning("config reload: outbox/exporters changed; they take effect after a restart")
         self.config = new

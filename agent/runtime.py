@@ -205,6 +205,7 @@ class Agent:
             self.metrics,
             self.config.agent.concurrency,
             publish_removal=self._publish,
+            first_run_window=self.config.agent.start_spread,
         )
         self.scheduler.apply(self.config.checks)
         if self._freeze_gc:
@@ -287,7 +288,7 @@ class Agent:
 
     def _apply(self, new: AgentConfig) -> None:
         old = self.config
-        for field in ("listen", "concurrency", "queue_size"):
+        for field in ("listen", "concurrency", "queue_size", "start_spread"):
             if getattr(new.agent, field) != getattr(old.agent, field):
                 log.warning("config reload: agent.%s changed; it takes effect after a restart", field)
         running = self._alerting_config  # what alerting runs on: a failed reload kept the one before

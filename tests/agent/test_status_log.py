@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
+from agent.model import CheckResult, Reason, Status
+from agent.statuslog import MAX_DETAIL, StatusLog
 from lab.ports import free_port
 
 PASSWORD = "Pa55w0rd-in-url"
@@ -183,3 +188,26 @@ async def test_json_lines_carry_the_fields_of_a_change_and_a_failing_start_is_sa
         "reason": "refused",
     }
     assert change["detail"] and PASSWORD not in json.dumps(records)
+
+
+def test_status_log_says_each_change_once_and_a_removed_check_starts_over(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def result(check: str, status: Status, message: str = "") -> CheckResult:
+        reason = Reason.OK if status is Status.OK else Reason.REFUSED
+        return CheckResult(check, "tcp", "db:5432", status, 0.0, 0.0, message=message, reason=reason)
+
+    status_log = StatusLog()
+    with caplog.at_level(logging.INFO, logger="mamori.status"):
+        status_log.observe(result("a", Status.OK))  # a healthy first result: the start line says it
+        status_log.observe(result("b", Status.CRITICAL, "refused\nby db"))
+        status_log.observe(result("b", Status.CRITICAL, "refused again"))  # no change: no line
+        status_log.observe(result("a", Status.WARNING, "x" * 1000))
+        status_log.forget("b")
+        status_log.observe(result("b", Status.CRITICAL, "back"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:2] == [
+        "check b [tcp db:5432]: first result CRITICAL (refused): refused by db",
+        "check a [tcp db:5432]: OK -> WARNING (refused): " + "x" * (MAX_DETAIL - 3) + "...",
+    ]
+    assert lines[2:] == ["check b [tcp db:5432]: first result CRITICAL (refused): back"]

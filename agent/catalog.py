@@ -134,7 +134,7 @@ CHECK_METRICS: dict[str, MetricSpec] = {
     ),
     # host
     "mamori_host_cpu_usage_ratio": _m("gauge", "", "CPU busy ratio (0-1) since the previous run.", "host"),
-    "mamori_host_cpu_count": _m("gauge", "", "Logical CPUs.", "host"),
+    "mamori_host_cpus": _m("gauge", "", "Logical CPUs.", "host"),
     "mamori_host_load1": _m("gauge", "", "1-minute load average.", "host"),
     "mamori_host_load5": _m("gauge", "", "5-minute load average.", "host"),
     "mamori_host_load15": _m("gauge", "", "15-minute load average.", "host"),

@@ -56,6 +56,8 @@ class AgentSection(Model):
     concurrency: int = Field(default=32, ge=1, le=10_000)
     queue_size: int = Field(default=1000, ge=1, le=1_000_000)
     shutdown_timeout: Duration = 10.0
+    # First runs after a start (or a reload's new checks) spread over at most this (agent/scheduler.py)
+    start_spread: Duration = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
 

@@ -28,7 +28,8 @@ async def wait_healthy(
     checks: list[Check[Any]], timeout: float, poll: float, out: TextIO
 ) -> tuple[list[CheckResult], bool]:
     """Run every check each round until one round is all OK (→ True) or `timeout` passes
-    (→ False). Returns the last round's results; a round cut short by the deadline is reported
+    (→ False), and not before: the wait ends at the deadline, not at the last poll before it.
+    Returns the last round's results; a round cut short by the deadline is reported
     with the results of the round before it. Never raises for a failing target."""
     t0 = time.monotonic()
     deadline = t0 + timeout
@@ -48,9 +49,9 @@ async def wait_healthy(
             last = picture
         if all(r.status is Status.OK for r in results):
             return results, True
-        if time.monotonic() + poll >= deadline:
-            break
-        await asyncio.sleep(poll)
+        # The last pause ends at the deadline and the round after it is cut there: the gate
+        # waits exactly `timeout`, as its last line says (it used to stop one poll early).
+        await asyncio.sleep(max(0.0, min(poll, deadline - time.monotonic())))
     out.write(f"[{time.monotonic() - t0:5.1f}s] gave up after {timeout:g}s: {last or 'no round finished'}\n")
     out.flush()
     return results, False

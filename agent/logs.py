@@ -9,17 +9,24 @@ import time
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ms), level, logger, message, and the structured
+    fields a record carries (`extra={"fields": {...}}`: a status change, agent/statuslog.py).
+    Never a raw newline inside a line: a traceback is the `exc` string."""
+
     def format(self, record: logging.LogRecord) -> str:
-        data = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        data: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            data.update((k, v) for k, v in fields.items() if k not in data)
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data)
+        return json.dumps(data, ensure_ascii=False)
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

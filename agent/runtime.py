@@ -8,8 +8,9 @@ Lifecycle:
   (the event loop keeps serving); if it is invalid the agent keeps running the old config and
   logs every problem. Unchanged checks keep their state;
   a changed `alerts:`/`notifiers:` restarts the agent's own alerting in place (its state is on
-  disk, so nothing is paged twice). `outbox:`/`exporters:` and agent.listen/concurrency/queue_size
-  take effect after a restart (logged).
+  disk, so nothing is paged twice); adding or removing the `alerts:` section takes effect after a
+  restart, said once by the reload that does it. `outbox:`/`exporters:` and
+  agent.listen/concurrency/queue_size take effect after a restart (logged).
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from agent import __version__, config
 from agent.config import AgentConfig, ConfigError
+from agent.model import CheckRemoved, CheckResult
 from agent.pipeline import FanOut, Sink
 from agent.scheduler import Scheduler
 from agent.server import AgentServer
 from agent.statehealth import StateFileHealth
+from agent.statuslog import StatusLog
 from agent.telemetry import AgentInfoCollector, AgentMetrics, StateFileCollector
 from exporters.prometheus import LatestResults, PrometheusSink
 
@@ -75,8 +79,17 @@ class Agent:
         self.fanout = FanOut(sinks, cfg.agent.queue_size, self.metrics)
         self.scheduler: Scheduler | None = None
         self.server = AgentServer(self.metrics.registry, self.latest, self._readiness)
+        self._status_log = StatusLog()  # one INFO line per status change (agent/statuslog.py)
         self._stop = asyncio.Event()
         self._running = False
+
+    def _publish(self, item: CheckResult | CheckRemoved) -> None:
+        """A result (or a removal) from the scheduler: the status log, then every sink."""
+        if isinstance(item, CheckResult):
+            self._status_log.observe(item)
+        else:
+            self._status_log.forget(item.check)
+        self.fanout.publish(item)
 
     def _alert_sink(self, cfg: AgentConfig) -> Sink:
         """The agent's own notifier (alerts/): imported only when the config has `alerts:`."""
@@ -181,12 +194,7 @@ class Agent:
             log.error("cannot listen on %s: %s", self._listen, exc.strerror or exc)
             return 1
         log.info(
-            "mamori %s started: %d checks from %s, listening on http://%s:%d",
-            __version__,
-            len(self.config.checks),
-            self.config.source,
-            bound[0],
-            bound[1],
+            "mamori %s started: %s; listening on http://%s:%d", __version__, _summary(self.config), *bound[:2]
         )
         for warning in self.config.warnings:
             log.warning("%s", warning)
@@ -196,10 +204,11 @@ class Agent:
         for pump in self._pumps:
             pump.start()
         self.scheduler = Scheduler(
-            self.fanout.publish,
+            self._publish,
             self.metrics,
             self.config.agent.concurrency,
-            publish_removal=self.fanout.publish,
+            publish_removal=self._publish,
+            first_run_window=self.config.agent.start_spread,
         )
         self.scheduler.apply(self.config.checks)
         if self._freeze_gc:
@@ -291,7 +300,7 @@ class Agent:
 
     def _apply(self, new: AgentConfig) -> None:
         old = self.config
-        for field in ("listen", "concurrency", "queue_size"):
+        for field in ("listen", "concurrency", "queue_size", "start_spread"):
             if getattr(new.agent, field) != getattr(old.agent, field):
                 log.warning("config reload: agent.%s changed; it takes effect after a restart", field)
         running = self._alerting_config  # what alerting runs on: a failed reload kept the one before
@@ -300,8 +309,13 @@ class Agent:
                 task = asyncio.get_running_loop().create_task(self._reload_alerting(running, new))
                 self._reloads.add(task)
                 task.add_done_callback(self._reloads.discard)
-            else:
-                log.warning("config reload: alerts added or removed; it takes effect after a restart")
+            elif (old.alerts is None) != (new.alerts is None):
+                # Only what this file changed: a later reload of a file that still adds (or still
+                # lacks) the section says nothing more.
+                if new.alerts is None:
+                    log.warning("config reload: alerts: removed; the agent's alerting stops after a restart")
+                else:
+                    log.warning("config reload: alerts: added; the agent's alerting starts after a restart")
         if (new.outbox, new.exporters) != (old.outbox, old.exporters):
             log.warning("config reload: outbox/exporters changed; they take effect after a restart")
         self.config = new
@@ -317,6 +331,21 @@ class Agent:
             )
         self.metrics.reloads.labels(outcome="success").inc()
         self.metrics.last_reload.set(time.time())
+
+
+def _by_type(items: Iterable[Any]) -> str:
+    """`http 3, tcp 1`: how many of each `type`, the most frequent first; `none` for none."""
+    counts = Counter(str(item.type) for item in items)
+    return ", ".join(f"{t} {n}" for t, n in sorted(counts.items(), key=lambda tn: (-tn[1], tn[0]))) or "none"
+
+
+def _summary(cfg: AgentConfig) -> str:
+    """The start line's one-line picture of the config: checks by type, exporters, notifiers."""
+    n = len(cfg.checks)
+    return (
+        f"{n} check{'' if n == 1 else 's'} ({_by_type(cfg.checks)}) from {cfg.source};"
+        f" exporters: {_by_type(cfg.exporters)}; notifiers: {_by_type(cfg.notifiers)}"
+    )
 
 
 def _guard_checks(cfg: AgentConfig) -> list[str]:

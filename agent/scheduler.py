@@ -1,8 +1,13 @@
 """Runs each check on its interval and hands every result to the pipeline.
 
 Guarantees:
-- first runs are spread over each check's interval (a stable offset from the check's name), so
-  hundreds of checks never start in one stampede, and a restart keeps the same phases;
+- a check's first run comes promptly: within `first_run_window` of its start (agent.start_spread,
+  default 10 s; the interval when that is shorter), at a stable offset from the check's name, so
+  `/api/v1/results` fills within seconds of a start and 10 000 checks still never start in one
+  stampede (and the concurrency limit below holds them);
+- after the first run, runs are spread over each check's interval (a stable offset from the
+  check's name, the same at every start), the second one at least half an interval after the
+  first: an agent with checks of one interval never runs them all in the same short burst;
 - never two runs of one check at once: a run that overruns its interval skips the missed slots
   (counted in `mamori_scheduler_skipped_runs_total`) instead of queueing them;
 - at most `concurrency` runs at once across all checks; time waiting for a slot counts as lateness;
@@ -35,8 +40,13 @@ from checks.base import Check, CheckConfig
 log = logging.getLogger("mamori.scheduler")
 
 
+# What `agent.start_spread` defaults to (agent/config.py): long enough for 10 000 checks not to
+# start in one burst (1 000 a second at most), short enough for a deploy gate or a dashboard.
+FIRST_RUN_WINDOW = 10.0
+
+
 def phase_offset(name: str, interval: float) -> float:
-    """Where in its interval a check first runs: stable per name, uniform across names."""
+    """Where in its interval (or window) a check runs: stable per name, uniform across names."""
     return (zlib.crc32(name.encode()) / 2**32) * interval
 
 
@@ -48,6 +58,7 @@ class _Entry:
     timer: Timer | None = None  # armed between runs
     task: asyncio.Task[None] | None = None  # while a run is in progress
     counters: CheckCounters | None = None  # the check's runs/attempts/errors/skipped counters
+    second_at: float | None = None  # until the first run ends: when the second one is due
 
 
 class Scheduler:
@@ -59,6 +70,7 @@ class Scheduler:
         *,
         publish_removal: Callable[[CheckRemoved], None] = lambda event: None,
         spread: bool = True,
+        first_run_window: float = FIRST_RUN_WINDOW,
         clock: Clock = REAL_CLOCK,
     ) -> None:
         self._publish = publish
@@ -67,6 +79,7 @@ class Scheduler:
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
         self._spread = spread
+        self._first_run_window = first_run_window
         self._entries: dict[str, _Entry] = {}
 
     @property
@@ -127,8 +140,15 @@ class Scheduler:
 
     def _start(self, entry: _Entry) -> None:
         cfg = entry.config
-        offset = phase_offset(cfg.name, cfg.interval) if self._spread else 0.0
-        entry.next_at = self._clock.monotonic() + offset
+        now = self._clock.monotonic()
+        if self._spread:
+            entry.next_at = now + phase_offset(cfg.name, min(cfg.interval, self._first_run_window))
+            second = now + phase_offset(cfg.name, cfg.interval)
+            while second < entry.next_at + cfg.interval / 2:
+                second += cfg.interval
+            entry.second_at = second
+        else:
+            entry.next_at = now
         entry.counters = self._metrics.check_counters(cfg.name)
         entry.timer = self._clock.call_at(entry.next_at, self._fire, entry)
 
@@ -156,7 +176,10 @@ class Scheduler:
         counters.count_run(result)
         run_duration.observe(result.duration)
         self._publish(result)
-        next_at += interval
+        if entry.second_at is not None:  # the first run: the steady phase starts now
+            next_at, entry.second_at = entry.second_at, None
+        else:
+            next_at += interval
         behind = clock.monotonic() - next_at
         if behind > 0:
             missed = int(behind // interval) + 1

@@ -30,7 +30,7 @@ blackbox_exporter is sampled every second and interpolated at the window's two s
 compresses). RSS is the agent's at the end
 of the window (and the peak sampled). Start-up: the time from starting the agent process to
 /ready, and to the first complete set of results (every check's first probe seen by nginx; the
-scheduler spreads first runs over the interval, so about 15 s is the floor).
+scheduler spreads first runs over `agent.start_spread`, 10 s, so about 10 s is the floor).
 
     python -m bench.capacity [--checks 100,1000,10000] [--interval 15] [--seconds 45]
                              [--anchor after|concurrent]

@@ -91,7 +91,7 @@ def _default_config(settle: float, tmp: Path) -> dict[str, Any]:
             return {"host", "self"} <= names
 
         try:
-            # The first runs are spread over the 15 s interval.
+            # The first runs are spread over agent.start_spread (10 s).
             wait_until_sync("results of both default checks", both_checks, 60, alive=alive, interval=0.5)
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"agent (default config): {exc}\n{tail(log)}") from exc

@@ -8,8 +8,8 @@
 
 The anchor, measured the same way in the same run, is `agentctl validate` of a file with one
 check: the interpreter and the imports, which the number of checks does not change. The targets
-probe a closed local port: start-up never waits on a target (first runs are spread over the
-interval), so nginx is not needed.
+probe a closed local port: start-up never waits on a target (first runs are spread over
+agent.start_spread), so nginx is not needed.
 
     python -m bench.startup [--checks 10000] [--runs 3]
 """

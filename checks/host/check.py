@@ -35,7 +35,7 @@ from checks.host.procfs import (
     read_cpu_times,
     read_procfs,
 )
-from checks.host.samples import CPU_COUNT, CPU_USAGE, FS_USAGE, LOAD1, MEMORY_USAGE, SWAP_USAGE, samples_of
+from checks.host.samples import CPU_USAGE, CPUS, FS_USAGE, LOAD1, MEMORY_USAGE, SWAP_USAGE, samples_of
 
 # On the first run there is no previous CPU reading to compare with.
 FIRST_CPU_INTERVAL = 0.2
@@ -261,7 +261,7 @@ class HostCheck(Check[HostConfig]):
         if SWAP_USAGE in values:
             data.append(_pct_datum("swap", values[SWAP_USAGE], c.swap_warning, c.swap_critical))
         if LOAD1 in values:
-            cpus = values.get(CPU_COUNT, 1.0)
+            cpus = values.get(CPUS, 1.0)
 
             def absolute(per_cpu: float | None) -> float | None:
                 return None if per_cpu is None else per_cpu * cpus

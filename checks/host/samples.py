@@ -7,7 +7,7 @@ from checks.host.procfs import Filesystem, ProcfsReading
 
 # Sample names (agent/catalog.py).
 CPU_USAGE = "mamori_host_cpu_usage_ratio"
-CPU_COUNT = "mamori_host_cpu_count"
+CPUS = "mamori_host_cpus"
 LOAD1 = "mamori_host_load1"
 LOAD5 = "mamori_host_load5"
 LOAD15 = "mamori_host_load15"
@@ -37,7 +37,7 @@ def samples_of(
     load1, load5, load15 = r.load
     samples = [
         Sample(CPU_USAGE, cpu_ratio),
-        Sample(CPU_COUNT, float(r.cpu_count)),
+        Sample(CPUS, float(r.cpu_count)),
         Sample(LOAD1, load1),
         Sample(LOAD5, load5),
         Sample(LOAD15, load15),

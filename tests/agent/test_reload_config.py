@@ -163,3 +163,39 @@ async def test_a_reload_removes_a_check_through_the_pipeline(tmp_path: Path) -> 
     finally:
         agent.stop()
         assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_a_reload_names_only_what_changed_about_alerting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 17: SIGHUP warned "alerts added or removed" on every reload after one that changed
+    # the section, configs without alerts included. Now one line, from the reload that changes
+    # it, and none when the file comes back to what the agent runs.
+    alerts = f"alerts: {{state_file: '{tmp_path / 'alerts.db'}'}}\n"
+    for first, steps in [
+        ("", [("a, b", "", []), ("a", alerts, ["added"]), ("a, b", alerts, []), ("a", "", [])]),
+        (alerts, [("a", "", ["removed"]), ("a, b", "", []), ("a", alerts, [])]),
+    ]:
+        port = free_port()
+        path = tmp_path / "agent.yml"
+        path.write_text(agent_yaml(port, ["a"]) + first)
+        agent = Agent(config.load(path, {}), path, {})
+        task = asyncio.create_task(agent.run())
+        try:
+            await started(port)
+            for checks, section, said in steps:
+                caplog.clear()
+                path.write_text(agent_yaml(port, checks.split(", ")) + section)
+                with caplog.at_level(logging.INFO, logger="mamori.agent"):
+                    done = agent.reload()
+                    assert done is not None
+                    await done
+                lines = [r.getMessage() for r in caplog.records if "alert" in r.getMessage()]
+                assert lines == [
+                    f"config reload: alerts: {what}; the agent's alerting"
+                    f" {'starts' if what == 'added' else 'stops'} after a restart"
+                    for what in said
+                ], (checks, section)
+        finally:
+            agent.stop()
+            assert await asyncio.wait_for(task, 10) == 0

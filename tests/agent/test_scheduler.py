@@ -86,6 +86,31 @@ async def test_first_runs_are_spread_over_the_interval(clock: FakeClock) -> None
     assert starts[0] < 0.25 and starts[-1] > 0.75  # not all at once
 
 
+async def test_first_runs_come_within_the_start_window_then_spread_over_the_interval(
+    clock: FakeClock,
+) -> None:
+    # Issue 17: /api/v1/results stayed empty for up to one interval after a start. Now the first
+    # runs are spread over a short window (10 s by default), the later ones over the interval.
+    sched = Scheduler(lambda r: None, AgentMetrics(), concurrency=100, clock=clock)
+    sched.apply([clock_cfg(f"c{i}", interval=60.0, timeout=1.0) for i in range(40)])
+    t0 = clock.monotonic()
+    await clock.advance(10.0)
+    assert {name for name, _, _ in ClockSleepCheck.log} == {f"c{i}" for i in range(40)}
+    await clock.advance(160.0)  # the third runs: at most 10 + 30 + 60 + 60 s in
+    await sched.aclose()
+    runs: dict[str, list[float]] = {}
+    for name, start, _ in ClockSleepCheck.log:
+        runs.setdefault(name, []).append(start - t0)
+    firsts = sorted(r[0] for r in runs.values())
+    assert firsts[0] < 2.5 and firsts[-1] > 7.5  # spread over the window, not all at once
+    for name, (first, second, third, *_) in runs.items():
+        assert second - first >= 30.0  # never two runs of a check close together
+        assert third - second == pytest.approx(60.0)
+        assert second % 60.0 == pytest.approx(phase_offset(name, 60.0))  # the stable phase
+    phases = sorted(r[1] % 60.0 for r in runs.values())
+    assert phases[0] < 15.0 and phases[-1] > 45.0  # steady state: spread over the interval
+
+
 async def test_a_check_never_overlaps_itself_and_missed_slots_are_skipped(clock: FakeClock) -> None:
     metrics = AgentMetrics()
     results: list[CheckResult] = []

@@ -96,7 +96,7 @@ async def test_real_readings_are_sane() -> None:
     total = find(first, "mamori_host_memory_total_bytes")
     assert total > 0
     assert 0 < find(first, "mamori_host_memory_available_bytes") <= total
-    assert find(first, "mamori_host_cpu_count") == proc_stat_cpus()
+    assert find(first, "mamori_host_cpus") == proc_stat_cpus()
     for name in ("cpu_usage_ratio", "memory_usage_ratio", "swap_usage_ratio"):
         assert 0.0 <= find(first, f"mamori_host_{name}") <= 1.0, name
     assert find(first, "mamori_host_load1") >= 0
@@ -304,7 +304,7 @@ async def test_synthetic_procfs_and_rootfs_give_exact_values(fake_host: FakeHost
     assert find(result, "mamori_host_swap_total_bytes") == 1_000_000 * 1024
     assert find(result, "mamori_host_swap_used_bytes") == 750_000 * 1024
     assert find(result, "mamori_host_swap_usage_ratio") == 0.75
-    assert find(result, "mamori_host_cpu_count") == 2
+    assert find(result, "mamori_host_cpus") == 2
     assert (find(result, "mamori_host_load1"), find(result, "mamori_host_load5")) == (1.5, 0.75)
     assert find(result, "mamori_host_load15") == 0.25
     assert find(result, "mamori_host_boot_time_seconds") == 1_700_000_000

@@ -315,7 +315,7 @@ async def test_the_shipped_compose_service_on_a_real_engine(
         host = results["host"]
         assert host["status"] in ("OK", "WARNING"), host["message"]
         assert sample(host, "mamori_host_memory_total_bytes") == psutil.virtual_memory().total
-        assert sample(host, "mamori_host_cpu_count") == psutil.cpu_count()
+        assert sample(host, "mamori_host_cpus") == psutil.cpu_count()
         root = os.statvfs("/")
         assert (
             sample(host, "mamori_host_filesystem_size_bytes", mountpoint="/") == root.f_blocks * root.f_frsize

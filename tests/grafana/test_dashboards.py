@@ -358,7 +358,7 @@ def test_every_catalog_metric_is_on_a_dashboard() -> None:
         "mamori_check_last_run_timestamp_seconds", "mamori_check_attempts", "probe_http_version",
         "probe_http_redirects", "probe_http_ssl", "probe_http_content_length", "probe_failed_due_to_regex",
         "probe_dns_lookup_time_seconds", "probe_ip_protocol", "probe_ssl_last_chain_expiry_timestamp_seconds",
-        "mamori_tcp_duration_seconds", "mamori_host_cpu_count", "mamori_host_load1", "mamori_host_load5",
+        "mamori_tcp_duration_seconds", "mamori_host_cpus", "mamori_host_load1", "mamori_host_load5",
         "mamori_host_load15", "mamori_host_memory_total_bytes", "mamori_host_memory_available_bytes",
         "mamori_host_swap_total_bytes", "mamori_host_swap_used_bytes", "mamori_host_swap_usage_ratio",
         "mamori_host_filesystem_size_bytes", "mamori_host_filesystem_avail_bytes",

@@ -1,0 +1,250 @@
+"""The status page (`GET /`, agent/statuspage.py) and the history behind it (agent/history.py).
+
+The page itself is tested in a real headless Chromium (lab/browser.py) against real targets: the
+lab's checks render, a stopped HAProxy turns the lb and http rows red without reloading the page,
+and a target answering markup in its reason phrase shows it as text: no element is injected, no
+script runs. Screenshots are kept in the test's directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent import config
+from agent.history import HISTORY_LENGTH, History
+from agent.metrics import MetricRegistry
+from agent.model import CheckResult, Status
+from agent.runtime import Agent
+from agent.server import AgentServer
+from exporters.prometheus import LatestResults
+from lab.browser import Browser, Page, browser
+from lab.ports import free_port
+from lab.stack import lab_stack
+from lab.wait import wait_until
+
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><b class=injected>'
+
+
+def result(check: str, status: Status, at: float, message: str = "") -> CheckResult:
+    return CheckResult(
+        check=check,
+        check_type="tcp",
+        target="127.0.0.1:1",
+        status=status,
+        started_at=at,
+        duration=0.001,
+        message=message,
+    )
+
+
+def test_history_keeps_the_last_results_and_the_last_change() -> None:
+    history = History()
+    assert history.to_json("a") == {"history": [], "last_change": None}
+    history.add(result("a", Status.OK, 1.0))
+    assert history.to_json("a") == {"history": [[1.0, 0]], "last_change": {"at": 1.0, "from": None}}
+    for i in range(2, 100):
+        history.add(result("a", Status.CRITICAL if 50 <= i < 70 else Status.OK, float(i)))
+    out = history.to_json("a")
+    assert len(out["history"]) == HISTORY_LENGTH
+    assert out["history"][0] == [100.0 - HISTORY_LENGTH, 0] and out["history"][-1] == [99.0, 0]
+    assert [s for _, s in out["history"]].count(2) == 70 - (100 - HISTORY_LENGTH)
+    assert out["last_change"] == {"at": 70.0, "from": "CRITICAL"}
+    history.forget("a")
+    history.forget("a")
+    assert len(history) == 0
+
+
+async def served(latest: LatestResults) -> tuple[AgentServer, str]:
+    srv = AgentServer(MetricRegistry(), latest, lambda: None)
+    _, port = await srv.start("127.0.0.1", 0)
+    return srv, f"http://127.0.0.1:{port}"
+
+
+async def test_the_page_is_self_contained_and_allows_only_its_own_script_and_style() -> None:
+    srv, base = await served(LatestResults())
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/") as response:
+            body = await response.text()
+            headers = response.headers
+    finally:
+        await srv.aclose()
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    policy = dict(p.strip().split(" ", 1) for p in headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'"
+    (script,) = re.findall(r"<script>(.*?)</script>", body, re.S)
+    (style,) = re.findall(r"<style>(.*?)</style>", body, re.S)
+    for text, directive in ((script, "script-src"), (style, "style-src")):
+        digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+        assert policy[directive] == f"'sha256-{digest}'"
+    assert not re.search(r"(src|href)=\"?(https?:)?//", body)  # nothing from elsewhere
+    assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "document.write" not in script
+
+
+async def test_results_api_gives_each_check_its_history_and_last_change() -> None:
+    latest = LatestResults()
+    for i, status in enumerate((Status.OK, Status.OK, Status.CRITICAL)):
+        latest.put(result("a", status, float(i)))
+    latest.put(result("b", Status.OK, 5.0))
+    srv, base = await served(latest)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/api/v1/results") as response:
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
+                results = {r["check"]: r for r in (await response.json())["results"]}
+            async with session.get(f"{base}/api/v1/results?check=a") as response:
+                one = await response.json()
+            assert results["a"]["history"] == [[0.0, 0], [1.0, 0], [2.0, 2]] == one["history"]
+            assert results["a"]["last_change"] == {"at": 2.0, "from": "OK"} == one["last_change"]
+            assert results["b"]["last_change"] == {"at": 5.0, "from": None}
+            assert results["a"]["status"] == "CRITICAL"  # the result's own fields are unchanged
+            latest.forget("a")
+            latest.put(result("a", Status.OK, 9.0))  # configured again: a new history
+            async with session.get(f"{base}/api/v1/results?check=a") as response:
+                assert (await response.json())["history"] == [[9.0, 0]]
+    finally:
+        await srv.aclose()
+
+
+# --- in a real browser ---
+
+
+@pytest.fixture
+async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
+    if shutil.which("chromium") is None:
+        pytest.fail("chromium is not installed: bash .ci/ensure-debs chromium (make debs does it)")
+    async with browser(tmp_path / "chromium") as b:
+        yield b
+
+
+ROWS = (
+    "Array.from(document.querySelectorAll('#rows tr[data-check]'), r => [r.dataset.check, r.dataset.status])"
+)
+
+
+async def rows(page: Page) -> dict[str, str]:
+    return dict(await page.evaluate(ROWS))
+
+
+async def test_the_page_shows_the_labs_checks_and_a_fault_turns_rows_red_in_place(
+    chromium: Browser, tmp_path: Path
+) -> None:
+    async with lab_stack(
+        tmp_path / "lab", prometheus=False, alertmanager=False, mqtt=False, postgres=False
+    ) as stack:
+        await stack.wait_results()
+        page = await chromium.open(f"{stack.agent_url}/?refresh=1")
+        expected = set(stack.expected_checks())
+
+        async def all_rendered() -> bool:
+            return set(await rows(page)) == expected
+
+        await wait_until("the page to show every check", all_rendered, 15)
+        await page.evaluate("window.__same_page = true")
+        await page.screenshot(tmp_path / "healthy.png")
+        assert set((await rows(page)).values()) <= {"OK", "WARNING"}, await rows(page)
+
+        await stack.fault("lb-down")  # a real target stopped: HAProxy
+
+        async def red() -> bool:
+            shown = await rows(page)
+            return shown["lb"] == "CRITICAL" and shown["http"] == "CRITICAL"
+
+        # One check interval (1 s) plus the page's refresh (1 s) and the checks' timeout; the
+        # wait's bound is generous for a loaded machine, what it proves is the in-place update.
+        await wait_until("the lb and http rows to turn red", red, 20, interval=0.2)
+        await page.screenshot(tmp_path / "lb-down.png")
+        assert await page.evaluate("window.__same_page") is True  # not reloaded
+        order = list(await rows(page))
+        assert order[:2] == ["http", "lb"]  # failing checks first
+        color = await page.evaluate(
+            "getComputedStyle(document.querySelector('#rows tr[data-check=\"lb\"]')).backgroundColor"
+        )
+        red_channel, green, blue = (int(x) for x in re.findall(r"\d+", color)[:3])
+        assert red_channel > green and red_channel > blue, color
+        reason = await page.evaluate(
+            "document.querySelector('#rows tr[data-check=\"lb\"]').cells[4].textContent"
+        )
+        assert reason == "refused"
+
+
+async def hostile_target() -> tuple[asyncio.Server, int]:
+    """An HTTP server whose status line's reason phrase is markup and script."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 500 {HOSTILE}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_hostile_targets_markup_stays_text(chromium: Browser, tmp_path: Path) -> None:
+    target, target_port = await hostile_target()
+    port = free_port()
+    cfg = config.parse(
+        f"""
+agent:
+  name: test-agent
+  listen: 127.0.0.1:{port}
+  interval: 1s
+  timeout: 1s
+checks:
+  - name: hostile
+    type: http
+    url: http://127.0.0.1:{target_port}/
+    tags: [web]
+""",
+        "test.yml",
+        env={},
+    )
+    agent = Agent(cfg, None)
+    task = asyncio.create_task(agent.run())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def ran() -> bool:
+                try:
+                    async with session.get(f"{base}/api/v1/results?check=hostile") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_until("the hostile check to run", ran, 15)
+            async with session.get(f"{base}/api/v1/results?check=hostile") as response:
+                message = json.loads(await response.text())["message"]
+        assert "<script>" in message  # the agent passes the text on; the page must not run it
+        page = await chromium.open(f"{base}/?refresh=1")
+
+        async def rendered() -> bool:
+            return "hostile" in await rows(page)
+
+        await wait_until("the hostile row", rendered, 15)
+        await page.screenshot(tmp_path / "hostile.png")
+        shown = await page.evaluate(
+            "document.querySelector('#rows tr[data-check=\"hostile\"]').cells[5].textContent"
+        )
+        assert shown == message
+        injected = await page.evaluate(
+            "[document.querySelectorAll('img, iframe, object, embed, .injected').length,"
+            " document.scripts.length, typeof window.__pwned]"
+        )
+        assert injected == [0, 1, "undefined"]
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        target.close()
+        await target.wait_closed()

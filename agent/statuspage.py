@@ -135,11 +135,12 @@ _SCRIPT = """
       change ? (change.from ? change.from + " \\u2192 " + r.status : "since the first run") +
         " at " + when(change.at) : "");
     const hist = el("div", "hist");
-    for (const [t, code] of r.history || []) {
+    const h = r.history || {started_at: [], status_code: []};
+    h.status_code.forEach((code, i) => {
       const s = el("span", "b-" + (NAMES[code] || "UNKNOWN"));
-      s.title = (NAMES[code] || code) + " at " + when(t);
+      s.title = (NAMES[code] || code) + " at " + when(h.started_at[i]);
       hist.append(s);
-    }
+    });
     cell(tr, null).append(hist);
     return tr;
   }

@@ -49,16 +49,19 @@ def result(check: str, status: Status, at: float, message: str = "") -> CheckRes
 
 def test_history_keeps_the_last_results_and_the_last_change() -> None:
     history = History()
-    assert history.to_json("a") == {"history": [], "last_change": None}
-    history.add(result("a", Status.OK, 1.0))
-    assert history.to_json("a") == {"history": [[1.0, 0]], "last_change": {"at": 1.0, "from": None}}
+    assert history.to_json("a") == {"history": {"started_at": [], "status_code": []}, "last_change": None}
+    history.add(result("a", Status.OK, 1.5))
+    assert history.to_json("a") == {
+        "history": {"started_at": [1], "status_code": [0]},  # whole seconds
+        "last_change": {"at": 1.5, "from": None},
+    }
     for i in range(2, 100):
-        history.add(result("a", Status.CRITICAL if 50 <= i < 70 else Status.OK, float(i)))
+        history.add(result("a", Status.CRITICAL if 80 <= i < 90 else Status.OK, float(i)))
     out = history.to_json("a")
-    assert len(out["history"]) == HISTORY_LENGTH
-    assert out["history"][0] == [100.0 - HISTORY_LENGTH, 0] and out["history"][-1] == [99.0, 0]
-    assert [s for _, s in out["history"]].count(2) == 70 - (100 - HISTORY_LENGTH)
-    assert out["last_change"] == {"at": 70.0, "from": "CRITICAL"}
+    assert out["history"]["started_at"] == list(range(100 - HISTORY_LENGTH, 100))
+    statuses = out["history"]["status_code"]
+    assert statuses == [0] * (80 - (100 - HISTORY_LENGTH)) + [2] * 10 + [0] * 10
+    assert out["last_change"] == {"at": 90.0, "from": "CRITICAL"}
     history.forget("a")
     history.forget("a")
     assert len(history) == 0
@@ -104,14 +107,15 @@ async def test_results_api_gives_each_check_its_history_and_last_change() -> Non
                 results = {r["check"]: r for r in (await response.json())["results"]}
             async with session.get(f"{base}/api/v1/results?check=a") as response:
                 one = await response.json()
-            assert results["a"]["history"] == [[0.0, 0], [1.0, 0], [2.0, 2]] == one["history"]
+            assert results["a"]["history"] == {"started_at": [0, 1, 2], "status_code": [0, 0, 2]}
+            assert one["history"] == results["a"]["history"]
             assert results["a"]["last_change"] == {"at": 2.0, "from": "OK"} == one["last_change"]
             assert results["b"]["last_change"] == {"at": 5.0, "from": None}
             assert results["a"]["status"] == "CRITICAL"  # the result's own fields are unchanged
             latest.forget("a")
             latest.put(result("a", Status.OK, 9.0))  # configured again: a new history
             async with session.get(f"{base}/api/v1/results?check=a") as response:
-                assert (await response.json())["history"] == [[9.0, 0]]
+                assert (await response.json())["history"] == {"started_at": [9], "status_code": [0]}
     finally:
         await srv.aclose()
 

@@ -153,7 +153,9 @@ class LatestResults:
 
     A check a reload removed is forgotten when its removal arrives (`forget()`), which the
     pipeline delivers after the check's last queued result, so nothing brings its series back; a
-    result that arrives later is of the check configured again."""
+    result that arrives later is of the check configured again. `history` keeps each check's
+    recent statuses (agent/history.py) for the status page and `/api/v1/results`, forgotten with
+    the check."""
 
     def __init__(self) -> None:
         # name -> (latest result, its rendered lines, the label prefix of its check and target)

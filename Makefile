@@ -55,7 +55,7 @@ test: $(STAMP) debs lint typecheck suite
 
 # Debian packages the test suite runs for real (installed only when missing).
 TEST_DEBS := haproxy postgresql-15 prometheus prometheus-alertmanager mosquitto docker-compose python3.11-venv \
-	docker.io busybox-static debootstrap
+	docker.io busybox-static debootstrap chromium
 
 debs:
 	@bash .ci/ensure-debs $(TEST_DEBS)

@@ -7,7 +7,9 @@
 - `/ready` answers 200 `ready` once the scheduler runs and until shutdown begins, unless
   durability is degraded (a state file cannot be written, e.g. the disk is full); otherwise 503
   with one line saying why (`not ready: durability degraded: cannot write the outbox …`).
-- `/api/v1/results` is the latest result per check as JSON (`?check=NAME` for one).
+- `/api/v1/results` is the latest result per check as JSON (`?check=NAME` for one), each with
+  its recent history and last status change (agent/history.py).
+- `/` is the status page (agent/statuspage.py), which reads `/api/v1/results`.
 
 The bodies of `/metrics` and `/api/v1/results` are rendered once and shared by every request
 until a new result arrives (and, for `/metrics`, whose own metrics move without one, for at most
@@ -42,6 +44,8 @@ from aiohttp.web_response import Response, StreamResponse
 from agent.httplimits import Listener
 from agent.metrics import Frozen, MetricRegistry, render_snapshot_parts
 from agent.model import CheckResult
+from agent.statuspage import HEADERS as PAGE_HEADERS
+from agent.statuspage import PAGE
 from exporters.prometheus import ExpositionSnapshot, LatestResults
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -60,7 +64,6 @@ def _import_isal() -> Any:
 
 
 _ISAL = _import_isal()
-_INDEX = b"Mamori agent\n/metrics  /healthz  /ready  /api/v1/results\n"
 
 
 @dataclass(slots=True)
@@ -178,7 +181,7 @@ class AgentServer:
             why = self._ready()
             return _text(200, b"ready\n") if why is None else _text(503, f"not ready: {why}\n".encode())
         if path == "/":
-            return _text(200, _INDEX)
+            return Response(body=PAGE, headers=PAGE_HEADERS)
         return _text(404, b"not found\n")
 
     async def _send_metrics(self, request: BaseRequest) -> StreamResponse:
@@ -217,7 +220,8 @@ class AgentServer:
         results, now = self._latest.all(), time.monotonic()
         body = self._results_body
         if body is None or not body.fresh(results, now, float("inf")):
-            raw = _compact({"results": [r.to_json() for r in results]})
+            history = self._latest.history
+            raw = _compact({"results": [{**r.to_json(), **history.to_json(r.check)} for r in results]})
             body = self._results_body = _Body(tuple(results), now, raw)
         return body
 
@@ -229,7 +233,8 @@ class AgentServer:
         if body is None or body.results[0] is not result:
             if len(self._one_body) > 4 * len(self._latest.all()):  # forget removed checks
                 self._one_body.clear()
-            body = self._one_body[name] = _Body((result,), time.monotonic(), _compact(result.to_json()))
+            data = {**result.to_json(), **self._latest.history.to_json(name)}
+            body = self._one_body[name] = _Body((result,), time.monotonic(), _compact(data))
         return body
 
 
@@ -247,7 +252,7 @@ def release_big_buffers() -> None:
 
 
 def _send(request: BaseRequest, body: _Body, content_type: str) -> Response:
-    headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
+    headers = {"Content-Type": content_type, "Vary": "Accept-Encoding", "X-Content-Type-Options": "nosniff"}
     if len(body.raw) >= GZIP_MIN_SIZE and accepts_gzip(request.headers.get("Accept-Encoding", "")):
         headers["Content-Encoding"] = "gzip"
         return Response(body=body.gzipped(), headers=headers)

@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterable
 
 from agent.catalog import CHECK_METRICS, PER_CHECK_LABELS
+from agent.history import History
 from agent.model import CheckRemoved, CheckResult
 from exporters.samples import series
 
@@ -152,13 +153,16 @@ class LatestResults:
 
     A check a reload removed is forgotten when its removal arrives (`forget()`), which the
     pipeline delivers after the check's last queued result, so nothing brings its series back; a
-    result that arrives later is of the check configured again."""
+    result that arrives later is of the check configured again. `history` keeps each check's
+    recent statuses (agent/history.py) for the status page and `/api/v1/results`, forgotten with
+    the check."""
 
     def __init__(self) -> None:
         # name -> (latest result, its rendered lines, the label prefix of its check and target)
         self._by_check: dict[str, tuple[CheckResult, _Rendered, str]] = {}
         self._names: tuple[str, ...] | None = ()  # sorted; None when a check came or went
         self.version = 0  # changes whenever a result arrives or a check is forgotten
+        self.history = History()  # the recent statuses of each check (the status page)
 
     def put(self, result: CheckResult) -> None:
         entry = self._by_check.get(result.check)
@@ -167,10 +171,12 @@ class LatestResults:
         # The prefix is the check's and its target's: kept while they stay, built anew on a change.
         prefix = entry[2] if entry is not None and entry[0].target == result.target else _prefix(result)
         self._by_check[result.check] = (result, _rendered(result, prefix), prefix)
+        self.history.add(result)
         self.version += 1
 
     def forget(self, name: str) -> None:
         if self._by_check.pop(name, None) is not None:
+            self.history.forget(name)
             self._names = None
             self.version += 1
 

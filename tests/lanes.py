@@ -25,6 +25,7 @@ SERVICE_FIXTURES = frozenset(
         "broker",  # Mosquitto
         "alertmanager",  # Alertmanager
         "docker_engine",  # a real Docker Engine (tests/docker/)
+        "chromium",  # a headless Chromium (tests/agent/test_status_page.py)
     }
 )
 DOCKER_FIXTURE = "docker_engine"

@@ -460,7 +460,9 @@ async def served() -> AsyncIterator[Served]:
 
 async def test_every_route_keeps_its_answer_and_content_type(served: Served) -> None:
     port = served.port
-    assert split(await exchange(port, request("/")))[2].startswith(b"Mamori agent\n")
+    status, headers, body = split(await exchange(port, request("/")))
+    assert (status, headers["content-type"]) == (200, "text/html; charset=utf-8")
+    assert body.startswith(b"<!DOCTYPE html>") and b"<title>Mamori agent: status</title>" in body
     status, headers, body = split(await exchange(port, request("/healthz")))
     assert (status, headers["content-type"], body) == (200, "text/plain; charset=utf-8", b"ok\n")
     assert split(await exchange(port, request("/ready")))[::2] == (200, b"ready\n")

@@ -374,13 +374,16 @@ def _oci_alarms_parser(sub: Any) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but `check`'s usage errors exit 3 (UNKNOWN), as a Nagios plugin's must."""
+    """argparse, but `check`'s usage errors exit 3 (UNKNOWN) and are one line (no usage first: a
+    monitoring system shows the first line), as a Nagios plugin's must."""
 
     usage_exit_code = 2
+    one_line_errors = False
     subcommands: dict[str, _Parser]
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
+        if not self.one_line_errors:
+            self.print_usage(sys.stderr)
         self.exit(self.usage_exit_code, f"{self.prog}: error: {message}\n")
 
 
@@ -427,6 +430,7 @@ def build_parser() -> _Parser:
     add_arguments(p, _duration_arg)
     p.set_defaults(func=cmd_check, error_code=UNKNOWN)
     p.usage_exit_code = UNKNOWN
+    p.one_line_errors = True
 
     p = sub.add_parser("validate", help="validate config files")
     p.add_argument("files", nargs="+", metavar="FILE")

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from agent.adhoc import json_condition
+from agent.model import CheckResult, Sample, Status
 from checks.base import PerfDatum
+from checks.fleet import FleetCheck, FleetCheckConfig
 from lab.certs import Certs, make_certs, server_context
 from lab.ports import free_port
 from lab.postgres import PgLab
@@ -354,3 +356,30 @@ def test_json_conditions() -> None:
     assert json_condition("up>0") == {"path": "up", "gt": 0.0}
     assert json_condition("db") == {"path": "db", "exists": True}
     assert json_condition("!error") == {"path": "error", "exists": False}
+
+
+def test_fleet_perfdata() -> None:
+    config = FleetCheckConfig.model_validate(
+        {
+            "name": "fleet:db",
+            "type": "fleet",
+            "cluster": "db",
+            "host": "127.0.0.1",
+            "interval": 1,
+            "timeout": 1,
+        }
+    )
+    labels = (("cluster", "db"),)
+    samples = tuple(
+        Sample(f"mamori_fleet_{name}", value, labels)
+        for name, value in (
+            ("agents", 3),
+            ("primary_down_votes", 2),
+            ("quorum", 2),
+            ("primary_down_zones", 1),
+        )
+    )
+    result = CheckResult("fleet:db", "fleet", "mamori/+/fleet/pg/db", Status.CRITICAL, 0.0, 0.25, samples)
+    rendered = " ".join(p.render() for p in FleetCheck(config).perfdata(result))
+    assert rendered == "'time'=0.25s;;;0 'agents'=3;;;0 'down_votes'=2;;;0 'quorum'=2;;;0 'down_zones'=1;;;0"
+    assert perfdata(rendered)

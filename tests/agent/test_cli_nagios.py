@@ -17,6 +17,7 @@ from checks.fleet import FleetCheck, FleetCheckConfig
 from lab.certs import Certs, make_certs, server_context
 from lab.ports import free_port
 from lab.postgres import PgLab
+from lab.web import web_lab
 from tests.agent.test_cli import agentctl
 from tests.fakes.docker_engine import fake_docker
 from tests.pg import fixture_pg_cluster, fixture_pg_pair  # noqa: F401  (pytest finds them)
@@ -181,6 +182,22 @@ async def test_one_postgres_check_on_the_real_lab(tmp_path: Path, pg_pair: PgLab
     # The replication report follows as the plugin's long output; never a second perfdata separator.
     assert len(out.splitlines()) > 2 and all("|" not in line for line in out.splitlines()[1:])
     assert pg_pair.monitoring_password not in out + err
+
+
+async def test_one_lb_check_on_real_haproxy(tmp_path: Path) -> None:
+    async with web_lab(tmp_path / "lab", apps=2) as lab:
+        backends = ", ".join(f"{{name: {a.name}, address: '127.0.0.1:{a.port}'}}" for a in lab.apps)
+        cfg = write(
+            tmp_path,
+            f"  - {{name: web, type: lb, url: '{lab.url}', tls: {{ca_file: '{lab.ca_file}'}},\n"
+            f"     backends: [{backends}]}}\n",
+        )
+        code, out, _ = await agentctl("check", "-c", cfg)
+    assert code == 0, out
+    m, perf = plugin_line(out)
+    assert (m["type"], m["status"]) == ("LB", "OK")
+    assert list(perf) == ["time", "backends_healthy", "backends"]
+    assert (perf["backends_healthy"]["value"], perf["backends"]["value"]) == ("2", "2")
 
 
 # --- formats ---------------------------------------------------------------------------------

@@ -54,18 +54,26 @@ def _print_config_error(exc: Exception) -> None:
 # --- check -----------------------------------------------------------------------------------
 
 
-def _adhoc_check(target: str, timeout: float | None) -> Check[Any]:
+def _adhoc_check(target: str, timeout: float | None, options: argparse.Namespace) -> Check[Any]:
     from pydantic import ValidationError
 
+    from agent import adhoc
     from agent.secrets import redact_url
 
     overrides: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
     shown = redact_url(target)  # never echo a password (or a token) given in the URL
     scheme = target.partition("://")[0].lower()
+    thresholds = adhoc.given(options)
+    if thresholds and scheme not in ("http", "https"):
+        raise UsageError(f"{thresholds[0]} applies to http:// and https:// URLs only, not {shown!r}")
     try:
         if scheme in ("http", "https"):
             from checks.http.check import HttpCheck
 
+            try:
+                overrides.update(adhoc.http_overrides(options))
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
             return HttpCheck.from_url(target, **overrides)
         if scheme in ("tcp", "tls"):
             from checks.tcp import TcpCheck
@@ -73,7 +81,12 @@ def _adhoc_check(target: str, timeout: float | None) -> Check[Any]:
             return TcpCheck.from_url(target, **overrides)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        raise UsageError(f"invalid target {shown!r}: {err['msg'].removeprefix('Value error, ')}") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["loc"][:1] == ("url",) or not thresholds:
+            raise UsageError(f"invalid target {shown!r}: {msg}") from None
+        for word, flag in adhoc.CONFIG_WORDS.items():
+            msg = msg.replace(word, flag)
+        raise UsageError(f"invalid threshold for {shown!r}: {msg}") from None
     raise UsageError(
         f"cannot check {shown!r}: use an http://, https://, tcp:// or tls:// URL, or a check name with -c"
     )
@@ -117,12 +130,6 @@ def _event_loop(env: Mapping[str, str]) -> EventLoop:
         raise UsageError(str(exc)) from None
 
 
-def _nagios_line(check: Check[Any], result: CheckResult) -> str:
-    perf = " ".join(p.render() for p in check.perfdata(result))
-    text = f"{check.type_name.upper()} {result.status.name} - {result.message or result.reason.value}"
-    return f"{text} | {perf}" if perf else text
-
-
 def _table(results: list[CheckResult], verbose: bool) -> str:
     rows = [("CHECK", "TYPE", "STATUS", "TIME", "REASON", "MESSAGE")]
     for r in results:
@@ -140,17 +147,34 @@ def _table(results: list[CheckResult], verbose: bool) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _output_format(args: argparse.Namespace) -> str | None:
+    """nagios, table or json; None for the default, which depends on how many checks run."""
+    fmt: str | None = args.format
+    if args.json:
+        if fmt not in (None, "json"):
+            raise UsageError(f"--json is --format json: give --format {fmt} or --json, not both")
+        fmt = "json"
+    return fmt
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from agent.model import worst
 
     loop = _event_loop(os.environ)
+    fmt = _output_format(args)
     adhoc = [t for t in args.targets if "://" in t]
     if adhoc and (len(adhoc) != len(args.targets) or args.config):
         raise UsageError("give either URLs to check ad hoc, or check names with -c FILE, not both")
     if adhoc:
         # With --wait-healthy, --timeout is how long to wait, not one probe's timeout.
-        checks = [_adhoc_check(t, None if args.wait_healthy else args.timeout) for t in adhoc]
+        checks = [_adhoc_check(t, None if args.wait_healthy else args.timeout, args) for t in adhoc]
     else:
+        from agent.adhoc import given
+
+        if thresholds := given(args):
+            raise UsageError(
+                f"{thresholds[0]} applies to an ad hoc URL; a configured check has its thresholds"
+            )
         from checks import check_class
 
         cfg = _load_config(args.config)
@@ -163,10 +187,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         results, healthy = loop.run(_closing(checks, wait_healthy(checks, wait, args.poll, sys.stderr)))
     else:
         results = loop.run(_closing(checks, _run_once(checks)))
-    if args.json:
+    if fmt is None:  # a Nagios plugin prints its line; several checks, or samples, read better as a table
+        fmt = "nagios" if len(checks) == 1 and not args.verbose else "table"
+    if fmt == "json":
         print(json.dumps([r.to_json() for r in results], indent=1))
-    elif adhoc and len(checks) == 1 and results:
-        print(_nagios_line(checks[0], results[0]))
+    elif fmt == "nagios":
+        from agent.nagios import nagios_output
+
+        print(nagios_output(checks, results))
     elif len(checks) == 1 and results and (summary := checks[0].summary(results[0])):
         print(summary)
     else:
@@ -363,13 +391,16 @@ def _oci_alarms_parser(sub: Any) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but `check`'s usage errors exit 3 (UNKNOWN), as a Nagios plugin's must."""
+    """argparse, but `check`'s usage errors exit 3 (UNKNOWN) and are one line (no usage first: a
+    monitoring system shows the first line), as a Nagios plugin's must."""
 
     usage_exit_code = 2
+    one_line_errors = False
     subcommands: dict[str, _Parser]
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
+        if not self.one_line_errors:
+            self.print_usage(sys.stderr)
         self.exit(self.usage_exit_code, f"{self.prog}: error: {message}\n")
 
 
@@ -398,10 +429,25 @@ def build_parser() -> _Parser:
         help="deploy gate: re-run the checks until all are OK (exit 0) or --timeout passes (exit 2)",
     )
     p.add_argument("--poll", type=_duration_arg, default=2.0, help="with --wait-healthy: pause between tries")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("-v", "--verbose", action="store_true", help="also print every sample")
+    p.add_argument(
+        "--format",
+        choices=["nagios", "table", "json"],
+        help="nagios: the plugin line with perfdata (default for one check; several: one line for"
+        " all, then a line per check), table (default for several), json",
+    )
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print every sample too (in the table, the default with -v)",
+    )
+    from agent.adhoc import add_arguments
+
+    add_arguments(p, _duration_arg)
     p.set_defaults(func=cmd_check, error_code=UNKNOWN)
     p.usage_exit_code = UNKNOWN
+    p.one_line_errors = True
 
     p = sub.add_parser("validate", help="validate config files")
     p.add_argument("files", nargs="+", metavar="FILE")

@@ -12,6 +12,7 @@ Do not derive a check from another check: share helpers (see `checks/tls.py`) in
 from __future__ import annotations
 
 import asyncio
+import math
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
@@ -66,7 +67,11 @@ class CheckOutcome:
 
 @dataclass(frozen=True, slots=True)
 class PerfDatum:
-    """One Nagios perfdata item: 'label'=value[uom];warn;crit;min;max."""
+    """One Nagios perfdata item: 'label'=value[uom];warn;crit;min;max (Nagios plugin guidelines).
+
+    `warn` and `crit` are upper limits (the value alerts above them); with `alert_below` they are
+    lower limits, rendered as the range `N:` (alerts below N), e.g. the days a certificate has left.
+    """
 
     label: str
     value: float
@@ -75,13 +80,37 @@ class PerfDatum:
     crit: float | None = None
     min: float | None = None
     max: float | None = None
+    alert_below: bool = False
 
     def render(self) -> str:
-        def num(v: float | None) -> str:
-            return "" if v is None else f"{v:.6g}"
+        """Always parseable: the label quoted (a quote in it doubled, `=` replaced, as the
+        guidelines ask), numbers in plain decimal notation (no exponent, which Nagios, PNP4Nagios
+        and Icinga's parsers reject), `U` for a value that is not a number."""
+        label = self.label.replace("=", "_").replace("'", "''")
+        tail = ";".join(
+            [
+                *(_threshold(v, self.alert_below) for v in (self.warn, self.crit)),
+                _number(self.min),
+                _number(self.max),
+            ]
+        ).rstrip(";")
+        value = _number(self.value) or "U"
+        return f"'{label}'={value}{self.uom if value != 'U' else ''}" + (f";{tail}" if tail else "")
 
-        tail = ";".join(num(v) for v in (self.warn, self.crit, self.min, self.max)).rstrip(";")
-        return f"'{self.label}'={self.value:.6g}{self.uom}" + (f";{tail}" if tail else "")
+
+def _number(value: float | None) -> str:
+    """A perfdata number: at most 6 decimals and no exponent; "" for None or a non-finite value."""
+    if value is None or not math.isfinite(value):
+        return ""
+    if value == int(value) and abs(value) < 1e18:
+        return str(int(value))
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _threshold(value: float | None, below: bool) -> str:
+    text = _number(value)
+    return f"{text}:" if below and text else text
 
 
 ConfigT = TypeVar("ConfigT", bound=CheckConfig)

@@ -61,8 +61,8 @@ from agent.fleetview import (
     Witness,
     dedupe,
 )
-from agent.model import Reason, Sample, Status
-from checks.base import Check, CheckConfig, CheckOutcome
+from agent.model import CheckResult, Reason, Sample, Status
+from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -464,6 +464,18 @@ class FleetCheck(Check[FleetCheckConfig]):
     @property
     def target(self) -> str:
         return self.fleet.target()
+
+    def perfdata(self, result: CheckResult) -> list[PerfDatum]:
+        """time, the live agents, the down votes, the votes a confirmation needs and the zones the
+        down votes stand in (no thresholds: the verdict also weighs the zones)."""
+        values = {s.name: s.value for s in result.samples}
+        out = [PerfDatum("time", result.duration, "s", min=0)]
+        if AGENTS in values:
+            out.append(PerfDatum("agents", values[AGENTS], min=0))
+            out.append(PerfDatum("down_votes", values.get(VOTES, 0.0), min=0))
+            out.append(PerfDatum("quorum", values.get(QUORUM, 0.0), min=0))
+            out.append(PerfDatum("down_zones", values.get(DOWN_ZONES, 0.0), min=0))
+        return out
 
     async def run(self) -> CheckOutcome:
         if self._task is None and not self._closed:

@@ -39,7 +39,7 @@ from checks.net import (
     timeout_failure,
     write,
 )
-from checks.tls import TlsConfig, TlsReport, build_context, handshake, ssl_failure
+from checks.tls import TlsConfig, TlsReport, build_context, cert_days_perfdata, handshake, ssl_failure
 
 PHASES = ("resolve", "connect", "tls", "expect")
 _DOING = {
@@ -235,4 +235,5 @@ class TcpCheck(Check[TcpConfig]):
         return [
             PerfDatum("time", result.duration, "s", min=0),
             PerfDatum("time_connect", connect, "s", min=0),
+            *(cert_days_perfdata(result, self.config.tls) if self.config.tls else ()),
         ]

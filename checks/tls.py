@@ -26,7 +26,8 @@ from pydantic import field_validator, model_validator
 
 from agent.fields import Model
 from agent.files import skip
-from agent.model import Reason, Sample, Status
+from agent.model import CheckResult, Reason, Sample, Status
+from checks.base import PerfDatum
 from checks.net import Address, Failure, ProbeError, abort, open_connection
 
 DAY = 86400.0
@@ -225,6 +226,28 @@ class TlsReport:
         if days <= config.expiry_warning_days:
             return Failure(Status.WARNING, Reason.CERT_EXPIRING, message)
         return None
+
+
+def cert_days_perfdata(result: CheckResult, config: TlsConfig) -> list[PerfDatum]:
+    """`cert_days`: the days the certificate chain has left at the run (the verified chain, else the
+    presented one, as `TlsReport.verdict` judges it), with the expiry bands as lower limits;
+    nothing when the run saw no certificate."""
+    expiries = {
+        s.name: s.value
+        for s in result.samples
+        if s.name in ("probe_ssl_last_chain_expiry_timestamp_seconds", "probe_ssl_earliest_cert_expiry")
+    }
+    expiry = expiries.get(
+        "probe_ssl_last_chain_expiry_timestamp_seconds", expiries.get("probe_ssl_earliest_cert_expiry")
+    )
+    if expiry is None:
+        return []
+    days = round((expiry - result.started_at) / DAY, 2)
+    return [
+        PerfDatum(
+            "cert_days", days, "", config.expiry_warning_days, config.expiry_critical_days, alert_below=True
+        )
+    ]
 
 
 async def handshake(

@@ -354,6 +354,10 @@ class _Demo:
                 self.watchdog_shown = True
                 self.event("Alertmanager → dead-man's switch: Watchdog (every minute; not shown again)")
             return
+        if note.receiver == "agent":  # the agent's own alerting, not Alertmanager's
+            route = note.body.get("route", "?") if isinstance(note.body, dict) else "?"
+            self.event(f"agent → {route}: {note.summary}")
+            return
         self.event(f"Alertmanager → {note.receiver}: {note.summary}")
 
     async def _watch(self, stack: Stack) -> None:

@@ -24,8 +24,9 @@ log = logging.getLogger("mamori.lab.recorder")
 
 @dataclass(frozen=True)
 class RecordedNotification:
-    """One request Alertmanager sent to a receiver: `receiver` is pagerduty, slack or
-    deadmans-switch; `summary` a one-line rendering of what it said."""
+    """One request a receiver got: from Alertmanager (`receiver` pagerduty, slack or
+    deadmans-switch) or from the lab agent's own notifier (`receiver` agent); `summary` a one-line
+    rendering of what it said (for the agent's: event, rule, severity, summary)."""
 
     at: float
     receiver: str
@@ -103,7 +104,9 @@ class Recorder:
         from aiohttp import web
 
         body = await request.json()
-        self._record("agent", f"{body.get('event', '?')}: {body.get('summary', '')}", body)
+        # The rule (`alert`) and its severity: two rules on one fault often share a summary.
+        rule = f"{body.get('alert', '?')} ({body.get('severity', '?')})"
+        self._record("agent", f"{body.get('event', '?')} {rule}: {body.get('summary', '')}", body)
         return web.Response(text="ok")
 
     async def _deadman(self, request: Any) -> Any:

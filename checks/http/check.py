@@ -48,7 +48,7 @@ from checks.net import (
     resolve,
     timeout_failure,
 )
-from checks.tls import TlsReport, build_context, handshake
+from checks.tls import TlsReport, build_context, cert_days_perfdata, handshake
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 _DOING = {
@@ -499,7 +499,8 @@ class HttpCheck(Check[HttpConfig]):
         return tuple(samples)
 
     def perfdata(self, result: CheckResult) -> list[PerfDatum]:
-        """check_http's perfdata: total time with the latency thresholds, each phase, body size."""
+        """check_http's perfdata: total time with the latency thresholds, each phase, body size, and
+        the certificate's days left with the expiry bands (over https)."""
         phases = {
             dict(s.labels).get("phase"): s.value
             for s in result.samples
@@ -511,6 +512,7 @@ class HttpCheck(Check[HttpConfig]):
             PerfDatum("time", result.duration, "s", cfg.latency_warning, cfg.latency_critical, min=0),
             *(PerfDatum(f"time_{p}", phases.get(p, 0.0), "s", min=0) for p in PHASES),
             PerfDatum("size", size, "B", min=0),
+            *cert_days_perfdata(result, cfg.tls),
         ]
 
 

@@ -1259,7 +1259,9 @@ async def test_agentctl_check_prints_the_replication_summary(pg_pair: PgLab, tmp
     )  # fmt: skip
     out, err = await proc.communicate()
     assert proc.returncode == 0, (out, err)
-    text = out.decode()
+    # One check is a Nagios plugin: its line first, the summary as the long output (issue 17).
+    line, _, text = out.decode().partition("\n")
+    assert line.startswith("POSTGRES OK - primary primary (timeline 1); ") and " | 'time'=" in line
     assert text.startswith("main: OK (ok) — cluster main\nnodes:\n  primary      primary   timeline 1")
     assert "failover: ready (ready); recommended from here: no (primary_reachable)" in text
     assert pg_pair.monitoring_password not in text

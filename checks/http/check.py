@@ -95,6 +95,28 @@ class _Response:
             return self.body.decode("utf-8", errors="replace")
 
 
+class Answer:
+    """The final response of a probe as a caller may read it: headers and body text."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: _Response) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    def headers(self, name: str) -> list[str]:
+        """Every value of the header `name` (any case), in the order received."""
+        name = name.lower()
+        return [v for k, v in self._response.headers if k == name]
+
+    def text(self) -> str:
+        """The body (as far as it was read) as text, decoded as `_Response.text`. Never raises."""
+        return self._response.text()
+
+
 def body_charset(content_type: str | None) -> str:
     """The codec a body is read with: the charset of `content_type` when Python has it as a text
     encoding (not base64, zlib, rot13… nor `_NOT_CHARSETS`), else UTF-8, as a browser falls back
@@ -191,6 +213,12 @@ class HttpCheck(Check[HttpConfig]):
         return self._ssl_context
 
     async def run(self) -> CheckOutcome:
+        return (await self.probe())[0]
+
+    async def probe(self) -> tuple[CheckOutcome, Answer | None]:
+        """`run()`, and what the final response said (None when there was none), for a caller
+        that reads more of it than the verdict (the `lb` check's session persistence). Never
+        raises for anything a target does."""
         state = _State()
         try:
             async with asyncio.timeout(self.time_left()) as scope:
@@ -207,7 +235,8 @@ class HttpCheck(Check[HttpConfig]):
                 # A body cut at max_body_size is not read: its end may say something else.
                 doc, not_json = (None, "too large") if response.too_large else _parse(response, state)
                 state.witness = "unknown" if not_json else self.config.db_witness.state(doc)
-        return self._outcome(state, failure)
+        answer = Answer(state.response) if state.response is not None else None
+        return self._outcome(state, failure), answer
 
     @property
     def witness_zone(self) -> str:

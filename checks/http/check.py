@@ -37,6 +37,7 @@ from agent.fleetview import witness_samples
 from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.http.config import DEFAULT_PORTS, HttpConfig, check_url, format_status
+from checks.http.sigv4 import sign
 from checks.http.wire import HttpWire
 from checks.net import (
     Failure,
@@ -347,11 +348,13 @@ class HttpCheck(Check[HttpConfig]):
         return response
 
     def _request(self, url: SplitResult, method: str, body: str | None, payload: bytes | None) -> h11.Request:
+        # A signed request carries its time: built afresh every run.
         first = url is self._url and method == self.config.method and body == self.config.body
+        first = first and self.config.aws_sigv4 is None
         if first and self._origin_request is not None:
             return self._origin_request
         request = h11.Request(
-            method=method, target=self._request_target(url), headers=self._headers(url, payload)
+            method=method, target=self._request_target(url), headers=self._headers(url, method, payload)
         )
         if first:
             self._origin_request = request
@@ -361,7 +364,7 @@ class HttpCheck(Check[HttpConfig]):
     def _request_target(url: SplitResult) -> str:
         return (url.path or "/") + (f"?{url.query}" if url.query else "")
 
-    def _headers(self, url: SplitResult, payload: bytes | None) -> list[tuple[str, str]]:
+    def _headers(self, url: SplitResult, method: str, payload: bytes | None) -> list[tuple[str, str]]:
         on_origin = _same_origin_host(url, self._url)
         host = url.hostname or ""
         if on_origin and self.config.tls.server_name:
@@ -382,6 +385,8 @@ class HttpCheck(Check[HttpConfig]):
         if on_origin and not downgrade and (auth := self._authorization()):
             headers["authorization"] = ("Authorization", auth)
         out = list(headers.values())
+        if on_origin and not downgrade and self.config.aws_sigv4 is not None:
+            out += sign(self.config.aws_sigv4, method, host, url.path, url.query, payload)
         if payload is not None:
             out.append(("Content-Length", str(len(payload))))
         out.append(("Connection", "close"))

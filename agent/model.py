@@ -89,6 +89,9 @@ class Reason(enum.StrEnum):
     LB_ADDRESS_DOWN = "lb_address_down"
     BACKEND_DOWN = "backend_down"
     APP_OUTAGE = "app_outage"
+    LB_COOKIE_MISSING = "lb_cookie_missing"
+    LB_SESSION_MOVED = "lb_session_moved"
+    LB_BACKEND_UNKNOWN = "lb_backend_unknown"
     # the agent itself
     UNAVAILABLE = "unavailable"
     CHECK_ERROR = "check_error"

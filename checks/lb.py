@@ -19,6 +19,12 @@ check's HTTP options. The group's verdict then says which side is at fault:
 - every backend is down → `app_outage`;
 - it answers, but fewer backends are healthy than the policy needs → CRITICAL `backend_down`;
   some are down but the policy is met → WARNING `backend_down`.
+
+With `persistence`, the check also holds one client session through the load balancer, kept
+from run to run as a user's browser keeps it: the first answer must set the persistence cookie
+(else `lb_cookie_missing`), and every request carrying it must land on the backend it names
+(else `lb_session_moved`). Only a pinned backend that is down may be left: the load balancer
+then redispatches the session, which the message says next to `backend_down`.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from agent.fields import Model, check_host
 from agent.fleetview import witness_samples
 from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
-from checks.http.check import HttpCheck
+from checks.http.check import Answer, HttpCheck
 from checks.http.config import LABEL_VALUE, HttpConfig
+from checks.net import Regex, printable
 
 if TYPE_CHECKING:
     from checks.docker_api import DiscoveryConfig, DockerClient
@@ -77,6 +84,40 @@ class Quorum(Model):
     quorum: int = Field(ge=1)
 
 
+class Persistence(Model):
+    """Session persistence: which cookie pins a session, how an answer names its backend."""
+
+    cookie: str = Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")  # a cookie name is a token
+    backend_header: str | None = Field(default=None, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+    backend_regex: Regex | None = None  # its first group (else the whole match) names the backend
+    requests: int = Field(default=3, ge=1, le=20)  # requests carrying the cookie, per run
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Persistence:
+        if (self.backend_header is None) == (self.backend_regex is None):
+            raise ValueError("persistence needs exactly one of backend_header or backend_regex")
+        return self
+
+    def backend(self, answer: Answer) -> str | None:
+        """The backend that sent `answer`, as it names itself (printable, bounded), or None."""
+        if self.backend_header is not None:
+            found = next((v.strip() for v in answer.headers(self.backend_header) if v.strip()), None)
+        else:
+            assert self.backend_regex is not None
+            m = self.backend_regex.search(answer.text())
+            found = (m.group(1) if m.re.groups else m.group()) if m else None
+        return printable(found[:64]) if found else None
+
+    def cookie_value(self, answer: Answer) -> str | None:
+        """The value the answer sets for the persistence cookie, or None (not set, or deleted)."""
+        for header in answer.headers("set-cookie"):
+            name, eq, rest = header.partition("=")
+            if eq and name.strip() == self.cookie:
+                value = rest.split(";", 1)[0].strip()
+                return value or None
+        return None
+
+
 class LbConfig(HttpConfig):
     """The HTTP options of `http` apply to every member; these keys say who the members are."""
 
@@ -90,6 +131,7 @@ class LbConfig(HttpConfig):
     # Members probed at once. Probes are CPU-bound in the agent: with all 50 at once, each
     # member's timings would include the others' CPU (~15 ms at 50 here), not the backend's.
     parallel: int = Field(default=8, ge=1, le=256)
+    persistence: Persistence | None = None
 
     @field_validator("backends")
     @classmethod
@@ -167,6 +209,10 @@ class LbCheck(Check[LbConfig]):
         self._members: dict[_Target, HttpCheck] = {}
         self._docker: DockerClient | None = None
         self._discovered: list[_Target] | None = None
+        # The session held through the load balancer: (cookie value, backend it pins), and the
+        # check that sends that cookie.
+        self._pin: tuple[str, str] | None = None
+        self._session: tuple[str | None, HttpCheck] | None = None
 
     @property
     def target(self) -> str:
@@ -174,7 +220,9 @@ class LbCheck(Check[LbConfig]):
 
     # --- members ---
 
-    def _member_config(self, name: str, url: str, *, public: bool = True) -> HttpConfig:
+    def _member_config(
+        self, name: str, url: str, *, public: bool = True, cookie: str | None = None
+    ) -> HttpConfig:
         values: dict[str, Any] = {
             key: getattr(self.config, key)
             for key in HttpConfig.model_fields
@@ -189,6 +237,8 @@ class LbCheck(Check[LbConfig]):
             tls.setdefault("server_name", host)
             values["tls"] = tls
             values["headers"] = {**self.config.headers, "Host": self._url.netloc.rpartition("@")[2]}
+        if cookie is not None:
+            values["headers"] = {**values["headers"], "Cookie": cookie}
         return HttpConfig.model_validate(values)
 
     def _member(self, target: _Target) -> HttpCheck:
@@ -292,9 +342,100 @@ class LbCheck(Check[LbConfig]):
             [p for p in rest if p.target.role == "backend"],
             expects_backends=bool(self.config.backends or self.config.docker),
         )
+        if self.config.persistence is not None and _ok(lb):
+            down = {p.target.name for p in rest if p.target.role == "backend" and not _ok(p)}
+            status, reason, message = await self._persistence(
+                self.config.persistence, down, (status, reason, message)
+            )
+        elif self.config.persistence is not None:
+            self._pin = None  # the load balancer failed: start a new session when it is back
         if note:
             message = f"{message}; {note}"
         return CheckOutcome(status, reason, message, self._samples(probes))
+
+    # --- session persistence ---
+
+    async def _persistence(
+        self, cfg: Persistence, down: set[str], verdict: tuple[Status, Reason, str]
+    ) -> tuple[Status, Reason, str]:
+        """The group's verdict with the session's: a persistence failure wins over OK and
+        WARNING; a CRITICAL group verdict stays, and says what the session saw."""
+        status, reason, message = verdict
+        session_status, session_reason, text = await self._hold_session(cfg, down)
+        if session_status is Status.OK:
+            return status, reason, f"{message}; {text}"
+        if status is Status.CRITICAL:
+            return status, reason, f"{message}; session: {text}"
+        return session_status, session_reason, f"{text} ({message})"
+
+    async def _hold_session(self, cfg: Persistence, down: set[str]) -> tuple[Status, Reason, str]:
+        fresh = self._pin is None
+        if self._pin is None:
+            outcome, answer = await self._session_check(None).probe()
+            if answer is None or not _outcome_ok(outcome):
+                return Status.CRITICAL, outcome.reason, f"request without a session: {outcome.message}"
+            cookie = cfg.cookie_value(answer)
+            if cookie is None:
+                return (
+                    Status.CRITICAL,
+                    Reason.LB_COOKIE_MISSING,
+                    f"the load balancer set no {cfg.cookie} cookie: session persistence is off",
+                )
+            backend = cfg.backend(answer)
+            if backend is None:
+                return Status.UNKNOWN, Reason.LB_BACKEND_UNKNOWN, self._unnamed(cfg)
+            self._pin = (cookie, backend)
+        cookie, pinned = self._pin
+        for i in range(1, cfg.requests + 1):
+            outcome, answer = await self._session_check(f"{cfg.cookie}={cookie}").probe()
+            if answer is None or not _outcome_ok(outcome):
+                self._pin = None
+                return (
+                    Status.CRITICAL,
+                    outcome.reason,
+                    f"request {i} of the session pinned to {pinned}: {outcome.message}",
+                )
+            seen = cfg.backend(answer)
+            if seen is None:
+                self._pin = None
+                return Status.UNKNOWN, Reason.LB_BACKEND_UNKNOWN, self._unnamed(cfg)
+            if seen == pinned:
+                continue
+            new_cookie = cfg.cookie_value(answer)
+            if pinned in down:
+                # The load balancer took the dead backend out and moved the session: what it is
+                # meant to do. The session now lives on the new backend, if it was given a cookie.
+                self._pin = (new_cookie, seen) if new_cookie is not None else None
+                return (
+                    Status.OK,
+                    Reason.OK,
+                    f"the session pinned to {pinned} was redispatched to {seen} ({pinned} is down)",
+                )
+            self._pin = None
+            again = "; the load balancer set a new cookie" if new_cookie is not None else ""
+            return (
+                Status.CRITICAL,
+                Reason.LB_SESSION_MOVED,
+                f"request {i} carrying the {cfg.cookie} cookie of {pinned} landed on {seen}, "
+                f"while {pinned} is not known to be down{again}",
+            )
+        how = "new session" if fresh else "session"
+        return Status.OK, Reason.OK, f"{how} stayed on {pinned} ({cfg.requests} requests)"
+
+    def _session_check(self, cookie: str | None) -> HttpCheck:
+        if self._session is None or self._session[0] != cookie:
+            config = self._member_config("session", self.config.url, public=False, cookie=cookie)
+            self._session = (cookie, HttpCheck(config))
+        return self._session[1]
+
+    @staticmethod
+    def _unnamed(cfg: Persistence) -> str:
+        how = (
+            f"no {cfg.backend_header} header"
+            if cfg.backend_header is not None
+            else f"its body does not match /{cfg.backend_regex.pattern if cfg.backend_regex else ''}/"
+        )
+        return f"an answer through the load balancer does not say which backend sent it: {how}"
 
     def _witness_zone(self, otherwise: str) -> str:
         witness = self.config.db_witness
@@ -423,7 +564,11 @@ def _witness_state(probe: _Probe) -> str:
 
 
 def _ok(probe: _Probe) -> bool:
-    return probe.outcome.status in (Status.OK, Status.WARNING)
+    return _outcome_ok(probe.outcome)
+
+
+def _outcome_ok(outcome: CheckOutcome) -> bool:
+    return outcome.status in (Status.OK, Status.WARNING)
 
 
 def _why(probe: _Probe) -> str:

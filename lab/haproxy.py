@@ -6,6 +6,7 @@
     await lb.backend_states()        # {"app-1": "UP", ...} from the stats CSV
     await lb.break_route(); await lb.fix_route()
     await lb.slow_health_checks(); await lb.fast_health_checks()
+    await lb.set_persistence("off")  # or "ignored"; "cookie" (the default) pins sessions
     await lb.stop()
 
 HAProxy runs in the foreground (`-db`) as our child process, so its PID is ours to signal and
@@ -29,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from lab.apps import HEALTH_CHECK_AGENT
 from lab.certs import DEFAULT_DNS_NAME, Leaf
@@ -42,6 +44,12 @@ FAST_CHECK_INTERVAL_MS = 500
 SLOW_CHECK_INTERVAL_MS = 10_000
 _START_TIMEOUT = 5.0  # HAProxy listens within ~20 ms; this only bounds a broken start
 _STOP_TIMEOUT = 2.0  # SIGTERM stops HAProxy at once; SIGKILL after this
+COOKIE = "SERVERID"  # the persistence cookie; its value is the server's name
+
+# "cookie": sessions are pinned by COOKIE (the seed's setup); "off": no cookie at all;
+# "ignored": the cookie is still set, but the frontend strips it from requests, so HAProxy
+# balances every request.
+Persistence = Literal["cookie", "off", "ignored"]
 
 
 class HAProxyError(RuntimeError):
@@ -90,6 +98,7 @@ class HAProxy:
         self.state_file = directory / "servers.state"
         self.route_broken = False
         self.check_interval_ms = FAST_CHECK_INTERVAL_MS
+        self.persistence: Persistence = "cookie"
         self._child = Child("haproxy", log_file=self.stderr_file, truncate_log=True, grace=_STOP_TIMEOUT)
         self._started_once = False
         self._load_state = False
@@ -130,9 +139,15 @@ class HAProxy:
         # Health checks reuse the server's TLS when it has `ssl`; verify none because the lab's
         # backends present a certificate for the public name, not for 127.0.0.1.
         server_tls = " ssl verify none" if self.backend_tls else ""
+        pinned = self.persistence != "off"
         servers = "\n".join(
-            f"    server {b.name} {HOST}:{b.port} check cookie {b.name}{server_tls}" for b in self.backends
+            f"    server {b.name} {HOST}:{b.port} check{f' cookie {b.name}' if pinned else ''}{server_tls}"
+            for b in self.backends
         )
+        persistence = f"\n    cookie {COOKIE} insert indirect nocache" if pinned else ""
+        # A rule that strips request cookies before the backend reads them (seen in the wild to
+        # make responses cacheable) leaves HAProxy balancing every request and setting a new cookie.
+        strip = "\n    http-request del-header Cookie" if self.persistence == "ignored" else ""
         # A broken route sends everything to a backend without servers: HAProxy itself answers
         # 503, while the app backend keeps its servers and health checks (stats still show them).
         default_backend = "no_servers" if self.route_broken else BACKEND
@@ -160,11 +175,10 @@ defaults
 
 frontend web
     bind {HOST}:{self.port} ssl crt {self.pem_file} alpn h2,http/1.1
-    default_backend {default_backend}
+    default_backend {default_backend}{strip}
 
 backend {BACKEND}
-    balance roundrobin{load_state}
-    cookie SERVERID insert indirect nocache
+    balance roundrobin{load_state}{persistence}
     option httpchk GET /api/health HTTP/1.1
     http-check send hdr Host {self.public_name} hdr User-Agent {HEALTH_CHECK_AGENT}
     http-check expect status 200
@@ -299,6 +313,12 @@ listen stats
         """Check every 10 s: a backend that dies stays UP in HAProxy's view for ~20 s (two failed
         checks), and requests routed to it get 503 after HAProxy's retry."""
         self.check_interval_ms = SLOW_CHECK_INTERVAL_MS
+        await self._reconfigure()
+
+    async def set_persistence(self, mode: Persistence) -> None:
+        """Pin sessions by cookie ("cookie", the default), not at all ("off"), or set the cookie
+        but balance every request anyway ("ignored")."""
+        self.persistence = mode
         await self._reconfigure()
 
     async def fast_health_checks(self) -> None:

@@ -37,6 +37,7 @@ from agent.fleetview import witness_samples
 from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.http.config import DEFAULT_PORTS, HttpConfig, check_url, format_status
+from checks.http.sigv4 import sign
 from checks.http.wire import HttpWire
 from checks.net import (
     Failure,
@@ -93,6 +94,28 @@ class _Response:
             return self.body.decode(body_charset(self.header("content-type")), errors="replace")
         except ValueError:  # a text codec that fails even with errors="replace"
             return self.body.decode("utf-8", errors="replace")
+
+
+class Answer:
+    """The final response of a probe as a caller may read it: headers and body text."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: _Response) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    def headers(self, name: str) -> list[str]:
+        """Every value of the header `name` (any case), in the order received."""
+        name = name.lower()
+        return [v for k, v in self._response.headers if k == name]
+
+    def text(self) -> str:
+        """The body (as far as it was read) as text, decoded as `_Response.text`. Never raises."""
+        return self._response.text()
 
 
 def body_charset(content_type: str | None) -> str:
@@ -191,6 +214,12 @@ class HttpCheck(Check[HttpConfig]):
         return self._ssl_context
 
     async def run(self) -> CheckOutcome:
+        return (await self.probe())[0]
+
+    async def probe(self) -> tuple[CheckOutcome, Answer | None]:
+        """`run()`, and what the final response said (None when there was none), for a caller
+        that reads more of it than the verdict (the `lb` check's session persistence). Never
+        raises for anything a target does."""
         state = _State()
         try:
             async with asyncio.timeout(self.time_left()) as scope:
@@ -207,7 +236,8 @@ class HttpCheck(Check[HttpConfig]):
                 # A body cut at max_body_size is not read: its end may say something else.
                 doc, not_json = (None, "too large") if response.too_large else _parse(response, state)
                 state.witness = "unknown" if not_json else self.config.db_witness.state(doc)
-        return self._outcome(state, failure)
+        answer = Answer(state.response) if state.response is not None else None
+        return self._outcome(state, failure), answer
 
     @property
     def witness_zone(self) -> str:
@@ -318,11 +348,13 @@ class HttpCheck(Check[HttpConfig]):
         return response
 
     def _request(self, url: SplitResult, method: str, body: str | None, payload: bytes | None) -> h11.Request:
+        # A signed request carries its time: built afresh every run.
         first = url is self._url and method == self.config.method and body == self.config.body
+        first = first and self.config.aws_sigv4 is None
         if first and self._origin_request is not None:
             return self._origin_request
         request = h11.Request(
-            method=method, target=self._request_target(url), headers=self._headers(url, payload)
+            method=method, target=self._request_target(url), headers=self._headers(url, method, payload)
         )
         if first:
             self._origin_request = request
@@ -332,7 +364,7 @@ class HttpCheck(Check[HttpConfig]):
     def _request_target(url: SplitResult) -> str:
         return (url.path or "/") + (f"?{url.query}" if url.query else "")
 
-    def _headers(self, url: SplitResult, payload: bytes | None) -> list[tuple[str, str]]:
+    def _headers(self, url: SplitResult, method: str, payload: bytes | None) -> list[tuple[str, str]]:
         on_origin = _same_origin_host(url, self._url)
         host = url.hostname or ""
         if on_origin and self.config.tls.server_name:
@@ -353,6 +385,8 @@ class HttpCheck(Check[HttpConfig]):
         if on_origin and not downgrade and (auth := self._authorization()):
             headers["authorization"] = ("Authorization", auth)
         out = list(headers.values())
+        if on_origin and not downgrade and self.config.aws_sigv4 is not None:
+            out += sign(self.config.aws_sigv4, method, host, url.path, url.query, payload)
         if payload is not None:
             out.append(("Content-Length", str(len(payload))))
         out.append(("Connection", "close"))

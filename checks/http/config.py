@@ -22,6 +22,7 @@ from pydantic import (
 from agent.fields import ByteSize, Duration, Model, check_host
 from agent.headers import check_headers, token_problem
 from checks.base import CheckConfig
+from checks.http.sigv4 import AwsSigV4
 from checks.net import (
     IpProtocol,
     Regex,
@@ -301,6 +302,7 @@ class HttpConfig(CheckConfig):
     body: str | None = None
     basic_auth: BasicAuth | None = None
     bearer_token: SecretStr | None = None
+    aws_sigv4: AwsSigV4 | None = None  # sign every request to the URL's host (S3 HeadBucket)
     expected_status: tuple[StatusRange, ...] = Field(default_factory=lambda: ((200, 299),), min_length=1)
     body_matches: tuple[Regex, ...] = ()
     body_not_matches: tuple[Regex, ...] = ()
@@ -365,6 +367,10 @@ class HttpConfig(CheckConfig):
             raise ValueError("give basic_auth or bearer_token, not both")
         if urlsplit(self.url).username is not None and (self.basic_auth or self.bearer_token):
             raise ValueError("the URL has credentials: do not also give basic_auth or bearer_token")
+        if self.aws_sigv4 is not None and (
+            self.basic_auth or self.bearer_token or urlsplit(self.url).username
+        ):
+            raise ValueError("aws_sigv4 signs the request itself: give no other credentials")
         if self.method == "HEAD":
             # A HEAD response has no body: these rules would fail (or pass) on every run.
             for key in ("body_matches", "body_not_matches", "json"):

@@ -51,6 +51,10 @@ FAKE_SECRETS = {
     "pagerduty_routing_key": "0123456789abcdef0123456789abcdef",
     "slack_webhook_url": "https://hooks.slack.com/services/T000/B000/XXXXXXXX",
     "postgres_password": "not-a-real-password",
+    "sendgrid_api_key": "SG.not-a-real-key",
+    "stripe_restricted_key": "rk_live_not_a_real_key",
+    "line_channel_access_token": "not-a-real-channel-access-token",
+    "s3_monitor_secret_key": "not/a/real/secret/access/key",
 }
 
 

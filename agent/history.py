@@ -43,6 +43,12 @@ class _Ring:
         self.statuses[i] = status
         self.count += 1
 
+    def copy(self) -> _Ring:
+        ring = _Ring.__new__(_Ring)
+        ring.times, ring.statuses = self.times[:], self.statuses[:]
+        ring.count, ring.changed_at, ring.previous = self.count, self.changed_at, self.previous
+        return ring
+
     def columns(self) -> tuple[list[int], list[int]]:
         """The start times and statuses, oldest first (C-level copies: ~1 µs per check)."""
         times, statuses = self.times.tolist(), list(self.statuses)
@@ -54,7 +60,8 @@ class _Ring:
 
 class History:
     """Per check name: the last `HISTORY_LENGTH` (start time, status) pairs and the last status
-    change. Not thread-safe: fed and read on the event loop."""
+    change. Not thread-safe: fed and read on the event loop; `snapshot()` is what another
+    thread reads."""
 
     def __init__(self) -> None:
         self._rings: dict[str, _Ring] = {}
@@ -64,6 +71,13 @@ class History:
         if ring is None:
             ring = self._rings[result.check] = _Ring()
         ring.add(result.started_at, int(result.status))
+
+    def snapshot(self) -> History:
+        """A copy of every check's history now, to read in another thread while this one goes
+        on (~1 µs per check, on the event loop)."""
+        copy = History()
+        copy._rings = {name: ring.copy() for name, ring in self._rings.items()}
+        return copy
 
     def forget(self, name: str) -> None:
         """Drop a check's history (its removal from the config). Safe for an unknown name."""

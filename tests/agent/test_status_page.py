@@ -67,6 +67,24 @@ def test_history_keeps_the_last_results_and_the_last_change() -> None:
     assert len(history) == 0
 
 
+def test_a_history_snapshot_is_not_moved_by_later_results() -> None:
+    """/api/v1/results renders in a worker thread from a snapshot taken on the loop: the results
+    and their history as they were then, never a later result's history beside an older one."""
+    history = History()
+    for i in range(40):
+        history.add(result("a", Status.OK, float(i)))
+    history.add(result("b", Status.CRITICAL, 1.0))
+    snap = history.snapshot()
+    before = {name: snap.to_json(name) for name in ("a", "b")}
+    for i in range(40, 45):
+        history.add(result("a", Status.CRITICAL, float(i)))
+    history.forget("b")
+    history.add(result("c", Status.OK, 1.0))
+    assert {name: snap.to_json(name) for name in ("a", "b")} == before
+    assert snap.to_json("c")["last_change"] is None
+    assert history.to_json("a")["last_change"] == {"at": 40.0, "from": "OK"}
+
+
 async def served(latest: LatestResults) -> tuple[AgentServer, str]:
     srv = AgentServer(MetricRegistry(), latest, lambda: None)
     _, port = await srv.start("127.0.0.1", 0)

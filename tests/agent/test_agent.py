@@ -230,3 +230,37 @@ async def test_only_the_agents_own_process_freezes_what_it_started_with(
     young = gc.get_threshold()[:2]
     assert thresholds == ([(*young, runtime.FULL_GC_AFTER_YOUNG)] if freeze else [])
     assert runtime.FULL_GC_AFTER_YOUNG > 10
+
+
+async def test_the_collector_runs_young_often_middle_sometimes_and_full_rarely(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`agentctl run` collects on its own schedule (CPython's allocation count cannot see the
+    churn of results): generation 0 each tick, 1 every GC_MIDDLE_EVERY ticks, 2 every
+    GC_FULL_EVERY."""
+    import gc
+
+    collected: list[int] = []
+    ticks = 2 * runtime.GC_FULL_EVERY
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        assert seconds == runtime.GC_YOUNG_EVERY
+        if len(collected) == ticks:
+            raise asyncio.CancelledError
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+
+    def collect(generation: int = 2) -> int:
+        collected.append(generation)
+        return 0
+
+    monkeypatch.setattr(gc, "collect", collect)
+    with pytest.raises(asyncio.CancelledError):
+        await runtime.collect_garbage()
+    assert len(collected) == ticks
+    assert collected.count(2) == 2 and collected[runtime.GC_FULL_EVERY - 1] == 2
+    assert collected.count(1) == ticks // runtime.GC_MIDDLE_EVERY - 2
+    assert collected[: runtime.GC_MIDDLE_EVERY] == [0] * (runtime.GC_MIDDLE_EVERY - 1) + [1]
+    assert runtime.GC_YOUNG_EVERY * runtime.GC_FULL_EVERY >= 60  # full ones minutes apart

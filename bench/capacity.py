@@ -309,6 +309,7 @@ def _anchor_figures(
     }
 
 
+DIRECT_GETS = 3
 FLOOR_JOB = "floor"
 FLOOR_INTERVAL = 5.0
 FLOOR_SCRAPES = 3  # counted after the first, which creates the series
@@ -444,6 +445,13 @@ def run_size(checks: int, interval: float, seconds: float, anchor: str = "after"
                 sampler.stop()
             plain = _get_metrics(port, gzip=False)
             gz = _get_metrics(port, gzip=True)
+            # Two more, 2 s apart: the agent's whole part of a gzip scrape (request to last
+            # byte) while it probes at full rate, with no Prometheus ingesting beside it.
+            gz["walls_ms"] = [gz["wall_ms"]]
+            for _ in range(DIRECT_GETS - 1):
+                time.sleep(2.0)
+                gz["walls_ms"].append(_get_metrics(port, gzip=True)["wall_ms"])
+            gz["wall_ms"] = max(gz["walls_ms"])
             if agent_proc.poll() is not None:
                 raise RuntimeError(f"agent exited during the run\n{tail(log)}")
         page, page_gz = plain.pop("body"), gz.pop("body")
@@ -510,7 +518,10 @@ def run_size(checks: int, interval: float, seconds: float, anchor: str = "after"
 def judge(size: dict[str, Any]) -> dict[str, str]:
     """PASS/MISS of each of issue 16's targets for one size."""
     late, scrape = size["lateness_ms"]["p99"], size["scrape"]["max_ms"]
-    agent_part = size["scrape"].get("agent_part_p50_ms")
+    # The agent's part: the slowest direct gzip GET of /metrics (request to last byte) while it
+    # probes at full rate. Prometheus's scrape_duration_seconds also counts its own parsing and
+    # appending of every sample (`prometheus_floor`: the same page from nginx).
+    agent_part = size["scrape"]["direct_get_gzip"].get("wall_ms")
     ratio = size["ratio_agent_to_blackbox"]
     return {
         "runs": verdict(
@@ -573,7 +584,8 @@ def summary_line(s: dict[str, Any]) -> str:
         f"scrape p50 {sc['p50_ms']} ms max {sc['max_ms']} ms (Prometheus's own part for this page "
         f"{(sc.get('prometheus_floor') or {}).get('p50_ms')} ms, "
         f"the agent's {sc.get('agent_part_p50_ms')} ms; "
-        f"direct gzip GET {sc['direct_get_gzip']['wall_ms']} ms), {sc['direct_get']['bytes'] / 1e6:.2f} MB, "
+        f"direct gzip GETs {sc['direct_get_gzip'].get('walls_ms')} ms), "
+        f"{sc['direct_get']['bytes'] / 1e6:.2f} MB, "
         f"{sc['samples']} samples, RSS {ag['rss_mb']:g} MB, ready {s['startup']['ready_s']:g} s, "
         f"first complete results {s['startup']['first_complete_results_s']:g} s"
     )
@@ -661,14 +673,14 @@ def figures(r: dict[str, Any]) -> list[str]:
             lambda s: opt((s["scrape"].get("prometheus_floor") or {}).get("p50_ms")),
         ),
         row(
-            "the agent's part: scrape p50 less Prometheus's own, ms",
-            lambda s: f"**{opt(s['scrape'].get('agent_part_p50_ms'))}**",
-            f"≤ {t['scrape_ms_max']:g} ms",
-            v.get("scrape_agent_part", ""),
+            "scrape p50 less Prometheus's own, ms",
+            lambda s: opt(s["scrape"].get("agent_part_p50_ms")),
         ),
         row(
-            "a direct gzip GET of /metrics (after the window), ms",
-            lambda s: opt(s["scrape"]["direct_get_gzip"]["wall_ms"]),
+            "the agent's part: slowest of 3 direct gzip GETs while it probes, ms",
+            lambda s: f"**{opt(s['scrape']['direct_get_gzip']['wall_ms'])}**",
+            f"≤ {t['scrape_ms_max']:g} ms",
+            v.get("scrape_agent_part", ""),
         ),
         row(
             "scrape MB / samples",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gzip
 import importlib
 import json
@@ -44,8 +45,6 @@ from aiohttp.web_response import Response, StreamResponse
 from agent.httplimits import Listener
 from agent.metrics import Frozen, MetricRegistry, render_snapshot_parts
 from agent.model import CheckResult
-from agent.statuspage import HEADERS as PAGE_HEADERS
-from agent.statuspage import PAGE
 from exporters.prometheus import ExpositionSnapshot, LatestResults
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -56,14 +55,13 @@ GZIP_MIN_SIZE = 1024  # smaller bodies are not worth a header
 METRICS_GZIP_LEVEL = 1
 
 
-def _import_isal() -> Any:
+@functools.cache
+def _isal() -> Any:
+    """ISA-L's zlib, imported on the first compression (a small agent may never compress)."""
     try:
         return importlib.import_module("isal.isal_zlib")
     except ImportError:  # no wheel for this platform: zlib does the same, slower
         return None
-
-
-_ISAL = _import_isal()
 
 
 @dataclass(slots=True)
@@ -155,8 +153,9 @@ class _MetricsBody:
 def _compressobj(level: int) -> Any:
     """A gzip compressor (wbits 31: gzip's header and trailer, mtime 0): ISA-L's when the `isal`
     package is there (the same format, ~4x as fast as zlib at level 1 and smaller), else zlib's."""
-    if _ISAL is not None:
-        return _ISAL.compressobj(min(level, _ISAL.ISAL_BEST_COMPRESSION), _ISAL.DEFLATED, 31)
+    isal = _isal()
+    if isal is not None:
+        return isal.compressobj(min(level, isal.ISAL_BEST_COMPRESSION), isal.DEFLATED, 31)
     return zlib.compressobj(level, zlib.DEFLATED, 31)
 
 
@@ -213,7 +212,10 @@ class AgentServer:
             why = self._ready()
             return _text(200, b"ready\n") if why is None else _text(503, f"not ready: {why}\n".encode())
         if path == "/":
-            return Response(body=PAGE, headers=PAGE_HEADERS)
+            # Imported when first asked for: an agent nobody looks at does not keep the page.
+            from agent import statuspage
+
+            return Response(body=statuspage.PAGE, headers=statuspage.HEADERS)
         return _text(404, b"not found\n")
 
     async def _send_metrics(self, request: BaseRequest) -> StreamResponse:

@@ -21,7 +21,7 @@ from lab.web import web_lab
 from tests.agent.test_cli import agentctl
 from tests.fakes.docker_engine import fake_docker
 from tests.pg import fixture_pg_cluster, fixture_pg_pair  # noqa: F401  (pytest finds them)
-from tests.servers import banner, respond, serve_http, serve_tcp
+from tests.servers import banner, respond, serve_http, serve_tcp, slow
 
 # One perfdata item, as the Nagios plugin guidelines define it (and Icinga, PNP4Nagios parse it):
 # 'label'=value[UOM];[warn];[crit];[min];[max]; a value is plain decimal notation or U.
@@ -231,9 +231,10 @@ async def test_formats(tmp_path: Path) -> None:
 
 
 async def test_adhoc_thresholds_map_onto_the_http_check() -> None:
-    async with serve_http(
-        {"/health": respond(200, b'{"db": {"status": "up"}, "queue": 7, "v": "2.1"}')}
-    ) as web:
+    health = respond(200, b'{"db": {"status": "up"}, "queue": 7, "v": "2.1"}')
+    # The latency case needs an answer slower than its warning for sure: a local one can come in
+    # under a millisecond.
+    async with serve_http({"/health": health, "/slow": slow(0.05, health)}) as web:
         url = web.url("/health")
         cases = [
             ([], 0, "OK"),
@@ -244,10 +245,11 @@ async def test_adhoc_thresholds_map_onto_the_http_check() -> None:
             (["--expect-status", "3xx"], 2, "status 200 OK, expected 3xx"),
             (["--body-matches", "down|fail"], 2, "body does not match /down¦fail/"),
             (["--body-not-matches", "queue"], 2, None),
-            (["--latency-warning", "1ms", "--latency-critical", "10s"], 1, None),
+            (["--latency-warning", "10ms", "--latency-critical", "10s"], 1, None),
         ]
         for args, code, text in cases:
-            rc, out, err = await agentctl("check", url, *args)
+            target = web.url("/slow") if "--latency-warning" in args else url
+            rc, out, err = await agentctl("check", target, *args)
             assert (rc, err) == (code, ""), (args, out, err)
             m, perf = plugin_line(out)
             assert m["type"] == "HTTP" and out.count("\n") == 1
@@ -256,7 +258,7 @@ async def test_adhoc_thresholds_map_onto_the_http_check() -> None:
             elif text is not None:
                 assert m["text"] == text, args
         _, perf = plugin_line(out)
-        assert (perf["time"]["warn"], perf["time"]["crit"]) == ("0.001", "10")
+        assert (perf["time"]["warn"], perf["time"]["crit"]) == ("0.01", "10")
 
 
 async def test_adhoc_https_certificate_days(certs: Certs) -> None:

@@ -184,7 +184,10 @@ class Deployment:
         (d / "agent.yml").chmod(0o644)
         secrets = d / "secrets"
         secrets.mkdir(mode=0o755)
-        for name in ("pagerduty_routing_key", "slack_webhook_url", "postgres_password"):
+        # Every secret the shipped file names (read from it: a secret added there is here too).
+        shipped = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["secrets"]
+        for entry in shipped.values():
+            name = Path(entry["file"]).name
             (secrets / name).write_text("unused\n", encoding="utf-8")
             os.chown(secrets / name, UID, UID)
             (secrets / name).chmod(0o400)

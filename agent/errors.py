@@ -36,3 +36,21 @@ class ConfigError(Exception):
 class StartupError(Exception):
     """Something the agent needs cannot be set up (a state file's directory is not writable, …):
     one line for the operator, no traceback."""
+
+
+class ExtraMissing(Exception):
+    """An exporter's (or a check option's) optional dependency is not installed: one line naming
+    the extra and how to add it. `extra` is mamori's extra that brings it (None for a core
+    dependency)."""
+
+    def __init__(self, message: str, extra: str | None = None) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+    @classmethod
+    def of_extra(cls, component: str, needs: str, extra: str, kind: str = "exporter") -> ExtraMissing:
+        return cls(
+            f"{kind} {component} needs {needs}, which is not installed: pip install 'mamori[{extra}]'"
+            f" (the container image: build it with --build-arg EXTRAS={extra})",
+            extra,
+        )

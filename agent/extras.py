@@ -1,6 +1,7 @@
 """What a config needs installed beyond mamori's core: the one check `agentctl run` makes before
-it starts its exporters (`exporters.config.missing_extra`), for `agentctl validate` and for
-`make run CONFIG=FILE`.
+it starts its exporters (`exporters.config.missing_extra`) and its checks (a check option's
+`CheckConfig.require()`: `google_service_account` needs `google`), for `agentctl validate` and
+for `make run CONFIG=FILE`.
 
 `python -m agent.extras FILE` prints the extras FILE needs that are not installed here,
 comma-separated (`oci,otel`; an empty line when none): `make run` installs them. A config that
@@ -16,15 +17,30 @@ from agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
-    from exporters.config import ExtraMissing
+    from agent.errors import ExtraMissing
 
 
 def missing_extras(cfg: AgentConfig) -> list[ExtraMissing]:
-    """One `ExtraMissing` per configured exporter whose dependency is not installed, in config
-    order. Imports the dependencies that are installed (as `agentctl run` would)."""
+    """One `ExtraMissing` per configured check, then exporter, whose dependency is not installed,
+    in config order. Imports the dependencies that are installed (as `agentctl run` would)."""
     from exporters.config import missing_extra
 
-    return [m for e in cfg.exporters if (m := missing_extra(e)) is not None]
+    missing = missing_check_extras(cfg)
+    return missing + [m for e in cfg.exporters if (m := missing_extra(e)) is not None]
+
+
+def missing_check_extras(cfg: AgentConfig) -> list[ExtraMissing]:
+    """One `ExtraMissing` per configured check an option of which needs an extra that is not
+    installed, in config order."""
+    from agent.errors import ExtraMissing
+
+    missing: list[ExtraMissing] = []
+    for check in cfg.checks:
+        try:
+            check.require()
+        except ExtraMissing as exc:
+            missing.append(exc)
+    return missing
 
 
 def main(argv: list[str]) -> int:

@@ -75,6 +75,13 @@ class Agent:
         listen: str | None = None,
         freeze_gc: bool = False,
     ) -> None:
+        from agent.errors import StartupError
+        from agent.extras import missing_check_extras
+
+        # A check option's extra that is missing (google_service_account): refused at start, as
+        # an exporter's is, not found out on the check's first run.
+        if missing := missing_check_extras(cfg):
+            raise StartupError(str(missing[0]))
         # `agentctl run` (the agent's own process) sets it; an agent in a test's process does not.
         self._freeze_gc = freeze_gc
         self.config = cfg
@@ -317,6 +324,12 @@ class Agent:
                     type(exc).__name__,
                     detail,
                 )
+                return
+            from agent.extras import missing_check_extras
+
+            if missing := missing_check_extras(new):
+                self.metrics.reloads.labels(outcome="failure").inc()
+                log.error("config reload failed (%s); still running the previous config", missing[0])
                 return
             for warning in new.warnings:
                 log.warning("config reload: %s", warning)

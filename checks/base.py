@@ -55,6 +55,11 @@ class CheckConfig(Model):
             )
         return self
 
+    def require(self) -> None:
+        """Raises agent.errors.ExtraMissing when an option of this check needs an extra that is not
+        installed: the check `agentctl validate` and `run` make (agent/extras.py). Most checks
+        need none."""
+
 
 @dataclass(frozen=True, slots=True)
 class CheckOutcome:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from agent.errors import ExtraMissing as ExtraMissing  # its home was here: importers keep working
 from agent.fields import ByteSize, Model
 
 # type -> "module:ConfigModel". Each module: its config model, `build(config, context)`.
@@ -32,23 +33,6 @@ class OutboxConfig(Model):
 
     path: Path = Path("/var/lib/mamori/outbox.db")
     max_size: ByteSize = 256 * 2**20
-
-
-class ExtraMissing(Exception):
-    """An exporter's optional dependency is not installed: one line naming the extra and how to
-    add it. `extra` is mamori's extra that brings it (None for a core dependency)."""
-
-    def __init__(self, message: str, extra: str | None = None) -> None:
-        super().__init__(message)
-        self.extra = extra
-
-    @classmethod
-    def of_extra(cls, exporter: str, needs: str, extra: str) -> ExtraMissing:
-        return cls(
-            f"exporter {exporter} needs {needs}, which is not installed: pip install 'mamori[{extra}]'"
-            f" (the container image: build it with --build-arg EXTRAS={extra})",
-            extra,
-        )
 
 
 def missing_extra(config: Any) -> ExtraMissing | None:

@@ -11,8 +11,9 @@ Guarantees:
   (`Check.time_left`); a timeout names the phase it interrupted.
 - Memory per probe is bounded by `max_body_size` plus one read (64 KiB); a never-ending body
   ends as body_too_large (or timeout), never as a hang.
-- Credentials (basic auth, bearer token, URL userinfo) are never logged and never appear in a
-  message or in `target`; they are not sent to a host other than the original one.
+- Credentials (basic auth, bearer token, URL userinfo, a Google access token) are never logged
+  and never appear in a message or in `target`; they are not sent to a host other than the
+  original one.
 - Failure precedence follows the pipeline: connect, tls, status, headers, body size, body regex,
   json, certificate expiry, latency. The first failure wins.
 """
@@ -37,6 +38,7 @@ from agent.fleetview import witness_samples
 from agent.model import CheckResult, Reason, Sample, Status
 from checks.base import Check, CheckConfig, CheckOutcome, PerfDatum
 from checks.http.config import DEFAULT_PORTS, HttpConfig, check_url, format_status
+from checks.http.google import GoogleToken
 from checks.http.sigv4 import sign
 from checks.http.wire import HttpWire
 from checks.net import (
@@ -187,6 +189,11 @@ class HttpCheck(Check[HttpConfig]):
         # The first request of every run is the same (URL, method, body and headers all come from
         # the config): built and validated by h11 once, not once per probe.
         self._origin_request: h11.Request | None = None
+        # The access token of `google_service_account`, kept across runs until it nears its end.
+        self.google: GoogleToken | None = None
+        if config.google_service_account is not None:
+            self.google = GoogleToken(config.google_service_account, self)
+        self._bearer: str | None = None
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> HttpCheck:
@@ -224,6 +231,8 @@ class HttpCheck(Check[HttpConfig]):
         try:
             async with asyncio.timeout(self.time_left()) as scope:
                 state.deadline = scope.when()
+                if self.google is not None:
+                    self._bearer = await self.google.token()
                 response = await self._follow(state)
         except TimeoutError:
             failure: Failure | None = timeout_failure(self.config.timeout, _DOING[state.phases.current])
@@ -348,9 +357,9 @@ class HttpCheck(Check[HttpConfig]):
         return response
 
     def _request(self, url: SplitResult, method: str, body: str | None, payload: bytes | None) -> h11.Request:
-        # A signed request carries its time: built afresh every run.
+        # A signed request carries its time, a Google token changes: built afresh every run.
         first = url is self._url and method == self.config.method and body == self.config.body
-        first = first and self.config.aws_sigv4 is None
+        first = first and self.config.aws_sigv4 is None and self.google is None
         if first and self._origin_request is not None:
             return self._origin_request
         request = h11.Request(
@@ -394,6 +403,8 @@ class HttpCheck(Check[HttpConfig]):
 
     def _authorization(self) -> str | None:
         cfg = self.config
+        if self.google is not None:
+            return f"Bearer {self._bearer}" if self._bearer else None
         if cfg.bearer_token is not None:
             return f"Bearer {secret_value(cfg.bearer_token)}"
         if cfg.basic_auth is not None:

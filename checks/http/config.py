@@ -22,6 +22,7 @@ from pydantic import (
 from agent.fields import ByteSize, Duration, Model, check_host
 from agent.headers import check_headers, token_problem
 from checks.base import CheckConfig
+from checks.http.google import GoogleServiceAccount
 from checks.http.sigv4 import AwsSigV4
 from checks.net import (
     IpProtocol,
@@ -303,6 +304,8 @@ class HttpConfig(CheckConfig):
     basic_auth: BasicAuth | None = None
     bearer_token: SecretStr | None = None
     aws_sigv4: AwsSigV4 | None = None  # sign every request to the URL's host (S3 HeadBucket)
+    # An OAuth 2.0 token from a service account's key, sent as a bearer token (Google APIs).
+    google_service_account: GoogleServiceAccount | None = None
     expected_status: tuple[StatusRange, ...] = Field(default_factory=lambda: ((200, 299),), min_length=1)
     body_matches: tuple[Regex, ...] = ()
     body_not_matches: tuple[Regex, ...] = ()
@@ -321,6 +324,12 @@ class HttpConfig(CheckConfig):
     db_witness: DbWitness | None = None
     # The agent's `labels.zone` (filled in by agent/config.py): the zone of an app on this host.
     agent_zone: str = Field(default="", max_length=1024)
+
+    def require(self) -> None:
+        if self.google_service_account is not None:
+            from checks.http.google import require
+
+            require(self.name)
 
     @field_validator("url")
     @classmethod
@@ -371,6 +380,10 @@ class HttpConfig(CheckConfig):
             self.basic_auth or self.bearer_token or urlsplit(self.url).username
         ):
             raise ValueError("aws_sigv4 signs the request itself: give no other credentials")
+        if self.google_service_account is not None and (
+            self.basic_auth or self.bearer_token or self.aws_sigv4 or urlsplit(self.url).username
+        ):
+            raise ValueError("google_service_account sends a token of its own: give no other credentials")
         if self.method == "HEAD":
             # A HEAD response has no body: these rules would fail (or pass) on every run.
             for key in ("body_matches", "body_not_matches", "json"):

@@ -46,6 +46,30 @@ def secrets_read_by(config: Path) -> set[str]:
     return {name for line in lines if not line.lstrip().startswith("#") for name in SECRET_REF.findall(line)}
 
 
+def _service_account_key() -> str:
+    """A Google service account's JSON key, as the Cloud console hands it out, with a fresh RSA key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "example-ops",
+            "private_key_id": "0123456789abcdef0123456789abcdef01234567",
+            "private_key": pem,
+            "client_email": "mamori-monitor@example-ops.iam.gserviceaccount.com",
+            "client_id": "100000000000000000001",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        },
+        indent=2,
+    )
+
+
 # Shapes the notifiers validate at load; the values are never sent anywhere.
 FAKE_SECRETS = {
     "pagerduty_routing_key": "0123456789abcdef0123456789abcdef",
@@ -55,6 +79,7 @@ FAKE_SECRETS = {
     "stripe_restricted_key": "rk_live_not_a_real_key",
     "line_channel_access_token": "not-a-real-channel-access-token",
     "s3_monitor_secret_key": "not/a/real/secret/access/key",
+    "google_calendar_service_account": _service_account_key(),
 }
 
 
@@ -410,7 +435,7 @@ def test_compose_service() -> None:
     assert "build" not in service
     build = yaml.safe_load(COMPOSE_BUILD.read_text(encoding="utf-8"))["services"]["agent"]["build"]
     assert (COMPOSE_BUILD.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-    assert re.fullmatch(r"\$\{MAMORI_EXTRAS:?-oci\}", build["args"]["EXTRAS"])
+    assert re.fullmatch(r"\$\{MAMORI_EXTRAS:?-oci,google\}", build["args"]["EXTRAS"])
 
 
 def test_compose_config_with_docker_compose(shared_tmp: Path) -> None:

@@ -36,6 +36,7 @@ E2E_FIXTURES = frozenset({"agent_proc"})
 DEPLOY = ("tests/deploy/",)
 E2E = (
     "tests/test_demo.py",
+    "tests/checks/test_google_calendar.py",  # its fixture runs `agentctl validate` on production.yml
     "tests/agent/test_alertctl.py",
     "tests/agent/test_cli.py",
     "tests/agent/test_event_loop.py::test_agentctl_check_refuses_a_bad_value_in_one_line",

@@ -240,7 +240,7 @@ class GoogleToken:
                 "method": "POST",
                 "headers": {"Content-Type": "application/x-www-form-urlencoded"},
                 "body": urlencode({"grant_type": GRANT_TYPE, "assertion": jwt}),
-                "expected_status": "100-599",
+                "expected_status": ["100-599"],
                 "follow_redirects": False,
                 "max_body_size": 64 * 1024,
                 "preferred_ip_protocol": outer.config.preferred_ip_protocol,

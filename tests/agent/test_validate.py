@@ -3,6 +3,7 @@ config whose exporter needs an extra that is not installed, with the hint `run` 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -118,3 +119,37 @@ def test_extras_prints_nothing_for_a_config_that_needs_none_or_does_not_load(
     assert extras.main([str(good)]) == 0
     assert extras.main([str(tmp_path / "missing.yml")]) == 0
     assert capsys.readouterr().out == "\n\n"
+
+
+def test_a_google_service_account_without_the_google_extra_is_refused_by_validate_and_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "agent.yml"
+    path.write_text(
+        "checks:\n"
+        "  - name: cal\n"
+        "    type: http\n"
+        "    url: https://www.googleapis.com/calendar/v3/calendars/x\n"
+        "    google_service_account:\n"
+        "      key_file: /nonexistent/key.json\n"
+        "      scopes: [https://www.googleapis.com/auth/calendar.readonly]\n"
+    )
+    assert cli.main(["validate", "--offline", str(path)]) == 0  # cryptography is installed for the tests
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.asymmetric.padding", None)
+    assert cli.main(["validate", "--offline", str(path)]) == 1
+    line = (
+        "check cal (type http, google_service_account) needs the cryptography package, which is not"
+        " installed: pip install 'mamori[google]' (the container image: build it with"
+        " --build-arg EXTRAS=google)"
+    )
+    assert capsys.readouterr().err == f"{path}: {line}\n"
+    assert extras.main([str(path)]) == 0
+    assert capsys.readouterr().out == "google\n"
+    # `run` refuses with the same line (the key is read at load, its RSA key is not checked then).
+    key = {"type": "service_account", "client_email": "m@p.iam.gserviceaccount.com", "private_key": "-"}
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    path.write_text(path.read_text().replace("/nonexistent/key.json", str(tmp_path / "key.json")))
+    assert cli.main(["run", "-c", str(path), "--listen", "127.0.0.1:0"]) == 1
+    err = capsys.readouterr().err
+    assert line in err and "Traceback" not in err

@@ -64,6 +64,18 @@ def _isal() -> Any:
         return None
 
 
+def _fresh(
+    made_from: Sequence[CheckResult], made: float, results: Sequence[CheckResult], now: float, max_age: float
+) -> bool:
+    """Whether a body made at `made` from `made_from` still stands for `results` now: young
+    enough and the same results, by identity (a result never changes once made)."""
+    return (
+        now - made < max_age
+        and len(results) == len(made_from)
+        and all(a is b for a, b in zip(results, made_from, strict=True))
+    )
+
+
 @dataclass(slots=True)
 class _Body:
     """One rendered body, the results it was rendered from (by identity) and when."""
@@ -74,11 +86,7 @@ class _Body:
     _gzipped: bytes | None = None
 
     def fresh(self, results: Sequence[CheckResult], now: float, max_age: float) -> bool:
-        return (
-            now - self.made < max_age
-            and len(results) == len(self.results)
-            and all(a is b for a, b in zip(results, self.results, strict=True))
-        )
+        return _fresh(self.results, self.made, results, now, max_age)
 
     def gzipped(self) -> bytes:
         if self._gzipped is None:
@@ -100,11 +108,7 @@ class _LazyBody:
         self._gzip: asyncio.Future[bytes] | None = None
 
     def fresh(self, results: Sequence[CheckResult], now: float, max_age: float) -> bool:
-        return (
-            now - self.made < max_age
-            and len(results) == len(self.results)
-            and all(a is b for a, b in zip(results, self.results, strict=True))
-        )
+        return _fresh(self.results, self.made, results, now, max_age)
 
     async def content(self, gzipped: bool) -> tuple[bytes, bool]:
         """The body, and whether it is gzipped (a small one never is)."""
